@@ -1,0 +1,386 @@
+"""Image-caption data: CSV datasets, a decoded-image cache, converters and a synthetic set.
+
+A dataset CSV has columns `image,caption`; `image` is a path relative to the CSV's
+folder (or absolute). Rows of one image need not be consecutive; images get stable
+integer ids in order of first appearance and rows keep their CSV order.
+
+Images are decoded once per (file list, size) and cached as uint8 arrays: each image is
+converted to RGB (alpha composited on white), its shorter side resized to `size`
+(bicubic, antialiased) and the centre `size x size` square cropped.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+from .storage import atomic_path, cache_root, save_numpy, stable_hash
+
+RESIZE_VERSION = "rgb-white-alpha/short-side-bicubic/center-crop/v1"
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file and, where there is one, the row."""
+
+
+@dataclass
+class PairDataset:
+    """Images (uint8, decoded once) and caption rows, each row pointing at its image.
+
+    `images` is [N, 3, S, S] uint8; `captions` has one string per row; `row_image` [M]
+    gives each row's image id (0..N-1). `image_paths` (when the data came from files)
+    gives each image's source path, in image-id order.
+    """
+
+    images: torch.Tensor
+    captions: list[str]
+    row_image: torch.Tensor
+    name: str = "dataset"
+    image_paths: list[str] | None = None
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
+            raise ValueError(f"{self.name}: images must be uint8 [N, 3, S, S], got {self.images.dtype} {tuple(self.images.shape)}")
+        self.row_image = torch.as_tensor(self.row_image, dtype=torch.long)
+        if len(self.captions) != len(self.row_image):
+            raise ValueError(f"{self.name}: {len(self.captions)} captions but {len(self.row_image)} row indices")
+        if len(self.row_image) and (self.row_image.min() < 0 or self.row_image.max() >= len(self.images)):
+            raise ValueError(f"{self.name}: row_image points outside the {len(self.images)} images")
+
+    @property
+    def num_images(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.captions)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[-1])
+
+    def rows_of_image(self) -> list[list[int]]:
+        """Row ids of every image, in image-id order."""
+        rows: list[list[int]] = [[] for _ in range(self.num_images)]
+        for row, image in enumerate(self.row_image.tolist()):
+            rows[image].append(row)
+        return rows
+
+    def subset(self, image_ids: Sequence[int], name: str | None = None) -> "PairDataset":
+        """The given images (renumbered 0..len-1 in the given order) with all their rows."""
+        image_ids = [int(i) for i in image_ids]
+        rows_of = self.rows_of_image()
+        rows = [r for i in image_ids for r in rows_of[i]]
+        new_id = {old: new for new, old in enumerate(image_ids)}
+        return PairDataset(
+            images=self.images[image_ids].clone(),
+            captions=[self.captions[r] for r in rows],
+            row_image=torch.tensor([new_id[int(self.row_image[r])] for r in rows], dtype=torch.long),
+            name=name or f"{self.name}[{len(image_ids)}]",
+            image_paths=[self.image_paths[i] for i in image_ids] if self.image_paths else None,
+        )
+
+    def with_images(self, images: torch.Tensor, name: str | None = None) -> "PairDataset":
+        """Same rows, other pixels (for example protected images)."""
+        return PairDataset(images, list(self.captions), self.row_image.clone(), name or self.name, self.image_paths)
+
+    def with_captions(self, captions: Sequence[str], name: str | None = None) -> "PairDataset":
+        """Same images, other caption text per row (for example with a trigger)."""
+        return PairDataset(self.images, list(captions), self.row_image.clone(), name or self.name, self.image_paths)
+
+
+@dataclass
+class CaptionTable:
+    """A parsed dataset CSV before any image is decoded."""
+
+    csv_path: Path
+    image_paths: list[Path]
+    image_lines: list[int]
+    captions: list[str]
+    row_image: list[int]
+
+
+def read_caption_csv(csv_path: str | os.PathLike, caption_column: str = "caption") -> CaptionTable:
+    """Parse and validate a dataset CSV (columns `image` and `caption_column`)."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise DataError(f"{csv_path}: dataset CSV not found")
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        for column in ("image", caption_column):
+            if column not in header:
+                raise DataError(f"{csv_path}: missing column '{column}' (header is {header})")
+        image_ids: dict[Path, int] = {}
+        table = CaptionTable(csv_path, [], [], [], [])
+        for row in reader:
+            line = reader.line_num
+            image = (row.get("image") or "").strip()
+            caption = " ".join((row.get(caption_column) or "").split())
+            if not image:
+                raise DataError(f"{csv_path}: line {line}: empty image path")
+            if not caption:
+                raise DataError(f"{csv_path}: line {line}: empty {caption_column} for image '{image}'")
+            path = Path(image) if os.path.isabs(image) else (csv_path.parent / image)
+            if path not in image_ids:
+                image_ids[path] = len(table.image_paths)
+                table.image_paths.append(path)
+                table.image_lines.append(line)
+            table.captions.append(caption)
+            table.row_image.append(image_ids[path])
+    if not table.captions:
+        raise DataError(f"{csv_path}: no data rows")
+    return table
+
+
+def load_rgb(path: str | os.PathLike) -> Image.Image:
+    """Open any PIL-readable image as RGB; transparency is composited on white."""
+    with Image.open(path) as image:
+        image.load()
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            rgba = image.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(background, rgba).convert("RGB")
+        return image.convert("RGB")
+
+
+def resize_center_crop(image: Image.Image, size: int) -> np.ndarray:
+    """Shorter side to `size` (bicubic), centre crop to `size x size`; returns uint8 [3, S, S]."""
+    width, height = image.size
+    scale = size / min(width, height)
+    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    if (new_w, new_h) != (width, height):
+        image = image.resize((new_w, new_h), Image.BICUBIC, reducing_gap=3.0)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    image = image.crop((left, top, left + size, top + size))
+    return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
+
+
+def _decode(path: Path, size: int, csv_path: Path, line: int) -> np.ndarray:
+    if not path.is_file():
+        raise DataError(f"{csv_path}: line {line}: image file not found: {path}")
+    try:
+        return resize_center_crop(load_rgb(path), size)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise DataError(f"{csv_path}: line {line}: cannot read image {path}: {error}") from error
+
+
+def decode_images(table: CaptionTable, size: int, cache_dir: str | os.PathLike | None = None,
+                  progress: bool = True) -> torch.Tensor:
+    """Decode every image of `table` at `size` px as uint8 [N, 3, S, S], cached on disk."""
+    for path, line in zip(table.image_paths, table.image_lines):
+        if not path.is_file():
+            raise DataError(f"{table.csv_path}: line {line}: image file not found: {path}")
+    stats = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in table.image_paths]
+    key = stable_hash([RESIZE_VERSION, size, stats])
+    cache_file = Path(cache_dir or cache_root() / "images") / f"{key}.npy"
+    if cache_file.is_file():
+        return torch.from_numpy(np.load(cache_file))
+    jobs = list(zip(table.image_paths, table.image_lines))
+    with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
+        arrays = list(tqdm(pool.map(lambda job: _decode(job[0], size, table.csv_path, job[1]), jobs),
+                           total=len(jobs), desc=f"decode {table.csv_path.name} @{size}px",
+                           disable=not progress, leave=False))
+    images = np.stack(arrays) if arrays else np.zeros((0, 3, size, size), np.uint8)
+    save_numpy(cache_file, images)
+    return torch.from_numpy(images)
+
+
+def load_csv_dataset(csv_path: str | os.PathLike, image_size: int, *, caption_column: str = "caption",
+                     max_images: int | None = None, cache_dir: str | os.PathLike | None = None,
+                     progress: bool = True) -> PairDataset:
+    """Load a dataset CSV; `max_images` keeps only the first images (a slice for quick runs)."""
+    table = read_caption_csv(csv_path, caption_column)
+    if max_images is not None and max_images < len(table.image_paths):
+        keep = [i for i, image in enumerate(table.row_image) if image < max_images]
+        table = CaptionTable(table.csv_path, table.image_paths[:max_images], table.image_lines[:max_images],
+                             [table.captions[i] for i in keep], [table.row_image[i] for i in keep])
+    images = decode_images(table, image_size, cache_dir, progress)
+    return PairDataset(images, table.captions, torch.tensor(table.row_image, dtype=torch.long),
+                       name=Path(csv_path).stem, image_paths=[str(p) for p in table.image_paths])
+
+
+def write_caption_csv(out_csv: str | os.PathLike, pairs: Iterable[tuple[str | os.PathLike, str]]) -> int:
+    """Write `image,caption` rows (image paths made relative to the CSV's folder when possible)."""
+    out_csv = Path(out_csv)
+    count = 0
+    with atomic_path(out_csv) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["image", "caption"])
+            for image, caption in pairs:
+                image = Path(image)
+                if image.is_absolute():
+                    try:
+                        image = Path(os.path.relpath(image, out_csv.parent.resolve()))
+                    except ValueError:
+                        pass
+                writer.writerow([image.as_posix(), " ".join(str(caption).split())])
+                count += 1
+    return count
+
+
+def convert_flickr8k_token(token_file: str | os.PathLike, split_file: str | os.PathLike,
+                           images_dir: str | os.PathLike, out_csv: str | os.PathLike) -> int:
+    """Flickr8k `Flickr8k.token.txt` + a split list (`Flickr_8k.testImages.txt`) -> dataset CSV."""
+    token_file, split_file, images_dir = Path(token_file), Path(split_file), Path(images_dir)
+    captions: dict[str, list[tuple[int, str]]] = {}
+    for line_no, line in enumerate(token_file.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        if "\t" not in line or "#" not in line.split("\t", 1)[0]:
+            raise DataError(f"{token_file}: line {line_no}: expected '<image>#<n>\\t<caption>'")
+        key, caption = line.split("\t", 1)
+        image, index = key.rsplit("#", 1)
+        captions.setdefault(image, []).append((int(index), caption.strip()))
+    pairs = []
+    for line_no, image in enumerate(split_file.read_text(encoding="utf-8").split(), start=1):
+        if image not in captions:
+            raise DataError(f"{split_file}: line {line_no}: image '{image}' has no captions in {token_file}")
+        pairs += [(images_dir.resolve() / image, text) for _, text in sorted(captions[image])]
+    return write_caption_csv(out_csv, pairs)
+
+
+def convert_karpathy_json(json_path: str | os.PathLike, split: str | Sequence[str],
+                          images_dir: str | os.PathLike, out_csv: str | os.PathLike) -> int:
+    """Karpathy `dataset_{flickr8k,flickr30k,coco}.json` -> dataset CSV of one split.
+
+    `split` is a name or a list of names ("train", "restval", "val", "test"); COCO entries
+    carry a `filepath` folder (e.g. `val2014`) that is joined under `images_dir`.
+    """
+    json_path, images_dir = Path(json_path), Path(images_dir)
+    splits = {split} if isinstance(split, str) else set(split)
+    entries = json.loads(json_path.read_text(encoding="utf-8")).get("images")
+    if entries is None:
+        raise DataError(f"{json_path}: no 'images' list (not a Karpathy split file)")
+    pairs = []
+    for index, entry in enumerate(entries):
+        if entry.get("split") not in splits:
+            continue
+        if "filename" not in entry or not entry.get("sentences"):
+            raise DataError(f"{json_path}: images[{index}]: missing 'filename' or 'sentences'")
+        image = images_dir.resolve() / entry.get("filepath", "") / entry["filename"]
+        pairs += [(image, sentence.get("raw") or " ".join(sentence["tokens"])) for sentence in entry["sentences"]]
+    if not pairs:
+        raise DataError(f"{json_path}: no image in split(s) {sorted(splits)}")
+    return write_caption_csv(out_csv, pairs)
+
+
+def convert_coco_captions(captions_json: str | os.PathLike, images_dir: str | os.PathLike,
+                          out_csv: str | os.PathLike, captions_per_image: int | None = 5) -> int:
+    """COCO `captions_{train,val}2014.json` -> dataset CSV (the first `captions_per_image` per image)."""
+    captions_json, images_dir = Path(captions_json), Path(images_dir)
+    data = json.loads(captions_json.read_text(encoding="utf-8"))
+    if "images" not in data or "annotations" not in data:
+        raise DataError(f"{captions_json}: expected 'images' and 'annotations' (COCO captions format)")
+    by_image: dict[int, list[tuple[int, str]]] = {}
+    for index, annotation in enumerate(data["annotations"]):
+        if "image_id" not in annotation or not str(annotation.get("caption", "")).strip():
+            raise DataError(f"{captions_json}: annotations[{index}]: missing image_id or empty caption")
+        by_image.setdefault(annotation["image_id"], []).append((annotation.get("id", index), annotation["caption"]))
+    pairs = []
+    for image in sorted(data["images"], key=lambda entry: entry["id"]):
+        texts = [text for _, text in sorted(by_image.get(image["id"], []))]
+        pairs += [(images_dir.resolve() / image["file_name"], text) for text in texts[:captions_per_image]]
+    return write_caption_csv(out_csv, pairs)
+
+
+SYNTHETIC_COLORS = {
+    "red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 90, 230),
+    "yellow": (235, 215, 40), "purple": (150, 60, 190), "orange": (245, 140, 30),
+}
+SYNTHETIC_BACKGROUNDS = {"black": (15, 15, 15), "gray": (125, 125, 125), "white": (245, 245, 245)}
+SYNTHETIC_SHAPES = ("circle", "square", "triangle", "cross")
+SYNTHETIC_PLACES = ("top left", "top right", "bottom left", "bottom right")
+
+
+def _shape_mask(shape: str, size: int, cy: float, cx: float, radius: float) -> np.ndarray:
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    dy, dx = y - cy, x - cx
+    if shape == "circle":
+        return dy ** 2 + dx ** 2 <= radius ** 2
+    if shape == "square":
+        return (np.abs(dy) <= radius * 0.85) & (np.abs(dx) <= radius * 0.85)
+    if shape == "triangle":
+        return (dy <= radius * 0.8) & (dy >= -radius) & (np.abs(dx) <= (dy + radius) * 0.6)
+    arm = radius * 0.35
+    return ((np.abs(dy) <= arm) & (np.abs(dx) <= radius)) | ((np.abs(dx) <= arm) & (np.abs(dy) <= radius))
+
+
+def _synthetic_captions(background: str, objects: list[tuple[str, str, str]], rng: np.random.Generator,
+                        count: int) -> list[str]:
+    order = list(objects)
+    described = [f"a {color} {shape}" for color, shape, _ in order]
+    placed = [f"a {color} {shape} at the {place}" for color, shape, place in order]
+    number = {1: "one", 2: "two", 3: "three"}[len(order)]
+    plural = "shape" if len(order) == 1 else "shapes"
+    templates = [
+        f"{' and '.join(described)} on a {background} background",
+        f"a {background} picture with {' and '.join(placed)}",
+        f"there is {' and '.join(placed)}",
+        f"{number} {plural} on {background}: {' and '.join(described)}",
+        ", ".join(f"the {place} has a {color} {shape}" for color, shape, place in order),
+        f"{' and '.join(reversed(placed))} on {background}",
+        f"an image of {' and '.join(reversed(described))}",
+    ]
+    chosen = rng.permutation(len(templates))[:count]
+    return [templates[i] for i in sorted(chosen)]
+
+
+def make_synthetic_dataset(num_images: int, image_size: int = 32, captions_per_image: int = 5,
+                           seed: int = 0, name: str = "synthetic") -> PairDataset:
+    """Procedural scenes (1-2 coloured shapes in quadrants on a plain background) with
+    templated captions that describe them; a CLIP can learn it, so retrieval is meaningful."""
+    if captions_per_image > 7:
+        raise ValueError("the synthetic set has at most 7 caption templates per image")
+    rng = np.random.default_rng(seed)
+    images = np.zeros((num_images, 3, image_size, image_size), np.uint8)
+    captions: list[str] = []
+    row_image: list[int] = []
+    for index in range(num_images):
+        background = list(SYNTHETIC_BACKGROUNDS)[rng.integers(len(SYNTHETIC_BACKGROUNDS))]
+        canvas = np.empty((image_size, image_size, 3), np.float32)
+        canvas[:] = SYNTHETIC_BACKGROUNDS[background]
+        places = rng.permutation(len(SYNTHETIC_PLACES))[: rng.integers(1, 3)]
+        objects = []
+        for place in sorted(places):
+            color = list(SYNTHETIC_COLORS)[rng.integers(len(SYNTHETIC_COLORS))]
+            shape = SYNTHETIC_SHAPES[rng.integers(len(SYNTHETIC_SHAPES))]
+            half = image_size / 2
+            cy = half * (place // 2) + half / 2 + rng.uniform(-0.12, 0.12) * half
+            cx = half * (place % 2) + half / 2 + rng.uniform(-0.12, 0.12) * half
+            radius = half * rng.uniform(0.28, 0.42)
+            mask = _shape_mask(shape, image_size, cy, cx, radius)
+            canvas[mask] = np.array(SYNTHETIC_COLORS[color]) + rng.normal(0, 12, 3)
+            objects.append((color, shape, SYNTHETIC_PLACES[place]))
+        canvas += rng.normal(0, 6, canvas.shape)
+        images[index] = np.clip(canvas, 0, 255).round().astype(np.uint8).transpose(2, 0, 1)
+        for caption in _synthetic_captions(background, objects, rng, captions_per_image):
+            captions.append(caption)
+            row_image.append(index)
+    return PairDataset(torch.from_numpy(images), captions, torch.tensor(row_image), name=name)
+
+
+def write_dataset_folder(dataset: PairDataset, out_dir: str | os.PathLike, csv_name: str = "data.csv") -> Path:
+    """Save a dataset as lossless PNG images plus a CSV of `image,caption`; returns the CSV path."""
+    out_dir = Path(out_dir)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    names = []
+    for index in range(dataset.num_images):
+        name = f"images/{index:06d}.png"
+        with atomic_path(out_dir / name) as tmp:
+            Image.fromarray(dataset.images[index].permute(1, 2, 0).numpy()).save(tmp, format="PNG")
+        names.append(name)
+    out_csv = out_dir / csv_name
+    write_caption_csv(out_csv, ((names[int(i)], c) for i, c in zip(dataset.row_image, dataset.captions)))
+    return out_csv

@@ -1,0 +1,168 @@
+"""CLIP models through one open_clip factory, the tokenizer, and feature extraction.
+
+Architectures are data: the paper's RN50 / RN101 / ViT-B-32 come from open_clip's own
+configs, our small ones from `model_configs/*.json` (RN-tiny, ViT-tiny for 32 px smoke
+runs; RN-small, RN-medium, ViT-small for 64 px CPU runs). Image size and text context
+length can be overridden per run. Weights are never downloaded: `pretrained` is a path.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
+import open_clip
+import torch
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+from .storage import save_torch
+
+MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
+CHECKPOINT_FORMAT = "mmue-clip/1"
+open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+
+def list_model_names() -> list[str]:
+    """Every architecture name `create_clip` accepts."""
+    return open_clip.list_models()
+
+
+def create_clip(name: str, *, image_size: int | None = None, context_length: int | None = None,
+                pretrained: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+                seed: int | None = None) -> torch.nn.Module:
+    """Build a CLIP by architecture name; `pretrained` is a local checkpoint (ours or open_clip/OpenAI
+    state-dict files). `seed` makes random initialisation reproducible."""
+    if name not in list_model_names():
+        raise ValueError(f"unknown model '{name}'; known: {', '.join(list_model_names())}")
+    if pretrained is not None and not Path(pretrained).is_file():
+        raise FileNotFoundError(f"pretrained checkpoint not found: {pretrained} (no downloads are made)")
+    if seed is not None:
+        torch.manual_seed(seed)
+    with _quiet_root_logger():
+        model = open_clip.create_model(name, pretrained=str(pretrained) if pretrained else None,
+                                       force_image_size=image_size, force_context_length=context_length,
+                                       device=device)
+    model.mmue_name = name
+    return model
+
+
+@contextmanager
+def _quiet_root_logger():
+    """Hide open_clip's 'initialized randomly' warning: training from scratch is our normal case."""
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def model_image_size(model: torch.nn.Module) -> int:
+    size = model.visual.image_size
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
+def model_context_length(model: torch.nn.Module) -> int:
+    return int(model.context_length)
+
+
+def save_clip(model: torch.nn.Module, path: str | os.PathLike, meta: dict | None = None) -> None:
+    """Write a checkpoint that `load_clip` (and open_clip's `load_checkpoint`) can read."""
+    save_torch(path, {
+        "format": CHECKPOINT_FORMAT,
+        "model_name": model.mmue_name,
+        "image_size": model_image_size(model),
+        "context_length": model_context_length(model),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "meta": meta or {},
+    })
+
+
+def load_clip(path: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Load a checkpoint written by `save_clip`, with its architecture, size and context length."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not an mmue checkpoint; use create_clip(name, pretrained=path)")
+    model = create_clip(checkpoint["model_name"], image_size=checkpoint["image_size"],
+                        context_length=checkpoint["context_length"])
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.to(device)
+
+
+class Tokenizer:
+    """CLIP BPE tokenizer with explicit control of the tokens after the start token
+    (where MEM's trigger goes)."""
+
+    def __init__(self) -> None:
+        self.bpe = _simple_tokenizer()
+        self.sot = self.bpe.sot_token_id
+        self.eot = self.bpe.eot_token_id
+        self.vocab_size = self.bpe.vocab_size
+
+    def encode(self, text: str) -> list[int]:
+        """BPE ids of `text`, without start/end tokens."""
+        return self.bpe.encode(text)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of BPE ids (start/end/padding dropped)."""
+        ids = [int(i) for i in ids if int(i) not in (0, self.sot, self.eot)]
+        return self.bpe.decode(ids).strip()
+
+    def tokenize(self, captions: Sequence[str], context_length: int,
+                 prefix: torch.Tensor | None = None) -> torch.Tensor:
+        """[M, context_length] ids: start, `prefix[i]` (if given, [M, k]), caption, end, zeros.
+        Long captions are truncated so that the prefix and the end token always fit."""
+        k = 0 if prefix is None else int(prefix.shape[1])
+        room = context_length - 2 - k
+        if room < 1:
+            raise ValueError(f"context length {context_length} leaves no room for a caption after {k} prefix tokens")
+        tokens = torch.zeros(len(captions), context_length, dtype=torch.long)
+        for row, caption in enumerate(captions):
+            ids = self.encode(caption)[:room]
+            head = [self.sot] + ([] if prefix is None else prefix[row].tolist())
+            tokens[row, : len(head) + len(ids) + 1] = torch.tensor(head + ids + [self.eot])
+        return tokens
+
+
+@lru_cache(maxsize=1)
+def _simple_tokenizer() -> open_clip.SimpleTokenizer:
+    return open_clip.SimpleTokenizer()
+
+
+PIXEL_MEAN = torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
+PIXEL_STD = torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1)
+
+
+def normalize_pixels(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images, or float images in [0, 1], to the model's normalised input."""
+    if images.dtype == torch.uint8:
+        images = images.float().div_(255)
+    return (images - PIXEL_MEAN.to(images.device)) / PIXEL_STD.to(images.device)
+
+
+@torch.no_grad()
+def encode_images(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """L2-normalised image features [N, D] (eval mode, on the model's device, returned on CPU)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    chunks = [model.encode_image(normalize_pixels(images[i:i + batch_size].to(device)), normalize=True).float().cpu()
+              for i in range(0, len(images), batch_size)]
+    model.train(was_training)
+    return torch.cat(chunks)
+
+
+@torch.no_grad()
+def encode_texts(model: torch.nn.Module, tokens: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """L2-normalised text features [M, D] of token ids (eval mode, returned on CPU)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    chunks = [model.encode_text(tokens[i:i + batch_size].to(device), normalize=True).float().cpu()
+              for i in range(0, len(tokens), batch_size)]
+    model.train(was_training)
+    return torch.cat(chunks)

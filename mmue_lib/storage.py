@@ -1,0 +1,77 @@
+"""Where data and caches live, and atomic writes (nothing is ever half-written)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def data_root() -> Path:
+    """Root of the real datasets: `$MMUE_DATA`, else `../shared/data` beside the project."""
+    env = os.environ.get("MMUE_DATA")
+    return Path(env) if env else PROJECT_ROOT.parent / "shared" / "data"
+
+
+def cache_root() -> Path:
+    """Root of on-disk caches (decoded images, runs): `$MMUE_CACHE`, else `~/.cache/mmue`."""
+    env = os.environ.get("MMUE_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "mmue"
+
+
+def expand_path(value: str | os.PathLike) -> Path:
+    """Expand `$MMUE_DATA`, `$MMUE_CACHE`, other environment variables and `~` in a path."""
+    text = str(value)
+    text = text.replace("$MMUE_DATA", str(data_root())).replace("${MMUE_DATA}", str(data_root()))
+    text = text.replace("$MMUE_CACHE", str(cache_root())).replace("${MMUE_CACHE}", str(cache_root()))
+    return Path(os.path.expanduser(os.path.expandvars(text)))
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """Short hex digest of a JSON-serialisable object (keys sorted), used as a cache key."""
+    text = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def save_torch(path: str | os.PathLike, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def save_numpy(path: str | os.PathLike, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, array)

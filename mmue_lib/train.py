@@ -1,0 +1,224 @@
+"""CLIP training for victims and surrogates: one stepper, an epoch loop with per-epoch
+retrieval on a clean test set, atomic checkpoints and resume.
+
+Optimiser as open_clip's trainer: AdamW without weight decay on norms, biases and
+logit_scale; linear warm-up then cosine (or constant) learning rate per step; the logit
+scale is clamped to [0, ln 100] after every step. Batches are drawn from a generator
+seeded by (seed, epoch), so a resumed run sees exactly the batches of an uninterrupted one.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .data import PairDataset
+from .metrics import retrieval_metrics
+from .models import Tokenizer, encode_images, encode_texts, model_context_length, normalize_pixels
+from .storage import save_torch
+
+MAX_LOGIT_SCALE = math.log(100)
+
+
+@dataclass
+class TokenizedPairs:
+    """What a CLIP trains or is evaluated on: uint8 images [N,3,S,S], token ids [M,L], row->image [M]."""
+
+    images: torch.Tensor
+    tokens: torch.Tensor
+    row_image: torch.Tensor
+
+    @classmethod
+    def from_dataset(cls, dataset: PairDataset, context_length: int,
+                     prefix: torch.Tensor | None = None) -> "TokenizedPairs":
+        """Tokenize every caption row; `prefix` [M, k] puts k token ids after the start token."""
+        tokens = Tokenizer().tokenize(dataset.captions, context_length, prefix)
+        return cls(dataset.images, tokens, dataset.row_image)
+
+    @property
+    def num_images(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.tokens.shape[0])
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one CLIP training run (all plain values, so a run is keyed by them)."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 5e-4
+    weight_decay: float = 0.2
+    warmup_steps: int = 0
+    schedule: Literal["cosine", "constant"] = "cosine"
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    rows_per_epoch: Literal["all", "one_per_image"] = "all"
+    seed: int = 0
+    device: str = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
+
+    def resolved_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+
+def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE of a batch whose i-th image and i-th text are the positive pair."""
+    image_features = F.normalize(image_features, dim=-1)
+    text_features = F.normalize(text_features, dim=-1)
+    logits = logit_scale.exp() * image_features @ text_features.T
+    labels = torch.arange(len(logits), device=logits.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+def batch_loss(model: torch.nn.Module, pixels: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """CLIP loss of uint8 or [0,1]-float images and token ids (the model's own logit scale)."""
+    return clip_loss(model.encode_image(normalize_pixels(pixels)), model.encode_text(tokens), model.logit_scale)
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: no weight decay on gains, biases, norms and logit_scale (as open_clip)."""
+    def exclude(name: str, p: torch.nn.Parameter) -> bool:
+        return p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
+
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return [
+        {"params": [p for n, p in named if exclude(n, p)], "weight_decay": 0.0},
+        {"params": [p for n, p in named if not exclude(n, p)], "weight_decay": weight_decay},
+    ]
+
+
+class ClipStepper:
+    """One optimiser step at a time on a CLIP: used by `train_clip` and by surrogate training."""
+
+    def __init__(self, model: torch.nn.Module, config: TrainConfig, total_steps: int) -> None:
+        self.model = model
+        self.config = config
+        self.total_steps = max(1, total_steps)
+        self.device = next(model.parameters()).device
+        self.optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr,
+                                           betas=(config.beta1, config.beta2), eps=config.eps)
+        self.step_count = 0
+
+    def lr_at(self, step: int) -> float:
+        c = self.config
+        if c.warmup_steps and step < c.warmup_steps:
+            return c.lr * (step + 1) / c.warmup_steps
+        if c.schedule == "constant":
+            return c.lr
+        progress = (step - c.warmup_steps) / max(1, self.total_steps - c.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress))) * c.lr
+
+    def step(self, pixels: torch.Tensor, tokens: torch.Tensor) -> float:
+        """Train on one batch (uint8 or [0,1] float images, token ids); returns the batch loss."""
+        lr = self.lr_at(self.step_count)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        use_bf16 = self.config.precision == "bf16" and self.device.type == "cuda"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            loss = batch_loss(self.model, pixels.to(self.device), tokens.to(self.device))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        with torch.no_grad():
+            self.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        self.step_count += 1
+        return float(loss.detach())
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "step_count": self.step_count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step_count = state["step_count"]
+
+
+def epoch_batches(pairs: TokenizedPairs, config: TrainConfig, epoch: int) -> list[torch.Tensor]:
+    """Row ids of every batch of one epoch (all rows, or one random row per image)."""
+    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+    if config.rows_per_epoch == "all":
+        rows = torch.randperm(pairs.num_rows, generator=generator)
+    else:
+        order = torch.argsort(pairs.row_image, stable=True)
+        counts = torch.bincount(pairs.row_image, minlength=pairs.num_images)
+        starts = torch.cumsum(counts, 0) - counts
+        images = torch.randperm(pairs.num_images, generator=generator)
+        images = images[counts[images] > 0]
+        offsets = (torch.rand(len(images), generator=generator) * counts[images]).long()
+        rows = order[starts[images] + offsets]
+    size = config.batch_size
+    batches = list(rows.split(size))
+    if len(batches) > 1 and len(batches[-1]) < size:
+        batches.pop()
+    return batches
+
+
+def evaluate_retrieval(model: torch.nn.Module, pairs: TokenizedPairs) -> dict[str, float]:
+    """Retrieval metrics of `model` on a (clean) test set."""
+    return retrieval_metrics(encode_images(model, pairs.images), encode_texts(model, pairs.tokens), pairs.row_image)
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def train_clip(model: torch.nn.Module, train: TokenizedPairs, config: TrainConfig, *,
+               test: TokenizedPairs | None = None, checkpoint_path: str | os.PathLike | None = None,
+               progress: bool = True) -> TrainResult:
+    """Train `model` for `config.epochs`; log mean train loss (and test retrieval) per epoch.
+
+    With `checkpoint_path`, state is written atomically after every epoch and a rerun resumes
+    from it (a finished run returns at once); a checkpoint of another config is an error.
+    """
+    if train.tokens.shape[1] != model_context_length(model):
+        raise ValueError(f"tokens have length {train.tokens.shape[1]}, the model expects {model_context_length(model)}")
+    device = config.resolved_device()
+    model.to(device)
+    torch.manual_seed(config.seed)
+    steps_per_epoch = len(epoch_batches(train, config, 0))
+    stepper = ClipStepper(model, config, steps_per_epoch * config.epochs)
+    result = TrainResult(model)
+    start_epoch = 0
+    if checkpoint_path is not None and Path(checkpoint_path).is_file():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        if state["config"] != asdict(config):
+            raise ValueError(f"{checkpoint_path}: checkpoint of another training config; remove it or change the path")
+        model.load_state_dict(state["model"])
+        stepper.load_state_dict(state["stepper"])
+        result.history, result.seconds, start_epoch = state["history"], state["seconds"], state["epoch"] + 1
+    images = train.images.to(device)
+    for epoch in range(start_epoch, config.epochs):
+        started = time.perf_counter()
+        losses = []
+        batches = epoch_batches(train, config, epoch)
+        for rows in tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False):
+            losses.append(stepper.step(images[train.row_image[rows].to(device)], train.tokens[rows]))
+        record = {"epoch": epoch + 1, "train_loss": sum(losses) / max(1, len(losses)),
+                  "lr": stepper.lr_at(stepper.step_count - 1), "steps": stepper.step_count,
+                  "train_seconds": time.perf_counter() - started}
+        if test is not None:
+            record.update(evaluate_retrieval(model, test))
+        result.seconds += time.perf_counter() - started
+        result.history.append(record)
+        if checkpoint_path is not None:
+            save_torch(checkpoint_path, {"config": asdict(config), "model": model.state_dict(),
+                                         "stepper": stepper.state_dict(), "history": result.history,
+                                         "seconds": result.seconds, "epoch": epoch})
+    return result
