@@ -317,11 +317,15 @@ def _shape_mask(shape: str, size: int, cy: float, cx: float, radius: float) -> n
     return ((np.abs(dy) <= arm) & (np.abs(dx) <= radius)) | ((np.abs(dx) <= arm) & (np.abs(dy) <= radius))
 
 
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
 def _synthetic_captions(background: str, objects: list[tuple[str, str, str]], rng: np.random.Generator,
                         count: int) -> list[str]:
     order = list(objects)
-    described = [f"a {color} {shape}" for color, shape, _ in order]
-    placed = [f"a {color} {shape} at the {place}" for color, shape, place in order]
+    described = [f"{_article(color)} {color} {shape}" for color, shape, _ in order]
+    placed = [f"{_article(color)} {color} {shape} at the {place}" for color, shape, place in order]
     number = {1: "one", 2: "two", 3: "three"}[len(order)]
     plural = "shape" if len(order) == 1 else "shapes"
     templates = [
@@ -329,7 +333,7 @@ def _synthetic_captions(background: str, objects: list[tuple[str, str, str]], rn
         f"a {background} picture with {' and '.join(placed)}",
         f"there is {' and '.join(placed)}",
         f"{number} {plural} on {background}: {' and '.join(described)}",
-        ", ".join(f"the {place} has a {color} {shape}" for color, shape, place in order),
+        ", ".join(f"the {place} has {_article(color)} {color} {shape}" for color, shape, place in order),
         f"{' and '.join(reversed(placed))} on {background}",
         f"an image of {' and '.join(reversed(described))}",
     ]
@@ -384,3 +388,21 @@ def write_dataset_folder(dataset: PairDataset, out_dir: str | os.PathLike, csv_n
     out_csv = out_dir / csv_name
     write_caption_csv(out_csv, ((names[int(i)], c) for i, c in zip(dataset.row_image, dataset.captions)))
     return out_csv
+
+
+SYNTHETIC_SPLITS = {"train": (800, 0), "val": (100, 1), "test": (100, 2)}
+
+
+def load_split(source: str, split: str, image_size: int, max_images: int | None = None,
+               progress: bool = True) -> PairDataset:
+    """One split of a dataset named in params: `synthetic` (the built-in set; `max_images`
+    sets its size) or a folder holding `<split>.csv` (`$MMUE_DATA` is expanded)."""
+    if source == "synthetic":
+        count, seed = SYNTHETIC_SPLITS[split]
+        return make_synthetic_dataset(max_images or count, image_size, seed=seed, name=f"synthetic-{split}")
+    from .storage import expand_path
+
+    folder = expand_path(source)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: dataset folder not found (params 'data'; is MMUE_DATA set?)")
+    return load_csv_dataset(folder / f"{split}.csv", image_size, max_images=max_images, progress=progress)

@@ -1,0 +1,135 @@
+"""`mmue` command line: convert datasets, make the synthetic set, train and evaluate CLIPs, run notebooks."""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from . import data
+from .storage import write_json
+
+
+def _convert(args: argparse.Namespace) -> None:
+    needed = {"flickr8k": ["token", "split_list"], "karpathy": ["json"], "coco": ["json"]}[args.format]
+    missing = [f"--{name.replace('_', '-')}" for name in needed if not getattr(args, name)]
+    if missing:
+        raise ValueError(f"convert {args.format} needs {', '.join(missing)}")
+    if args.format == "flickr8k":
+        count = data.convert_flickr8k_token(args.token, args.split_list, args.images, args.out)
+    elif args.format == "karpathy":
+        count = data.convert_karpathy_json(args.json, args.split.split(","), args.images, args.out)
+    else:
+        count = data.convert_coco_captions(args.json, args.images, args.out, args.captions_per_image)
+    print(f"wrote {count} rows to {args.out}")
+
+
+def _synthetic(args: argparse.Namespace) -> None:
+    for split, (count, seed) in {"train": (args.train_images, args.seed), "val": (args.test_images, args.seed + 1),
+                                 "test": (args.test_images, args.seed + 2)}.items():
+        dataset = data.make_synthetic_dataset(count, args.size, seed=seed, name=split)
+        print(f"wrote {data.write_dataset_folder(dataset, args.out, f'{split}.csv')}")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .models import create_clip, model_context_length, model_image_size, save_clip
+    from .train import TokenizedPairs, TrainConfig, train_clip
+
+    model = create_clip(args.model, image_size=args.size, context_length=args.context_length,
+                        pretrained=args.pretrained, seed=args.seed)
+    size, length = model_image_size(model), model_context_length(model)
+    train = TokenizedPairs.from_dataset(data.load_csv_dataset(args.csv, size, max_images=args.max_images), length)
+    test = None
+    if args.test_csv:
+        test = TokenizedPairs.from_dataset(data.load_csv_dataset(args.test_csv, size), length)
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.wd,
+                         warmup_steps=args.warmup_steps, rows_per_epoch=args.rows_per_epoch, seed=args.seed,
+                         device=args.device)
+    out = Path(args.out)
+    result = train_clip(model, train, config, test=test, checkpoint_path=out / "train_state.ckpt")
+    save_clip(result.model.cpu(), out / "model.pt", meta={"config": asdict(config), "csv": str(args.csv)})
+    write_json(out / "metrics.json", {"model": args.model, "image_size": size, "context_length": length,
+                                      "config": asdict(config), "train_csv": str(args.csv),
+                                      "test_csv": args.test_csv, "history": result.history,
+                                      "seconds": result.seconds})
+    print({k: round(v, 2) for k, v in result.history[-1].items()})
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from .models import load_clip, model_context_length, model_image_size
+    from .train import TokenizedPairs, evaluate_retrieval
+
+    model = load_clip(args.checkpoint)
+    test = data.load_csv_dataset(args.csv, model_image_size(model))
+    print(evaluate_retrieval(model, TokenizedPairs.from_dataset(test, model_context_length(model))))
+
+
+def _models(_: argparse.Namespace) -> None:
+    from .models import list_model_names
+
+    print("\n".join(list_model_names()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmue", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    convert = sub.add_parser("convert", help="build an image,caption CSV from a standard download")
+    convert.add_argument("format", choices=["flickr8k", "karpathy", "coco"])
+    convert.add_argument("--out", required=True, help="CSV to write")
+    convert.add_argument("--images", required=True, help="folder of the images")
+    convert.add_argument("--token", help="flickr8k: Flickr8k.token.txt")
+    convert.add_argument("--split-list", help="flickr8k: e.g. Flickr_8k.testImages.txt")
+    convert.add_argument("--json", help="karpathy: dataset_*.json; coco: captions_*.json")
+    convert.add_argument("--split", default="test", help="karpathy: split name(s), comma-separated")
+    convert.add_argument("--captions-per-image", type=int, default=5, help="coco: captions kept per image")
+    convert.set_defaults(run=_convert)
+
+    synthetic = sub.add_parser("synthetic", help="write the built-in synthetic set as PNG + train/val/test CSVs")
+    synthetic.add_argument("--out", required=True)
+    synthetic.add_argument("--train-images", type=int, default=800)
+    synthetic.add_argument("--test-images", type=int, default=100)
+    synthetic.add_argument("--size", type=int, default=32)
+    synthetic.add_argument("--seed", type=int, default=0)
+    synthetic.set_defaults(run=_synthetic)
+
+    train = sub.add_parser("train", help="train a CLIP on a CSV dataset")
+    train.add_argument("--csv", required=True)
+    train.add_argument("--test-csv")
+    train.add_argument("--out", required=True, help="folder for model.pt, metrics.json and the resumable state")
+    train.add_argument("--model", default="RN-small")
+    train.add_argument("--pretrained", help="local checkpoint to fine-tune")
+    train.add_argument("--size", type=int, help="image size (default: the model's)")
+    train.add_argument("--context-length", type=int)
+    train.add_argument("--max-images", type=int)
+    train.add_argument("--epochs", type=int, default=10)
+    train.add_argument("--batch-size", type=int, default=128)
+    train.add_argument("--lr", type=float, default=5e-4)
+    train.add_argument("--wd", type=float, default=0.2)
+    train.add_argument("--warmup-steps", type=int, default=0)
+    train.add_argument("--rows-per-epoch", choices=["all", "one_per_image"], default="all")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="auto")
+    train.set_defaults(run=_train)
+
+    evaluate = sub.add_parser("eval", help="retrieval metrics of a checkpoint on a CSV test set")
+    evaluate.add_argument("--checkpoint", required=True)
+    evaluate.add_argument("--csv", required=True)
+    evaluate.set_defaults(run=_evaluate)
+
+    sub.add_parser("models", help="list model architectures").set_defaults(run=_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (data.DataError, FileNotFoundError, ValueError) as error:
+        print(f"mmue: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+import json
+
+import torch
+
+from mmue_lib.cli import main
+from mmue_lib.data import load_csv_dataset
+
+
+def test_synthetic_train_eval_round_trip(tmp_path, capsys):
+    assert main(["synthetic", "--out", str(tmp_path / "syn"), "--train-images", "60", "--test-images", "20"]) == 0
+    for split, count in (("train", 60), ("val", 20), ("test", 20)):
+        assert load_csv_dataset(tmp_path / "syn" / f"{split}.csv", 32, progress=False).num_images == count
+    out = tmp_path / "run"
+    assert main(["train", "--csv", str(tmp_path / "syn" / "train.csv"), "--test-csv", str(tmp_path / "syn" / "test.csv"),
+                 "--out", str(out), "--model", "RN-tiny", "--epochs", "1", "--batch-size", "30",
+                 "--device", "cpu"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["history"][0]["epoch"] == 1 and "t2i_MedR" in metrics["history"][0]
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out / "model.pt"), "--csv", str(tmp_path / "syn" / "test.csv")]) == 0
+    assert "i2t_MedR" in capsys.readouterr().out
+    assert torch.load(out / "model.pt", weights_only=True)["model_name"] == "RN-tiny"
+
+
+def test_errors_are_reported_without_traceback(tmp_path, capsys):
+    (tmp_path / "bad.csv").write_text("image,caption\nmissing.png,hello\n")
+    code = main(["train", "--csv", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "o"), "--model", "RN-tiny"])
+    assert code == 2
+    assert "line 2: image file not found" in capsys.readouterr().err
+    assert main(["convert", "flickr8k", "--images", ".", "--out", str(tmp_path / "x.csv")]) == 2
+    assert "--token, --split-list" in capsys.readouterr().err

@@ -1,0 +1,50 @@
+"""Every notebook runs at smoke scale through papermill and writes the files it declares."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mmue_lib.notebooks import NOTEBOOK_DIR, PARAMS_DIR, load_params, notebook_names, run_notebook
+
+SCALES = ("smoke", "cpu", "paper")
+
+
+def test_there_are_notebooks():
+    assert notebook_names()
+
+
+@pytest.mark.parametrize("name", notebook_names())
+def test_source_notebook_is_clean_and_has_params_at_every_scale(name):
+    notebook = json.loads((NOTEBOOK_DIR / f"{name}.ipynb").read_text())
+    code = [c for c in notebook["cells"] if c["cell_type"] == "code"]
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), "commit notebooks without outputs"
+    assert "parameters" in code[0]["metadata"].get("tags", []), "the first code cell must be tagged 'parameters'"
+    assert notebook["metadata"]["mmue"]["outputs"], "declare the files the notebook writes"
+    for scale in SCALES:
+        params = load_params(PARAMS_DIR / scale / f"{name}.yaml")
+        declared = "".join(c["source"] if isinstance(c["source"], str) else "".join(c["source"]) for c in code[:1])
+        for key in params:
+            assert f"{key} =" in declared, f"{scale}/{name}.yaml sets '{key}', which the notebook does not declare"
+
+
+def test_params_must_be_flat(tmp_path):
+    (tmp_path / "p.yaml").write_text("a: 1\nb:\n  c: 2\n")
+    with pytest.raises(ValueError, match="key 'b' is nested"):
+        load_params(tmp_path / "p.yaml")
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("name", notebook_names())
+def test_notebook_runs_at_smoke_scale(name, tmp_path):
+    executed = run_notebook(name, "smoke", output_root=tmp_path)
+    assert executed.is_file()
+    outputs = json.loads((NOTEBOOK_DIR / f"{name}.ipynb").read_text())["metadata"]["mmue"]["outputs"]
+    for relative in outputs:
+        folder, file_name = relative.split("/", 1)
+        path = tmp_path / folder / "smoke" / file_name
+        assert path.is_file() and path.stat().st_size > 0, f"{name} did not write {relative}"
+        if path.suffix == ".csv":
+            table = pd.read_csv(path)
+            numbers = table.select_dtypes("number").to_numpy(dtype=float)
+            assert len(table) and numbers.size and np.isfinite(numbers).all(), f"{relative} has missing or non-finite numbers"
