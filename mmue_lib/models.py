@@ -166,3 +166,17 @@ def encode_texts(model: torch.nn.Module, tokens: torch.Tensor, batch_size: int =
               for i in range(0, len(tokens), batch_size)]
     model.train(was_training)
     return torch.cat(chunks)
+
+
+def encode_text_from_embeddings(model: torch.nn.Module, tokens: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+    """open_clip's `CLIP.encode_text` from given input embeddings (for gradients at token inputs);
+    `tokens` still locates the end token for pooling. Unnormalised features [B, D]."""
+    from open_clip.transformer import text_global_pool
+
+    x = embeddings + model.positional_embedding.to(embeddings.dtype)
+    x = model.transformer(x, attn_mask=model.attn_mask)
+    x = model.ln_final(x)
+    x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    if model.text_projection is None:
+        return x
+    return model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection

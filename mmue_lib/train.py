@@ -147,24 +147,29 @@ class ClipStepper:
         self.step_count = state["step_count"]
 
 
-def epoch_batches(pairs: TokenizedPairs, config: TrainConfig, epoch: int) -> list[torch.Tensor]:
-    """Row ids of every batch of one epoch (all rows, or one random row per image)."""
-    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-    if config.rows_per_epoch == "all":
-        rows = torch.randperm(pairs.num_rows, generator=generator)
+def row_batches(row_image: torch.Tensor, num_images: int, batch_size: int, rows: Literal["all", "one_per_image"],
+                generator: torch.Generator, drop_last: bool = True) -> list[torch.Tensor]:
+    """Shuffled row ids in batches: every row, or one random row per image."""
+    if rows == "all":
+        order = torch.randperm(len(row_image), generator=generator)
     else:
-        order = torch.argsort(pairs.row_image, stable=True)
-        counts = torch.bincount(pairs.row_image, minlength=pairs.num_images)
+        by_image = torch.argsort(row_image, stable=True)
+        counts = torch.bincount(row_image, minlength=num_images)
         starts = torch.cumsum(counts, 0) - counts
-        images = torch.randperm(pairs.num_images, generator=generator)
+        images = torch.randperm(num_images, generator=generator)
         images = images[counts[images] > 0]
         offsets = (torch.rand(len(images), generator=generator) * counts[images]).long()
-        rows = order[starts[images] + offsets]
-    size = config.batch_size
-    batches = list(rows.split(size))
-    if len(batches) > 1 and len(batches[-1]) < size:
+        order = by_image[starts[images] + offsets]
+    batches = list(order.split(batch_size))
+    if drop_last and len(batches) > 1 and len(batches[-1]) < batch_size:
         batches.pop()
     return batches
+
+
+def epoch_batches(pairs: TokenizedPairs, config: TrainConfig, epoch: int) -> list[torch.Tensor]:
+    """Row ids of every batch of one training epoch (seeded by seed and epoch; last partial batch dropped)."""
+    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+    return row_batches(pairs.row_image, pairs.num_images, config.batch_size, config.rows_per_epoch, generator)
 
 
 def evaluate_retrieval(model: torch.nn.Module, pairs: TokenizedPairs) -> dict[str, float]:

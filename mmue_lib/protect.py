@@ -1,0 +1,411 @@
+"""Protection of image-caption data: EM, UAP and MEM as one bi-level loop over one PGD core
+(`pgd`) and one trigger-search core (`hotflip_candidates` + `beam_search`).
+
+A round is: (a) train the surrogate CLIP a few steps on the current protected pairs,
+(b) in the first `trigger_search_rounds` rounds, a HotFlip/beam search over the text
+triggers of every row, (c) one PGD pass over the data that updates the image noise.
+Rounds stop at `max_rounds` or when the PGD objective falls below `stop_loss`.
+
+Noise is kept in whole pixel steps (1/255) as int8, so a protected image is exactly a
+uint8 image: saving it as 8-bit PNG loses nothing and |x' - x| <= eps holds on saved pixels.
+EM = no trigger, error-minimising; UAP = error-maximising against a fixed (clean-trained)
+surrogate; MEM-k = error-minimising noise plus a k-token trigger after the start token,
+with captions shuffled inside the batch during PGD so the noise binds to the trigger.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Literal
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import PairDataset
+from .models import Tokenizer, encode_text_from_embeddings, model_context_length, normalize_pixels
+from .storage import save_torch
+from .train import ClipStepper, TrainConfig, clip_loss, row_batches
+
+
+@dataclass
+class ProtectConfig:
+    """Every knob of EM / UAP / MEM, including each point where the official code differs from the paper."""
+
+    eps: int = 8
+    alpha: int = 1
+    pgd_steps: int = 8
+    direction: Literal["minimize", "maximize"] = "minimize"
+    noise_per: Literal["image", "row", "universal"] = "image"
+    pgd_rows: Literal["one_per_image", "all"] = "one_per_image"
+    shuffle_pgd: bool = True
+    trigger_len: int = 0
+    trigger_per: Literal["row", "image", "universal"] = "row"
+    trigger_init: Literal["the", "random"] = "the"
+    trigger_vocab: Literal["words", "captions", "all"] = "words"
+    trigger_top_k: int = 16
+    beam_size: int = 1
+    trigger_search_rounds: int = 5
+    shuffle_search: bool = False
+    max_rounds: int = 20
+    stop_loss: float | None = 0.01
+    surrogate_steps: int = 200
+    surrogate_lr: float = 1e-4
+    surrogate_wd: float = 0.2
+    batch_size: int = 128
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.direction == "maximize" and self.trigger_len:
+            raise ValueError("triggers are searched to minimise the loss; use direction='minimize' with trigger_len > 0")
+        if self.eps < 0 or self.alpha < 1 or self.pgd_steps < 0:
+            raise ValueError("eps, alpha and pgd_steps are in whole 1/255 steps: eps >= 0, alpha >= 1, pgd_steps >= 0")
+
+
+METHOD_PRESETS: dict[str, dict] = {
+    "em": {"trigger_len": 0, "shuffle_pgd": False},
+    "uap": {"trigger_len": 0, "direction": "maximize", "noise_per": "universal", "shuffle_pgd": False,
+            "surrogate_steps": 0, "max_rounds": 1, "stop_loss": None},
+    "tap": {"trigger_len": 0, "direction": "maximize", "noise_per": "image", "shuffle_pgd": False,
+            "surrogate_steps": 0, "max_rounds": 1, "stop_loss": None},
+    "mem-3": {"trigger_len": 3},
+    "mem-5": {"trigger_len": 5},
+}
+"""Named methods as overrides of `ProtectConfig`; UAP and TAP expect a clean-trained surrogate."""
+
+
+def method_config(method: str, **overrides) -> ProtectConfig:
+    """`ProtectConfig` of a named method (`em`, `uap`, `tap`, `mem-3`, `mem-5`) with overrides."""
+    if method not in METHOD_PRESETS:
+        raise ValueError(f"unknown method '{method}'; known: {', '.join(METHOD_PRESETS)}")
+    return ProtectConfig(**{**METHOD_PRESETS[method], **overrides})
+
+
+def pgd(loss_of_noise: Callable[[torch.Tensor], torch.Tensor], noise: torch.Tensor, eps: int, alpha: int,
+        steps: int, maximize: bool = False, clean: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+    """Sign-gradient PGD on integer noise in 1/255 pixel steps; returns int8 noise and the last loss.
+
+    Each step moves by `alpha` against (or, maximising, along) the gradient sign and projects onto
+    |noise| <= eps. With `clean` (uint8, one image per noise) the noise is also cut so that
+    clean + noise stays in [0, 255]; shared (universal) noise is clamped where it is applied.
+    """
+    noise = noise.float()
+    base = None if clean is None else clean.float()
+    loss_value = float("nan")
+    for _ in range(steps):
+        noise.requires_grad_(True)
+        loss = loss_of_noise(noise)
+        grad, = torch.autograd.grad(loss, noise)
+        loss_value = float(loss.detach())
+        move = alpha * grad.sign()
+        noise = (noise.detach() + (move if maximize else -move)).clamp(-eps, eps)
+        if base is not None:
+            noise = (base + noise).clamp(0, 255) - base
+    return noise.round().to(torch.int8), loss_value
+
+
+def hotflip_candidates(grad: torch.Tensor, embedding_weight: torch.Tensor, allowed: torch.Tensor,
+                       top_k: int) -> torch.Tensor:
+    """[B, k, top_k] token ids whose embedding most decreases the loss to first order
+    (largest -grad . e_v) at each trigger position, among the `allowed` vocabulary."""
+    scores = -(grad @ embedding_weight.T)
+    scores[..., ~allowed.to(scores.device)] = float("-inf")
+    return scores.topk(top_k, dim=-1).indices
+
+
+def beam_search(score: Callable[[torch.Tensor], torch.Tensor], current: torch.Tensor, candidates: torch.Tensor,
+                beam_size: int = 1) -> tuple[torch.Tensor, float]:
+    """Position by position, try each candidate rank j (row b takes `candidates[b, p, j]`) in every
+    beam, keep the `beam_size` lowest-loss assignments. `score` maps [C, B, k] trigger sets to [C]
+    batch losses. The current triggers stay in the running, so the result is never worse."""
+    beams = current.unsqueeze(0)
+    losses = score(beams)
+    for position in range(current.shape[1]):
+        options = []
+        for rank in range(candidates.shape[2]):
+            option = beams.clone()
+            option[:, :, position] = candidates[:, position, rank]
+            options.append(option)
+        options = torch.cat(options)
+        options_loss = score(options)
+        pool, pool_loss = torch.cat([beams, options]), torch.cat([losses, options_loss])
+        keep = torch.argsort(pool_loss, stable=True)[:beam_size]
+        beams, losses = pool[keep], pool_loss[keep]
+    return beams[0], float(losses[0])
+
+
+@lru_cache(maxsize=1)
+def whole_word_tokens() -> torch.Tensor:
+    """[V] bool: tokens that are a whole lower-case ASCII word and re-tokenise to themselves,
+    so a trigger survives decode -> text -> tokenize."""
+    tokenizer = Tokenizer()
+    allowed = torch.zeros(tokenizer.vocab_size, dtype=torch.bool)
+    for token, index in tokenizer.bpe.encoder.items():
+        word = token[:-4]
+        if token.endswith("</w>") and word.isascii() and word.isalpha() and tokenizer.encode(word) == [index]:
+            allowed[index] = True
+    return allowed
+
+
+def trigger_vocabulary(kind: str, captions: list[str]) -> torch.Tensor:
+    """[V] bool mask of tokens a trigger may use: `words` (whole words), `captions` (whole words
+    that occur in the training captions: the built-in semantic vocabulary), `all` (any token,
+    special ones included, as the official code)."""
+    tokenizer = Tokenizer()
+    if kind == "all":
+        return torch.ones(tokenizer.vocab_size, dtype=torch.bool)
+    words = whole_word_tokens()
+    if kind == "words":
+        return words
+    if kind == "captions":
+        used = torch.zeros_like(words)
+        for word in {w.lower() for c in captions for w in c.split()}:
+            ids = tokenizer.encode(word)
+            if len(ids) == 1:
+                used[ids[0]] = True
+        return used & words
+    raise ValueError(f"unknown trigger vocabulary '{kind}' (words, captions, all)")
+
+
+@dataclass
+class Protection:
+    """The outcome of a protection run: int8 noise [G, 3, S, S], trigger ids [T, k], the log."""
+
+    config: ProtectConfig
+    noise: torch.Tensor
+    triggers: torch.Tensor
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def noise_index(self, row_image: torch.Tensor) -> torch.Tensor:
+        """Which noise each row uses."""
+        return _group_index(self.config.noise_per, row_image)
+
+    def trigger_index(self, row_image: torch.Tensor) -> torch.Tensor:
+        """Which trigger each row uses."""
+        return _group_index(self.config.trigger_per if self.config.trigger_len else "universal", row_image)
+
+    def trigger_texts(self, row_image: torch.Tensor) -> list[str]:
+        """The trigger of every row as plain text ('' without a trigger)."""
+        if not self.config.trigger_len:
+            return [""] * len(row_image)
+        tokenizer = Tokenizer()
+        texts = [tokenizer.decode(t) for t in self.triggers.tolist()]
+        return [texts[i] for i in self.trigger_index(row_image).tolist()]
+
+
+def _group_index(granularity: str, row_image: torch.Tensor) -> torch.Tensor:
+    if granularity == "image":
+        return row_image.clone()
+    if granularity == "row":
+        return torch.arange(len(row_image))
+    return torch.zeros(len(row_image), dtype=torch.long)
+
+
+class _ProtectedRows:
+    """Pixels and tokens of any batch of rows under the current noise and triggers."""
+
+    def __init__(self, dataset: PairDataset, protection: Protection, context_length: int, device: torch.device):
+        k = protection.config.trigger_len
+        self.k = k
+        self.device = device
+        self.protection = protection
+        self.images = dataset.images.to(device)
+        self.row_image = dataset.row_image
+        self.tokens = Tokenizer().tokenize(dataset.captions, context_length,
+                                           torch.zeros(dataset.num_rows, k, dtype=torch.long) if k else None)
+        self.noise_index = protection.noise_index(dataset.row_image)
+        self.trigger_index = protection.trigger_index(dataset.row_image)
+
+    def clean(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.images[self.row_image[rows].to(self.device)]
+
+    def pixels(self, rows: torch.Tensor) -> torch.Tensor:
+        noise = self.protection.noise[self.noise_index[rows]].to(self.device)
+        return (self.clean(rows).short() + noise).clamp(0, 255).to(torch.uint8)
+
+    def token_batch(self, rows: torch.Tensor, caption_rows: torch.Tensor | None = None,
+                    triggers: torch.Tensor | None = None) -> torch.Tensor:
+        """Tokens of `rows` with their triggers (or the given [B, k] ones), captions of `caption_rows`."""
+        tokens = self.tokens[rows if caption_rows is None else caption_rows].clone()
+        if self.k:
+            tokens[:, 1:1 + self.k] = self.protection.triggers[self.trigger_index[rows]] if triggers is None else triggers
+        return tokens.to(self.device)
+
+
+def _shuffled(rows: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    return rows[torch.randperm(len(rows), generator=generator)]
+
+
+def _search_batch(model: torch.nn.Module, batch: _ProtectedRows, rows: torch.Tensor, allowed: torch.Tensor,
+                  config: ProtectConfig, generator: torch.Generator) -> tuple[torch.Tensor, float]:
+    """HotFlip candidates from the gradient at the trigger embeddings, then beam search."""
+    caption_rows = _shuffled(rows, generator) if config.shuffle_search else rows
+    with torch.no_grad():
+        image_features = model.encode_image(normalize_pixels(batch.pixels(rows)))
+    tokens = batch.token_batch(rows, caption_rows)
+    embeddings = model.token_embedding(tokens).detach()
+    trigger = embeddings[:, 1:1 + batch.k].clone().requires_grad_(True)
+    full = torch.cat([embeddings[:, :1], trigger, embeddings[:, 1 + batch.k:]], dim=1)
+    loss = clip_loss(image_features, encode_text_from_embeddings(model, tokens, full), model.logit_scale)
+    grad, = torch.autograd.grad(loss, trigger)
+    groups, inverse = torch.unique(batch.trigger_index[rows], return_inverse=True)
+    grad = torch.zeros(len(groups), *grad.shape[1:], device=grad.device).index_add_(0, inverse.to(grad.device), grad)
+    candidates = hotflip_candidates(grad[inverse.to(grad.device)], model.token_embedding.weight.detach(), allowed,
+                                    config.trigger_top_k)
+
+    @torch.no_grad()
+    def score(trigger_sets: torch.Tensor) -> torch.Tensor:
+        losses = []
+        for trigger_set in trigger_sets:
+            text = model.encode_text(batch.token_batch(rows, caption_rows, trigger_set.to(tokens.device)))
+            losses.append(clip_loss(image_features, text, model.logit_scale))
+        return torch.stack(losses).cpu()
+
+    current = batch.protection.triggers[batch.trigger_index[rows]].to(tokens.device)
+    best, best_loss = beam_search(score, current, candidates, config.beam_size)
+    return best.cpu(), best_loss
+
+
+def _pgd_batch(model: torch.nn.Module, batch: _ProtectedRows, rows: torch.Tensor, config: ProtectConfig,
+               generator: torch.Generator) -> float:
+    """One PGD update of the noise groups of `rows` (rows sharing a noise share its update)."""
+    groups, inverse = torch.unique(batch.noise_index[rows], return_inverse=True)
+    inverse = inverse.to(batch.device)
+    clean = batch.clean(rows)
+    base = clean.float()
+
+    def loss_of_noise(noise: torch.Tensor) -> torch.Tensor:
+        pixels = (base + noise[inverse]).clamp(0, 255) / 255
+        caption_rows = _shuffled(rows, generator) if config.shuffle_pgd else rows
+        with torch.no_grad():
+            text = model.encode_text(batch.token_batch(rows, caption_rows))
+        return clip_loss(model.encode_image(normalize_pixels(pixels)), text, model.logit_scale)
+
+    one_clean_per_group = None
+    if config.noise_per != "universal":
+        first = torch.zeros(len(groups), dtype=torch.long, device=batch.device)
+        first.scatter_(0, inverse, torch.arange(len(rows), device=batch.device))
+        one_clean_per_group = clean[first]
+    new, loss = pgd(loss_of_noise, batch.protection.noise[groups].to(batch.device), config.eps, config.alpha,
+                    config.pgd_steps, config.direction == "maximize", one_clean_per_group)
+    batch.protection.noise[groups] = new.cpu()
+    return loss
+
+
+def _round_generator(config: ProtectConfig, round_index: int, stage: int) -> torch.Generator:
+    return torch.Generator().manual_seed(config.seed * 1_000_003 + round_index * 10 + stage)
+
+
+def _initial_protection(dataset: PairDataset, config: ProtectConfig, allowed: torch.Tensor) -> Protection:
+    groups = {"image": dataset.num_images, "row": dataset.num_rows, "universal": 1}[config.noise_per]
+    noise = torch.zeros(groups, 3, dataset.image_size, dataset.image_size, dtype=torch.int8)
+    count = {"image": dataset.num_images, "row": dataset.num_rows, "universal": 1}[config.trigger_per]
+    count = count if config.trigger_len else 0
+    if config.trigger_init == "the":
+        triggers = torch.full((count, config.trigger_len), Tokenizer().encode("the")[0], dtype=torch.long)
+    else:
+        choices = allowed.nonzero().squeeze(1)
+        picks = torch.randint(len(choices), (count, config.trigger_len), generator=_round_generator(config, 0, 9))
+        triggers = choices[picks]
+    return Protection(config, noise, triggers)
+
+
+def generate_protection(dataset: PairDataset, surrogate: torch.nn.Module, config: ProtectConfig, *,
+                        checkpoint_path: str | os.PathLike | None = None, progress: bool = True) -> Protection:
+    """Run EM / UAP / MEM (as `config` says) on `dataset` against `surrogate` (trained in place
+    between updates when `surrogate_steps` > 0). With `checkpoint_path`, state is saved
+    atomically after every round and a rerun resumes, ending exactly as an uninterrupted run."""
+    device = TrainConfig(device=config.device).resolved_device()
+    surrogate.to(device)
+    allowed = trigger_vocabulary(config.trigger_vocab, dataset.captions)
+    protection = _initial_protection(dataset, config, allowed)
+    stepper = ClipStepper(surrogate, TrainConfig(lr=config.surrogate_lr, weight_decay=config.surrogate_wd,
+                                                 schedule="constant", batch_size=config.batch_size),
+                          total_steps=max(1, config.surrogate_steps * config.max_rounds))
+    start_round = 0
+    if checkpoint_path is not None and Path(checkpoint_path).is_file():
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        if state["config"] != asdict(config) or state["dataset"] != [dataset.num_images, dataset.num_rows]:
+            raise ValueError(f"{checkpoint_path}: checkpoint of another protection config or dataset")
+        protection = replace(protection, noise=state["noise"], triggers=state["triggers"], history=state["history"],
+                             seconds=state["seconds"])
+        surrogate.load_state_dict(state["surrogate"])
+        stepper.load_state_dict(state["stepper"])
+        start_round = len(protection.history)
+        if state["stopped"]:
+            return protection
+    batch = _ProtectedRows(dataset, protection, model_context_length(surrogate), device)
+    for round_index in range(start_round, config.max_rounds):
+        started = time.perf_counter()
+        record: dict = {"round": round_index + 1}
+        if config.surrogate_steps:
+            generator = _round_generator(config, round_index, 0)
+            losses = []
+            for _ in tqdm(range(config.surrogate_steps), desc=f"round {round_index + 1}: surrogate",
+                          disable=not progress, leave=False):
+                rows = torch.randperm(dataset.num_rows, generator=generator)[:config.batch_size]
+                losses.append(stepper.step(batch.pixels(rows), batch.token_batch(rows)))
+            record["surrogate_loss"] = sum(losses) / len(losses)
+        surrogate.eval()
+        if config.trigger_len and round_index < config.trigger_search_rounds:
+            generator = _round_generator(config, round_index, 1)
+            before = protection.triggers.clone()
+            losses = []
+            for rows in tqdm(row_batches(dataset.row_image, dataset.num_images, config.batch_size, "all", generator,
+                                         drop_last=False), desc=f"round {round_index + 1}: triggers",
+                             disable=not progress, leave=False):
+                best, loss = _search_batch(surrogate, batch, rows, allowed, config, generator)
+                protection.triggers[batch.trigger_index[rows]] = best
+                losses.append(loss)
+            record["trigger_loss"] = sum(losses) / len(losses)
+            record["triggers_changed"] = float((protection.triggers != before).any(dim=1).float().mean())
+        generator = _round_generator(config, round_index, 2)
+        losses = [_pgd_batch(surrogate, batch, rows, config, generator)
+                  for rows in tqdm(row_batches(dataset.row_image, dataset.num_images, config.batch_size,
+                                               config.pgd_rows, generator, drop_last=False),
+                                   desc=f"round {round_index + 1}: noise", disable=not progress, leave=False)]
+        record["noise_loss"] = sum(losses) / max(1, len(losses))
+        record["seconds"] = time.perf_counter() - started
+        protection.seconds += record["seconds"]
+        protection.history.append(record)
+        stopped = (config.stop_loss is not None and config.direction == "minimize"
+                   and record["noise_loss"] < config.stop_loss)
+        if checkpoint_path is not None:
+            save_torch(checkpoint_path, {"config": asdict(config), "dataset": [dataset.num_images, dataset.num_rows],
+                                         "noise": protection.noise, "triggers": protection.triggers,
+                                         "history": protection.history, "seconds": protection.seconds,
+                                         "surrogate": surrogate.state_dict(), "stepper": stepper.state_dict(),
+                                         "stopped": stopped})
+        if stopped:
+            break
+    return protection
+
+
+def protected_dataset(dataset: PairDataset, protection: Protection, fraction: float = 1.0,
+                      seed: int = 0) -> PairDataset:
+    """What a victim trains on: noisy images and triggered captions (as text) for a seeded
+    random `fraction` of the images (exactly round(fraction * N) of them); the rest stays clean.
+    With per-row noise every row becomes its own image."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    chosen = torch.zeros(dataset.num_images, dtype=torch.bool)
+    count = round(fraction * dataset.num_images)
+    chosen[torch.randperm(dataset.num_images, generator=torch.Generator().manual_seed(seed))[:count]] = True
+    per_row = protection.config.noise_per == "row"
+    row_chosen = chosen[dataset.row_image]
+    source = dataset.row_image if per_row else torch.arange(dataset.num_images)
+    noise_of = protection.noise_index(dataset.row_image) if per_row else \
+        _group_index(protection.config.noise_per, torch.arange(dataset.num_images))
+    mask = (row_chosen if per_row else chosen).view(-1, 1, 1, 1)
+    noise = protection.noise[noise_of].short() * mask
+    images = (dataset.images[source].short() + noise).clamp(0, 255).to(torch.uint8)
+    triggers = protection.trigger_texts(dataset.row_image)
+    captions = [f"{t} {c}" if t and keep else c for t, c, keep in zip(triggers, dataset.captions, row_chosen.tolist())]
+    return PairDataset(images, captions, torch.arange(dataset.num_rows) if per_row else dataset.row_image.clone(),
+                       name=f"{dataset.name}-protected",
+                       image_paths=[dataset.image_paths[i] for i in source.tolist()] if dataset.image_paths else None,
+                       extra={"protected_images": chosen})
