@@ -64,6 +64,45 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(evaluate_retrieval(model, TokenizedPairs.from_dataset(test, model_context_length(model))))
 
 
+def _protect(args: argparse.Namespace) -> None:
+    import time
+
+    from .models import create_clip, load_clip, model_image_size
+    from .protect import export_protected, generate_protection, method_config, protected_dataset
+
+    out = Path(args.out)
+    state = out / "protect_state.ckpt"
+    leftovers = [p for p in out.iterdir() if p != state] if out.is_dir() else []
+    if leftovers and not args.force:
+        raise ValueError(f"{out} is not empty; choose another --out or pass --force to overwrite")
+    overrides = {"eps": args.eps, "seed": args.seed, "device": args.device, "batch_size": args.batch_size}
+    for key in ("trigger_len", "max_rounds", "surrogate_steps", "pgd_steps", "trigger_per", "noise_per"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    config = method_config(args.method, **overrides)
+    if config.direction == "maximize" and not args.surrogate:
+        raise ValueError(f"--method {args.method} attacks a clean-trained surrogate: pass --surrogate PATH")
+    if args.surrogate:
+        surrogate = load_clip(args.surrogate)
+        if args.size and args.size != model_image_size(surrogate):
+            raise ValueError(f"--size {args.size} differs from the surrogate's {model_image_size(surrogate)} px")
+    else:
+        surrogate = create_clip(args.model, image_size=args.size, seed=args.seed)
+    clean = data.load_csv_dataset(args.csv, model_image_size(surrogate))
+    started = time.perf_counter()
+    protection = generate_protection(clean, surrogate, config, checkpoint_path=state)
+    protected = protected_dataset(clean, protection, args.fraction, args.seed)
+    report = {"method": args.method, "config": asdict(config), "csv": str(args.csv),
+              "image_size": model_image_size(surrogate), "fraction": args.fraction,
+              "surrogate": args.surrogate or f"{args.model} (random init, trained during protection)",
+              "rounds": len(protection.history), "history": protection.history,
+              "final_loss": protection.history[-1]["noise_loss"] if protection.history else None,
+              "seconds": time.perf_counter() - started}
+    csv_path = export_protected(clean, protected, out, report)
+    state.unlink(missing_ok=True)
+    print(f"wrote {csv_path} ({protected.num_images} images) and {out / 'report.json'}")
+
+
 def _models(_: argparse.Namespace) -> None:
     from .models import list_model_names
 
@@ -116,6 +155,27 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", required=True)
     evaluate.add_argument("--csv", required=True)
     evaluate.set_defaults(run=_evaluate)
+
+    protect = sub.add_parser("protect", help="protect your own image,caption CSV (EM, UAP, TAP, MEM)")
+    protect.add_argument("--csv", required=True)
+    protect.add_argument("--out", required=True, help="folder for images/*.png, protected.csv, report.json")
+    protect.add_argument("--method", default="mem-3", choices=["em", "uap", "tap", "mem-3", "mem-5"])
+    protect.add_argument("--trigger-len", type=int, help="override the method's trigger length (MEM-k)")
+    protect.add_argument("--eps", type=int, default=8, help="L-inf bound in 1/255 steps")
+    protect.add_argument("--size", type=int, help="image size (default: the surrogate's or the model's)")
+    protect.add_argument("--surrogate", help="local checkpoint of the surrogate CLIP (required for uap/tap)")
+    protect.add_argument("--model", default="RN50", help="architecture of a fresh surrogate when none is given")
+    protect.add_argument("--max-rounds", type=int)
+    protect.add_argument("--surrogate-steps", type=int)
+    protect.add_argument("--pgd-steps", type=int)
+    protect.add_argument("--trigger-per", choices=["row", "image", "universal"])
+    protect.add_argument("--noise-per", choices=["image", "row", "universal"])
+    protect.add_argument("--fraction", type=float, default=1.0, help="share of images to protect")
+    protect.add_argument("--batch-size", type=int, default=128)
+    protect.add_argument("--seed", type=int, default=0)
+    protect.add_argument("--device", default="auto")
+    protect.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    protect.set_defaults(run=_protect)
 
     sub.add_parser("models", help="list model architectures").set_defaults(run=_models)
     return parser

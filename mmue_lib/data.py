@@ -376,12 +376,14 @@ def make_synthetic_dataset(num_images: int, image_size: int = 32, captions_per_i
 
 
 def write_dataset_folder(dataset: PairDataset, out_dir: str | os.PathLike, csv_name: str = "data.csv") -> Path:
-    """Save a dataset as lossless PNG images plus a CSV of `image,caption`; returns the CSV path."""
+    """Save a dataset as lossless 8-bit PNG images plus a CSV of `image,caption`; returns the CSV path.
+    Files are `images/<id>.png`, or `images/<id>_<source stem>.png` when the source paths are known."""
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     names = []
     for index in range(dataset.num_images):
-        name = f"images/{index:06d}.png"
+        stem = f"_{Path(dataset.image_paths[index]).stem}" if dataset.image_paths else ""
+        name = f"images/{index:06d}{stem}.png"
         with atomic_path(out_dir / name) as tmp:
             Image.fromarray(dataset.images[index].permute(1, 2, 0).numpy()).save(tmp, format="PNG")
         names.append(name)

@@ -14,6 +14,7 @@ with captions shuffled inside the batch during PGD so the noise binds to the tri
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -24,9 +25,9 @@ from typing import Callable, Literal
 import torch
 from tqdm.auto import tqdm
 
-from .data import PairDataset
+from .data import PairDataset, write_dataset_folder
 from .models import Tokenizer, encode_text_from_embeddings, model_context_length, normalize_pixels
-from .storage import save_torch
+from .storage import save_torch, write_json
 from .train import ClipStepper, TrainConfig, clip_loss, row_batches
 
 
@@ -408,4 +409,24 @@ def protected_dataset(dataset: PairDataset, protection: Protection, fraction: fl
     return PairDataset(images, captions, torch.arange(dataset.num_rows) if per_row else dataset.row_image.clone(),
                        name=f"{dataset.name}-protected",
                        image_paths=[dataset.image_paths[i] for i in source.tolist()] if dataset.image_paths else None,
-                       extra={"protected_images": chosen})
+                       extra={"protected_images": chosen, "source_image": source})
+
+
+def psnr(clean: torch.Tensor, protected: torch.Tensor) -> float | None:
+    """PSNR (dB) of a uint8 image pair; None where they are identical."""
+    mse = float((clean.float() - protected.float()).pow(2).mean())
+    return None if mse == 0 else 10 * math.log10(255 ** 2 / mse)
+
+
+def export_protected(clean: PairDataset, protected: PairDataset, out_dir: str | os.PathLike,
+                     report: dict) -> Path:
+    """Write what a protector publishes: `images/*.png` (8-bit, lossless), `protected.csv` with the
+    triggers as plain text, and `report.json` (the given facts plus the PSNR of every image).
+    `protected` comes from `protected_dataset(clean, ...)`."""
+    csv_path = write_dataset_folder(protected, out_dir, "protected.csv")
+    sources = protected.extra["source_image"].tolist()
+    per_image = [psnr(clean.images[source], protected.images[i]) for i, source in enumerate(sources)]
+    finite = [v for v in per_image if v is not None]
+    write_json(Path(out_dir) / "report.json", {**report, "psnr_db": per_image,
+                                               "psnr_db_mean": sum(finite) / len(finite) if finite else None})
+    return csv_path

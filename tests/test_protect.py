@@ -1,0 +1,247 @@
+import json
+
+import pytest
+import torch
+
+import mmue_lib.protect as protect_module
+from mmue_lib.cli import main
+from mmue_lib.data import load_csv_dataset, make_synthetic_dataset, write_dataset_folder
+from mmue_lib.models import Tokenizer, create_clip
+from mmue_lib.protect import (Protection, ProtectConfig, _ProtectedRows, beam_search, generate_protection,
+                              hotflip_candidates, method_config, pgd, protected_dataset, trigger_vocabulary,
+                              whole_word_tokens)
+from mmue_lib.train import TokenizedPairs, TrainConfig, train_clip
+
+
+@pytest.fixture(scope="module")
+def small_set():
+    return make_synthetic_dataset(48, 32, seed=0)
+
+
+def quick(method, **overrides):
+    values = dict(max_rounds=2, surrogate_steps=4, batch_size=16, trigger_top_k=4, device="cpu")
+    values.update(overrides)
+    return method_config(method, **values)
+
+
+def test_pgd_moves_in_whole_steps_within_the_bound():
+    clean = torch.tensor([[0, 3, 250, 128]], dtype=torch.uint8).view(1, 1, 1, 4)
+    target = torch.tensor([[100.0, -100.0, 100.0, 100.0]]).view(1, 1, 1, 4)
+
+    def loss(noise):  # pull every pixel towards the target (which is outside the ball)
+        return ((clean.float() + noise - target) ** 2).sum()
+
+    noise, _ = pgd(loss, torch.zeros(1, 1, 1, 4, dtype=torch.int8), eps=8, alpha=1, steps=3, clean=clean)
+    assert noise.dtype == torch.int8 and noise.flatten().tolist() == [3, -3, -3, -3]
+    noise, _ = pgd(loss, noise, eps=8, alpha=2, steps=10, clean=clean)
+    # pixel 0 stops at the bound, pixel 1 at 0 (cannot go below black), pixel 2 at -8, pixel 3 at -8.
+    assert noise.flatten().tolist() == [8, -3, -8, -8]
+    maximised, _ = pgd(loss, torch.zeros(1, 1, 1, 4, dtype=torch.int8), eps=8, alpha=1, steps=20,
+                       maximize=True, clean=clean)
+    assert maximised.flatten().tolist() == [-0, 8, 5, 8] or maximised.flatten().tolist() == [0, 8, 5, 8]
+
+
+def test_hotflip_picks_tokens_against_the_gradient_in_the_allowed_vocabulary():
+    embedding = torch.eye(4)
+    grad = torch.tensor([[[1.0, -2.0, -3.0, 0.5]]])
+    allowed = torch.tensor([True, True, False, True])
+    assert hotflip_candidates(grad, embedding, allowed, 2)[0, 0].tolist() == [1, 3]
+
+
+def greedy_reference(cost, current, candidates):
+    """The official rule: per position, try each candidate rank for the whole batch, keep the best (or current)."""
+    best = current.clone()
+    for position in range(current.shape[1]):
+        best_loss, best_option = cost(best), best
+        for rank in range(candidates.shape[2]):
+            option = best.clone()
+            option[:, position] = candidates[:, position, rank]
+            if cost(option) < best_loss:
+                best_loss, best_option = cost(option), option
+        best = best_option
+    return best
+
+
+def test_beam_one_equals_the_official_greedy_rule_and_wider_beams_are_no_worse():
+    generator = torch.Generator().manual_seed(0)
+    table = torch.rand(3, 10, generator=generator)
+    pair = torch.rand(10, 10, generator=generator)
+
+    def cost(trigger):  # [B, 3] -> batch mean of position costs plus an interaction of positions 0 and 2
+        return float((table[0, trigger[:, 0]] + table[1, trigger[:, 1]] + table[2, trigger[:, 2]]
+                      + pair[trigger[:, 0], trigger[:, 2]]).mean())
+
+    def score(sets):
+        return torch.tensor([cost(s) for s in sets])
+
+    current = torch.tensor([[0, 0, 0], [1, 1, 1]])
+    candidates = torch.randint(0, 10, (2, 3, 4), generator=generator)
+    greedy, greedy_loss = beam_search(score, current, candidates, beam_size=1)
+    assert torch.equal(greedy, greedy_reference(cost, current, candidates))
+    assert greedy_loss == pytest.approx(cost(greedy)) and greedy_loss <= cost(current)
+    wide, wide_loss = beam_search(score, current, candidates, beam_size=4)
+    assert wide_loss <= greedy_loss + 1e-9
+
+
+def test_whole_word_triggers_survive_decode_and_retokenise(small_set):
+    tokenizer = Tokenizer()
+    allowed = whole_word_tokens().nonzero().squeeze(1)
+    generator = torch.Generator().manual_seed(0)
+    triggers = allowed[torch.randint(len(allowed), (small_set.num_rows, 5), generator=generator)]
+    protection = Protection(ProtectConfig(trigger_len=5), torch.zeros(48, 3, 32, 32, dtype=torch.int8), triggers)
+    as_text = protected_dataset(small_set, protection)
+    from_text = tokenizer.tokenize(as_text.captions, 32)
+    from_ids = tokenizer.tokenize(small_set.captions, 32, prefix=triggers)
+    assert torch.equal(from_text, from_ids)
+    assert torch.equal(from_ids[:, 1:6], triggers)
+
+
+def test_semantic_vocabulary_is_caption_words():
+    mask = trigger_vocabulary("captions", ["A red circle", "two blue squares"])
+    words = {Tokenizer().decode([i]) for i in mask.nonzero().squeeze(1).tolist()}
+    assert words == {"a", "red", "circle", "two", "blue", "squares"}
+    assert trigger_vocabulary("all", []).all() and not whole_word_tokens()[Tokenizer().sot]
+
+
+def test_shuffled_captions_keep_each_row_its_own_trigger(small_set):
+    config = ProtectConfig(trigger_len=3, trigger_per="row")
+    triggers = torch.arange(small_set.num_rows * 3).view(-1, 3) + 1000
+    protection = Protection(config, torch.zeros(48, 3, 32, 32, dtype=torch.int8), triggers)
+    rows = _ProtectedRows(small_set, protection, 32, torch.device("cpu"))
+    batch = torch.tensor([0, 7, 12, 30])
+    shuffled = batch[torch.tensor([2, 0, 3, 1])]
+    tokens = rows.token_batch(batch, shuffled)
+    assert torch.equal(tokens[:, 1:4], triggers[batch])
+    plain = Tokenizer().tokenize([small_set.captions[i] for i in shuffled.tolist()], 32, prefix=triggers[batch])
+    assert torch.equal(tokens, plain)
+
+
+@pytest.mark.parametrize("method", ["em", "mem-3"])
+def test_noise_stays_in_bound_after_png_export(small_set, tmp_path, method):
+    protection = generate_protection(small_set, create_clip("RN-tiny", seed=0), quick(method), progress=False)
+    assert protection.noise.abs().max() <= 8 and protection.noise.abs().max() > 0
+    protected = protected_dataset(small_set, protection)
+    csv_path = write_dataset_folder(protected, tmp_path / "published", "protected.csv")
+    published = load_csv_dataset(csv_path, 32, progress=False)
+    assert torch.equal(published.images, protected.images)
+    assert (published.images.short() - small_set.images.short()).abs().max() <= 8
+    assert published.captions == protected.captions
+
+
+def test_fraction_protects_exactly_round_p_n_images(small_set):
+    noise = torch.full((48, 3, 32, 32), 4, dtype=torch.int8)
+    protection = Protection(ProtectConfig(trigger_len=1, trigger_per="image"), noise,
+                            torch.full((48, 1), Tokenizer().encode("zebra")[0]))
+    for fraction, expected in ((1.0, 48), (0.5, 24), (0.2, 10), (0.0, 0)):
+        protected = protected_dataset(small_set, protection, fraction, seed=3)
+        changed = (protected.images != small_set.images).flatten(1).any(dim=1)
+        assert int(changed.sum()) == expected == int(protected.extra["protected_images"].sum())
+        triggered = torch.tensor([c.startswith("zebra ") for c in protected.captions])
+        assert torch.equal(triggered, changed[small_set.row_image])
+    with pytest.raises(ValueError, match="fraction"):
+        protected_dataset(small_set, protection, 1.5)
+
+
+def test_noise_per_row_and_universal(small_set):
+    per_row = generate_protection(small_set, create_clip("RN-tiny", seed=0),
+                                  quick("em", noise_per="row", max_rounds=1), progress=False)
+    assert per_row.noise.shape[0] == small_set.num_rows
+    assert protected_dataset(small_set, per_row).num_images == small_set.num_rows
+    universal = generate_protection(small_set, create_clip("RN-tiny", seed=0), quick("uap"), progress=False)
+    assert universal.noise.shape[0] == 1 and universal.noise.abs().max() == 8
+
+
+def test_resume_after_kill_gives_identical_noise_and_triggers(small_set, tmp_path, monkeypatch):
+    config = quick("mem-3", max_rounds=3, stop_loss=None)
+    reference = generate_protection(small_set, create_clip("RN-tiny", seed=0), config, progress=False)
+    real_pgd_batch = protect_module._pgd_batch
+    calls = {"n": 0}
+
+    def killed_in_round_two(*args):
+        calls["n"] += 1
+        if calls["n"] == 5:  # 3 PGD batches per round: the 2nd batch of round 2
+            raise KeyboardInterrupt
+        return real_pgd_batch(*args)
+
+    checkpoint = tmp_path / "state.ckpt"
+    monkeypatch.setattr(protect_module, "_pgd_batch", killed_in_round_two)
+    with pytest.raises(KeyboardInterrupt):
+        generate_protection(small_set, create_clip("RN-tiny", seed=0), config, checkpoint_path=checkpoint,
+                            progress=False)
+    monkeypatch.setattr(protect_module, "_pgd_batch", real_pgd_batch)
+    resumed = generate_protection(small_set, create_clip("RN-tiny", seed=7), config, checkpoint_path=checkpoint,
+                                  progress=False)
+    assert torch.equal(resumed.noise, reference.noise) and torch.equal(resumed.triggers, reference.triggers)
+    assert [h["noise_loss"] for h in resumed.history] == [h["noise_loss"] for h in reference.history]
+    with pytest.raises(ValueError, match="another protection config"):
+        generate_protection(small_set, create_clip("RN-tiny"), quick("mem-5"), checkpoint_path=checkpoint)
+
+
+def test_stop_loss_ends_early(small_set):
+    protection = generate_protection(small_set, create_clip("RN-tiny", seed=0),
+                                     quick("em", max_rounds=5, stop_loss=100.0), progress=False)
+    assert len(protection.history) == 1
+
+
+def test_config_checks():
+    with pytest.raises(ValueError, match="minimise"):
+        ProtectConfig(direction="maximize", trigger_len=3)
+    with pytest.raises(ValueError, match="unknown method"):
+        method_config("mem-7")
+
+
+MEM_SMOKE = dict(trigger_per="image", max_rounds=6, trigger_search_rounds=6, surrogate_steps=30,
+                 surrogate_lr=1e-3, batch_size=64, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def mem_run():
+    """MEM-3 on the synthetic set at smoke scale. Triggers are per image here: with per-row
+    triggers (the project default, as the official code) the noise does not bind to the
+    triggers at this scale (the shuffled-caption loss rises round after round)."""
+    train = make_synthetic_dataset(400, 32, seed=0)
+    protection = generate_protection(train, create_clip("RN-tiny", seed=1), method_config("mem-3", **MEM_SMOKE),
+                                     progress=False)
+    return train, protection
+
+
+def test_error_minimising_data_is_learnt_faster_than_clean_data(mem_run):
+    train, protection = mem_run
+    # The same loop with no noise steps and no trigger is plain surrogate training on clean data.
+    control = generate_protection(train, create_clip("RN-tiny", seed=1),
+                                  method_config("em", **{**MEM_SMOKE, "pgd_steps": 0}), progress=False)
+    protected_loss = [h["surrogate_loss"] for h in protection.history]
+    clean_loss = [h["surrogate_loss"] for h in control.history]
+    assert protected_loss[-1] < 0.5 * clean_loss[-1]
+    assert protection.history[-1]["noise_loss"] < 0.5
+
+
+def test_victim_trained_on_mem3_data_is_clearly_worse(mem_run):
+    train, protection = mem_run
+    test = TokenizedPairs.from_dataset(make_synthetic_dataset(100, 32, seed=2), 32)
+    config = TrainConfig(epochs=8, batch_size=50, lr=2e-3, warmup_steps=4, rows_per_epoch="one_per_image")
+    results = {}
+    for name, dataset in (("clean", train), ("mem-3", protected_dataset(train, protection))):
+        results[name] = train_clip(create_clip("RN-tiny", seed=0), TokenizedPairs.from_dataset(dataset, 32), config,
+                                   test=test, progress=False).history[-1]
+    for direction in ("i2t", "t2i"):
+        assert results["mem-3"][f"{direction}_R@10"] < results["clean"][f"{direction}_R@10"] - 15
+        assert results["mem-3"][f"{direction}_MedR"] >= 2 * results["clean"][f"{direction}_MedR"]
+
+
+def test_protect_command_writes_publishable_data(tmp_path, capsys):
+    source = make_synthetic_dataset(12, 40, seed=5)
+    csv_path = write_dataset_folder(source, tmp_path / "mine", "mine.csv")
+    out = tmp_path / "out"
+    args = ["protect", "--csv", str(csv_path), "--out", str(out), "--model", "RN-tiny", "--size", "32",
+            "--max-rounds", "1", "--surrogate-steps", "2", "--batch-size", "8", "--device", "cpu"]
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["psnr_db"]) == 12 and report["psnr_db_mean"] > 30 and report["rounds"] == 1
+    published = load_csv_dataset(out / "protected.csv", 32, progress=False)
+    assert published.num_images == 12 and all(len(c.split()) > 3 for c in published.captions)
+    assert not (out / "protect_state.ckpt").exists()
+    assert main(args) == 2 and "not empty" in capsys.readouterr().err
+    assert main(args + ["--force"]) == 0
+    assert main(["protect", "--csv", str(csv_path), "--out", str(tmp_path / "o2"), "--method", "uap"]) == 2
+    assert "--surrogate" in capsys.readouterr().err
