@@ -146,7 +146,8 @@ def whole_word_tokens() -> torch.Tensor:
     allowed = torch.zeros(tokenizer.vocab_size, dtype=torch.bool)
     for token, index in tokenizer.bpe.encoder.items():
         word = token[:-4]
-        if token.endswith("</w>") and word.isascii() and word.isalpha() and tokenizer.encode(word) == [index]:
+        if token.endswith("</w>") and word.isascii() and word.isalpha() and word.islower() \
+                and tokenizer.bpe.bpe(word) == token:
             allowed[index] = True
     return allowed
 
