@@ -16,6 +16,7 @@ from typing import Sequence
 
 import open_clip
 import torch
+import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 from .storage import save_torch
@@ -162,19 +163,24 @@ def encode_texts(model: torch.nn.Module, tokens: torch.Tensor, batch_size: int =
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    chunks = [model.encode_text(tokens[i:i + batch_size].to(device), normalize=True).float().cpu()
+    chunks = [F.normalize(encode_text(model, tokens[i:i + batch_size].to(device)), dim=-1).float().cpu()
               for i in range(0, len(tokens), batch_size)]
     model.train(was_training)
     return torch.cat(chunks)
 
 
-def encode_text_from_embeddings(model: torch.nn.Module, tokens: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
-    """open_clip's `CLIP.encode_text` from given input embeddings (for gradients at token inputs);
-    `tokens` still locates the end token for pooling. Unnormalised features [B, D]."""
+def encode_text(model: torch.nn.Module, tokens: torch.Tensor, embeddings: torch.Tensor | None = None) -> torch.Tensor:
+    """open_clip's `CLIP.encode_text` (unnormalised features [B, D]) on the batch trimmed to its
+    longest caption: attention is causal and pooling reads the end token, so the padding after
+    it never matters. `embeddings` [B, L, W] replaces the token embeddings (for gradients at
+    token inputs); `tokens` still locates the end token."""
     from open_clip.transformer import text_global_pool
 
-    x = embeddings + model.positional_embedding.to(embeddings.dtype)
-    x = model.transformer(x, attn_mask=model.attn_mask)
+    length = int(tokens.argmax(dim=1).max()) + 1  # the end token has the highest id
+    tokens = tokens[:, :length]
+    x = model.token_embedding(tokens) if embeddings is None else embeddings[:, :length]
+    x = x + model.positional_embedding[:length].to(x.dtype)
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
     x = model.ln_final(x)
     x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
     if model.text_projection is None:

@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import PairDataset, write_dataset_folder
-from .models import Tokenizer, encode_text_from_embeddings, model_context_length, normalize_pixels
+from .models import Tokenizer, encode_text, model_context_length, normalize_pixels
 from .storage import save_torch, write_json
 from .train import ClipStepper, TrainConfig, clip_loss, row_batches
 
@@ -45,7 +45,8 @@ class ProtectConfig:
     trigger_len: int = 0
     trigger_per: Literal["row", "image", "universal"] = "row"
     trigger_init: Literal["the", "random"] = "the"
-    trigger_vocab: Literal["words", "captions", "all"] = "words"
+    trigger_vocab: Literal["words", "captions", "mlm", "all"] = "words"
+    mlm_path: str | None = None
     trigger_top_k: int = 16
     beam_size: int = 1
     trigger_search_rounds: int = 5
@@ -62,6 +63,8 @@ class ProtectConfig:
     def __post_init__(self) -> None:
         if self.direction == "maximize" and self.trigger_len:
             raise ValueError("triggers are searched to minimise the loss; use direction='minimize' with trigger_len > 0")
+        if self.trigger_vocab == "mlm" and not self.mlm_path:
+            raise ValueError("trigger_vocab='mlm' needs mlm_path: a local masked language model folder")
         if self.eps < 0 or self.alpha < 1 or self.pgd_steps < 0:
             raise ValueError("eps, alpha and pgd_steps are in whole 1/255 steps: eps >= 0, alpha >= 1, pgd_steps >= 0")
 
@@ -152,24 +155,59 @@ def whole_word_tokens() -> torch.Tensor:
     return allowed
 
 
-def trigger_vocabulary(kind: str, captions: list[str]) -> torch.Tensor:
-    """[V] bool mask of tokens a trigger may use: `words` (whole words), `captions` (whole words
-    that occur in the training captions: the built-in semantic vocabulary), `all` (any token,
-    special ones included, as the official code)."""
+def trigger_vocabulary(config: ProtectConfig, captions: list[str]) -> torch.Tensor:
+    """[V] bool mask of tokens a trigger may use, by `config.trigger_vocab`: `words` (whole words),
+    `captions` (whole words that occur in the training captions: the built-in semantic
+    vocabulary), `mlm` (whole words a local masked language model proposes for the trigger
+    slots: the paper's BERT variant), `all` (any token, special ones included, as the official code)."""
     tokenizer = Tokenizer()
+    kind = config.trigger_vocab
     if kind == "all":
         return torch.ones(tokenizer.vocab_size, dtype=torch.bool)
-    words = whole_word_tokens()
     if kind == "words":
-        return words
+        return whole_word_tokens()
     if kind == "captions":
-        used = torch.zeros_like(words)
-        for word in {w.lower() for c in captions for w in c.split()}:
-            ids = tokenizer.encode(word)
-            if len(ids) == 1:
-                used[ids[0]] = True
-        return used & words
-    raise ValueError(f"unknown trigger vocabulary '{kind}' (words, captions, all)")
+        words = {w.lower() for c in captions for w in c.split()}
+    elif kind == "mlm":
+        words = mlm_proposals(config.mlm_path, captions, max(1, config.trigger_len), seed=config.seed)
+    else:
+        raise ValueError(f"unknown trigger vocabulary '{kind}' (words, captions, mlm, all)")
+    return _words_to_mask(words) & whole_word_tokens()
+
+
+def _words_to_mask(words: set[str]) -> torch.Tensor:
+    tokenizer = Tokenizer()
+    mask = torch.zeros(tokenizer.vocab_size, dtype=torch.bool)
+    for word in words:
+        ids = tokenizer.encode(word)
+        if len(ids) == 1:
+            mask[ids[0]] = True
+    return mask
+
+
+@torch.no_grad()
+def mlm_proposals(mlm_path: str | os.PathLike, captions: list[str], trigger_len: int, per_slot: int = 5,
+                  max_captions: int = 1000, seed: int = 0) -> set[str]:
+    """Words a masked language model (a local Hugging Face folder, e.g. bert-base-uncased) puts
+    in `trigger_len` masked slots before a sample of the captions, its top `per_slot` per slot."""
+    try:
+        from transformers import AutoModelForMaskedLM, AutoTokenizer
+    except ImportError as error:
+        raise ImportError("trigger_vocab='mlm' needs the transformers package: pip install transformers") from error
+    if not Path(mlm_path).is_dir():
+        raise FileNotFoundError(f"masked language model folder not found: {mlm_path} (no downloads are made)")
+    tokenizer = AutoTokenizer.from_pretrained(mlm_path, local_files_only=True)
+    model = AutoModelForMaskedLM.from_pretrained(mlm_path, local_files_only=True).eval()
+    order = torch.randperm(len(captions), generator=torch.Generator().manual_seed(seed))[:max_captions]
+    masks = " ".join([tokenizer.mask_token] * trigger_len)
+    texts = [f"{masks} {captions[i]}" for i in order.tolist()]
+    words: set[str] = set()
+    for start in range(0, len(texts), 64):
+        encoded = tokenizer(texts[start:start + 64], padding=True, truncation=True, return_tensors="pt")
+        logits = model(**encoded).logits
+        proposals = logits[encoded["input_ids"] == tokenizer.mask_token_id].topk(per_slot, dim=-1).indices
+        words.update(w.lower() for w in tokenizer.convert_ids_to_tokens(proposals.flatten().tolist()) if w.isalpha())
+    return words
 
 
 @dataclass
@@ -252,7 +290,7 @@ def _search_batch(model: torch.nn.Module, batch: _ProtectedRows, rows: torch.Ten
     embeddings = model.token_embedding(tokens).detach()
     trigger = embeddings[:, 1:1 + batch.k].clone().requires_grad_(True)
     full = torch.cat([embeddings[:, :1], trigger, embeddings[:, 1 + batch.k:]], dim=1)
-    loss = clip_loss(image_features, encode_text_from_embeddings(model, tokens, full), model.logit_scale)
+    loss = clip_loss(image_features, encode_text(model, tokens, full), model.logit_scale)
     grad, = torch.autograd.grad(loss, trigger)
     groups, inverse = torch.unique(batch.trigger_index[rows], return_inverse=True)
     grad = torch.zeros(len(groups), *grad.shape[1:], device=grad.device).index_add_(0, inverse.to(grad.device), grad)
@@ -263,7 +301,7 @@ def _search_batch(model: torch.nn.Module, batch: _ProtectedRows, rows: torch.Ten
     def score(trigger_sets: torch.Tensor) -> torch.Tensor:
         losses = []
         for trigger_set in trigger_sets:
-            text = model.encode_text(batch.token_batch(rows, caption_rows, trigger_set.to(tokens.device)))
+            text = encode_text(model, batch.token_batch(rows, caption_rows, trigger_set.to(tokens.device)))
             losses.append(clip_loss(image_features, text, model.logit_scale))
         return torch.stack(losses).cpu()
 
@@ -284,7 +322,7 @@ def _pgd_batch(model: torch.nn.Module, batch: _ProtectedRows, rows: torch.Tensor
         pixels = (base + noise[inverse]).clamp(0, 255) / 255
         caption_rows = _shuffled(rows, generator) if config.shuffle_pgd else rows
         with torch.no_grad():
-            text = model.encode_text(batch.token_batch(rows, caption_rows))
+            text = encode_text(model, batch.token_batch(rows, caption_rows))
         return clip_loss(model.encode_image(normalize_pixels(pixels)), text, model.logit_scale)
 
     one_clean_per_group = None
@@ -323,7 +361,7 @@ def generate_protection(dataset: PairDataset, surrogate: torch.nn.Module, config
     atomically after every round and a rerun resumes, ending exactly as an uninterrupted run."""
     device = TrainConfig(device=config.device).resolved_device()
     surrogate.to(device)
-    allowed = trigger_vocabulary(config.trigger_vocab, dataset.captions)
+    allowed = trigger_vocabulary(config, dataset.captions)
     protection = _initial_protection(dataset, config, allowed)
     stepper = ClipStepper(surrogate, TrainConfig(lr=config.surrogate_lr, weight_decay=config.surrogate_wd,
                                                  schedule="constant", batch_size=config.batch_size),

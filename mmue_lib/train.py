@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 
 from .data import PairDataset
 from .metrics import retrieval_metrics
-from .models import Tokenizer, encode_images, encode_texts, model_context_length, normalize_pixels
+from .models import (Tokenizer, encode_images, encode_text, encode_texts, model_context_length,
+                     normalize_pixels)
 from .storage import save_torch
 
 MAX_LOGIT_SCALE = math.log(100)
@@ -86,7 +87,7 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
 
 def batch_loss(model: torch.nn.Module, pixels: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """CLIP loss of uint8 or [0,1]-float images and token ids (the model's own logit scale)."""
-    return clip_loss(model.encode_image(normalize_pixels(pixels)), model.encode_text(tokens), model.logit_scale)
+    return clip_loss(model.encode_image(normalize_pixels(pixels)), encode_text(model, tokens), model.logit_scale)
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mmue_lib.models import (Tokenizer, create_clip, encode_images, encode_texts, list_model_names, load_clip,
+from mmue_lib.models import (Tokenizer, create_clip, encode_images, encode_text, encode_texts, list_model_names, load_clip,
                              model_context_length, model_image_size, normalize_pixels, save_clip)
 
 SMALL_MODELS = ["RN-tiny", "RN-tiny-wide", "ViT-tiny", "RN-small", "RN-medium", "ViT-small"]
@@ -73,3 +73,22 @@ def test_tokenizer_places_prefix_after_start_and_keeps_end_token():
     assert tok.decode(tokens[1]) == "the the the cat"
     with pytest.raises(ValueError, match="no room"):
         tok.tokenize(["x"], 5, prefix=prefix[:1])
+
+
+@pytest.mark.parametrize("name", ["RN-tiny", "ViT-tiny"])
+def test_trimmed_text_encoder_matches_open_clip(name):
+    model = create_clip(name, seed=0).eval()
+    tokens = Tokenizer().tokenize(["a red circle !", "two shapes on a gray background, both blue !!"], 32)
+    with torch.no_grad():
+        expected = model.encode_text(tokens)
+        assert torch.allclose(encode_text(model, tokens), expected, atol=1e-5)
+        embeddings = model.token_embedding(tokens)
+        assert torch.allclose(encode_text(model, tokens, embeddings), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["RN50", "ViT-B-32"])
+def test_paper_architectures_build_at_224(name):
+    model = create_clip(name, seed=0)
+    assert model_image_size(model) == 224 and model_context_length(model) == 77
+    features = encode_images(model, torch.zeros(1, 3, 224, 224, dtype=torch.uint8))
+    assert features.shape == (1, 1024 if name == "RN50" else 512)

@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 
 import mmue_lib.protect as protect_module
 from mmue_lib.cli import main
@@ -97,10 +98,40 @@ def test_whole_word_triggers_survive_decode_and_retokenise(small_set):
 
 
 def test_semantic_vocabulary_is_caption_words():
-    mask = trigger_vocabulary("captions", ["A red circle", "two blue squares"])
+    mask = trigger_vocabulary(ProtectConfig(trigger_vocab="captions"), ["A red circle", "two blue squares"])
     words = {Tokenizer().decode([i]) for i in mask.nonzero().squeeze(1).tolist()}
     assert words == {"a", "red", "circle", "two", "blue", "squares"}
-    assert trigger_vocabulary("all", []).all() and not whole_word_tokens()[Tokenizer().sot]
+    assert trigger_vocabulary(ProtectConfig(trigger_vocab="all"), []).all()
+    assert not whole_word_tokens()[Tokenizer().sot]
+
+
+@pytest.fixture(scope="module")
+def tiny_mlm(tmp_path_factory):
+    """A randomly initialised BERT with a small word-level vocabulary, saved as a local folder."""
+    transformers = pytest.importorskip("transformers")
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    words = ["red", "green", "blue", "circle", "square", "sunny", "quiet", "river", "garden", "##s"]
+    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    tokenizer = transformers.BertTokenizer(str(folder / "vocab.txt"))
+    config = transformers.BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    torch.manual_seed(0)
+    transformers.BertForMaskedLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder, set(words) - {"##s"}
+
+
+def test_mlm_vocabulary_restricts_triggers_to_proposed_words(tiny_mlm, small_set):
+    folder, words = tiny_mlm
+    config = quick("mem-3", max_rounds=1, trigger_vocab="mlm", mlm_path=str(folder))
+    allowed = trigger_vocabulary(config, small_set.captions)
+    proposed = {Tokenizer().decode([i]) for i in allowed.nonzero().squeeze(1).tolist()}
+    assert proposed and proposed <= words
+    protection = generate_protection(small_set, create_clip("RN-tiny", seed=0), config, progress=False)
+    used = {Tokenizer().decode([i]) for i in protection.triggers.unique().tolist()}
+    assert used <= proposed | {"the"}
+    with pytest.raises(ValueError, match="mlm_path"):
+        ProtectConfig(trigger_vocab="mlm")
 
 
 def test_shuffled_captions_keep_each_row_its_own_trigger(small_set):
@@ -126,6 +157,18 @@ def test_noise_stays_in_bound_after_png_export(small_set, tmp_path, method):
     assert torch.equal(published.images, protected.images)
     assert (published.images.short() - small_set.images.short()).abs().max() <= 8
     assert published.captions == protected.captions
+
+
+def test_victim_on_exported_folder_equals_victim_on_memory(small_set, tmp_path):
+    protection = generate_protection(small_set, create_clip("RN-tiny", seed=0), quick("mem-3", max_rounds=1),
+                                     progress=False)
+    in_memory = protected_dataset(small_set, protection)
+    exported = load_csv_dataset(write_dataset_folder(in_memory, tmp_path / "pub", "protected.csv"), 32, progress=False)
+    config = TrainConfig(epochs=1, batch_size=16, device="cpu")
+    runs = [train_clip(create_clip("RN-tiny", seed=0), TokenizedPairs.from_dataset(d, 32), config, progress=False)
+            for d in (in_memory, exported)]
+    for a, b in zip(runs[0].model.state_dict().values(), runs[1].model.state_dict().values()):
+        assert torch.equal(a, b)
 
 
 def test_fraction_protects_exactly_round_p_n_images(small_set):
@@ -232,14 +275,17 @@ def test_victim_trained_on_mem3_data_is_clearly_worse(mem_run):
 def test_protect_command_writes_publishable_data(tmp_path, capsys):
     source = make_synthetic_dataset(12, 40, seed=5)
     csv_path = write_dataset_folder(source, tmp_path / "mine", "mine.csv")
+    Image.new("L", (53, 31), 77).save(tmp_path / "mine" / "images" / "gray.jpg")
+    with open(csv_path, "a") as f:
+        f.write("images/gray.jpg,a gray photo of nothing\n")
     out = tmp_path / "out"
     args = ["protect", "--csv", str(csv_path), "--out", str(out), "--model", "RN-tiny", "--size", "32",
             "--max-rounds", "1", "--surrogate-steps", "2", "--batch-size", "8", "--device", "cpu"]
     assert main(args) == 0
     report = json.loads((out / "report.json").read_text())
-    assert len(report["psnr_db"]) == 12 and report["psnr_db_mean"] > 30 and report["rounds"] == 1
+    assert len(report["psnr_db"]) == 13 and report["psnr_db_mean"] > 30 and report["rounds"] == 1
     published = load_csv_dataset(out / "protected.csv", 32, progress=False)
-    assert published.num_images == 12 and all(len(c.split()) > 3 for c in published.captions)
+    assert published.num_images == 13 and all(len(c.split()) > 3 for c in published.captions)
     assert not (out / "protect_state.ckpt").exists()
     assert main(args) == 2 and "not empty" in capsys.readouterr().err
     assert main(args + ["--force"]) == 0

@@ -1,0 +1,113 @@
+"""Experiments computed once and cached on disk, keyed by every parameter they depend on.
+
+A run is a protection (EM / UAP / MEM noise and triggers) or a CLIP training run (a clean
+model, a surrogate, a victim trained on protected data). Each lives in
+`$MMUE_CACHE/runs/<kind>/<key>/` with `spec.json`, its artifacts and, written last,
+`result.json`. The key hashes the run's spec, which embeds the specs of the runs it uses,
+so a changed parameter recomputes exactly what depends on it. An interrupted run resumes
+from its own checkpoint.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .data import PairDataset, load_split
+from .models import create_clip, load_clip, model_context_length, save_clip
+from .protect import Protection, ProtectConfig, generate_protection, method_config, protected_dataset
+from .storage import cache_root, save_torch, stable_hash, write_json
+from .train import TokenizedPairs, TrainConfig, train_clip
+
+CODE_VERSION = 1
+"""Bump when a library change makes cached results stale."""
+
+
+def run_folder(kind: str, spec: dict) -> Path:
+    return cache_root() / "runs" / kind / stable_hash({"kind": kind, "spec": spec, "version": CODE_VERSION})
+
+
+def cached(kind: str, spec: dict, compute: Callable[[Path], dict]) -> dict:
+    """`result.json` of the run of `kind` with `spec`, computing it (into its folder) if needed."""
+    folder = run_folder(kind, spec)
+    result_file = folder / "result.json"
+    if not result_file.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(folder / "spec.json", spec)
+        write_json(result_file, {"kind": kind, "spec": spec, **compute(folder)})
+    return {**json.loads(result_file.read_text(encoding="utf-8")), "folder": str(folder)}
+
+
+def data_spec(data: str, image_size: int, max_train_images: int | None = None,
+              max_test_images: int | None = None) -> dict:
+    return {"data": data, "image_size": image_size, "max_train_images": max_train_images,
+            "max_test_images": max_test_images}
+
+
+def load_data(spec: dict, split: str) -> PairDataset:
+    limit = spec["max_test_images"] if split in ("val", "test") else spec["max_train_images"]
+    return load_split(spec["data"], split, spec["image_size"], max_images=limit, progress=False)
+
+
+def training_run(data: dict, model: str, context_length: int, train: dict, *, protection: dict | None = None,
+                 fraction: float = 1.0, pretrained: dict | None = None, seed: int = 0,
+                 progress: bool = True) -> dict:
+    """Train a CLIP (from scratch, or from the `pretrained` training run) on the train split,
+    protected by the `protection` run when given; logs clean-test retrieval every epoch."""
+    spec = {"data": data, "model": model, "context_length": context_length, "train": train,
+            "protection": protection and protection["spec"], "fraction": fraction,
+            "pretrained": pretrained and pretrained["spec"], "seed": seed}
+
+    def compute(folder: Path) -> dict:
+        clip = (load_clip(pretrained_checkpoint(pretrained)) if pretrained else
+                create_clip(model, image_size=data["image_size"], context_length=context_length, seed=seed))
+        train_set = load_data(data, "train")
+        if protection is not None:
+            train_set = protected_dataset(train_set, load_protection(protection), fraction, seed)
+        length = model_context_length(clip)
+        result = train_clip(clip, TokenizedPairs.from_dataset(train_set, length), TrainConfig(**train),
+                            test=TokenizedPairs.from_dataset(load_data(data, "test"), length),
+                            checkpoint_path=folder / "train_state.ckpt", progress=progress)
+        save_clip(result.model.cpu(), folder / "model.pt", meta={"spec": spec})
+        (folder / "train_state.ckpt").unlink(missing_ok=True)
+        return {"history": result.history, "final": result.history[-1], "seconds": result.seconds}
+
+    return cached("train", spec, compute)
+
+
+def pretrained_checkpoint(run: dict) -> Path:
+    """The model file of a finished training run."""
+    return Path(run["folder"]) / "model.pt"
+
+
+def protection_run(data: dict, method: str, surrogate_model: str, context_length: int, *,
+                   surrogate: dict | None = None, progress: bool = True, **overrides) -> dict:
+    """Generate EM / UAP / MEM protection of the train split. The surrogate starts from random
+    initialisation, or from the `surrogate` training run (UAP/TAP need a clean-trained one)."""
+    config = method_config(method, **overrides)
+    spec = {"data": data, "method": method, "config": asdict(config), "surrogate_model": surrogate_model,
+            "context_length": context_length, "surrogate": surrogate and surrogate["spec"]}
+
+    def compute(folder: Path) -> dict:
+        model = (load_clip(pretrained_checkpoint(surrogate)) if surrogate else
+                 create_clip(surrogate_model, image_size=data["image_size"], context_length=context_length,
+                             seed=config.seed))
+        protection = generate_protection(load_data(data, "train"), model, config,
+                                         checkpoint_path=folder / "state.ckpt", progress=progress)
+        save_torch(folder / "protection.pt", {"config": asdict(config), "noise": protection.noise,
+                                              "triggers": protection.triggers, "history": protection.history,
+                                              "seconds": protection.seconds})
+        (folder / "state.ckpt").unlink(missing_ok=True)
+        return {"history": protection.history, "seconds": protection.seconds}
+
+    return cached("protect", spec, compute)
+
+
+def load_protection(run: dict) -> Protection:
+    """The `Protection` of a finished protection run."""
+    state = torch.load(Path(run["folder"]) / "protection.pt", map_location="cpu", weights_only=True)
+    return Protection(ProtectConfig(**state["config"]), state["noise"], state["triggers"], state["history"],
+                      state["seconds"])
