@@ -1,8 +1,9 @@
 """Execute the project's notebooks with papermill, one flat YAML params file per notebook and scale.
 
 `python -m mmue_lib.notebooks --scale smoke [--only 01_data_overview] [--produces table]`
-runs `notebooks/<name>.ipynb` with `params/<scale>/<name>.yaml` into `executed/<scale>/`,
-and points the notebook at `results/<scale>/` and `figures/<scale>/` for its outputs.
+runs `notebooks/<name>.ipynb` with `params/<scale>/shared.yaml` (the experiment that several
+notebooks share) and `params/<scale>/<name>.yaml` into `executed/<scale>/`, and points the
+notebook at `results/<scale>/` and `figures/<scale>/` for its outputs.
 """
 from __future__ import annotations
 
@@ -41,6 +42,23 @@ def notebook_names() -> list[str]:
     return sorted(p.stem for p in NOTEBOOK_DIR.glob("*.ipynb"))
 
 
+def declared_parameters(name: str) -> set[str]:
+    """Names assigned in the notebook's `parameters` cell."""
+    cells = json.loads((NOTEBOOK_DIR / f"{name}.ipynb").read_text(encoding="utf-8"))["cells"]
+    cell = next(c for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))
+    source = cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
+    return {line.split("=", 1)[0].strip() for line in source.splitlines() if "=" in line and not line.startswith("#")}
+
+
+def notebook_params(name: str, scale: str) -> dict:
+    """`params/<scale>/shared.yaml` (the experiment several notebooks share; only the keys this
+    notebook declares) under `params/<scale>/<name>.yaml`."""
+    shared_file = PARAMS_DIR / scale / "shared.yaml"
+    shared = load_params(shared_file) if shared_file.is_file() else {}
+    declared = declared_parameters(name)
+    return {**{k: v for k, v in shared.items() if k in declared}, **load_params(PARAMS_DIR / scale / f"{name}.yaml")}
+
+
 def notebook_produces(name: str) -> list[str]:
     """What a notebook writes ('table', 'figure'), from its `mmue.produces` metadata."""
     metadata = json.loads((NOTEBOOK_DIR / f"{name}.ipynb").read_text(encoding="utf-8")).get("metadata", {})
@@ -51,7 +69,7 @@ def run_notebook(name: str, scale: str, overrides: dict | None = None, output_ro
     """Execute one notebook at `scale`; returns the executed notebook's path."""
     import papermill
 
-    params = load_params(PARAMS_DIR / scale / f"{name}.yaml")
+    params = notebook_params(name, scale)
     params.update({"scale": scale,
                    "results_dir": str(output_root / "results" / scale),
                    "figures_dir": str(output_root / "figures" / scale)})

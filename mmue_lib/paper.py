@@ -34,3 +34,25 @@ def table1(method: str, dataset: str) -> dict[str, float]:
     if (method, dataset) not in TABLE1:
         raise KeyError(f"Table 1 has no row {method!r} for {dataset!r}; methods {METHODS}, datasets {DATASETS}")
     return TABLE1[(method, dataset)]
+
+
+_TABLE2_TEXT = """
+RN50     | 58 308 60 275 | 12 445 16 325 | 5 1086 7 988
+RN101    | 52 236 58 197 | 10 404 17 306 | 5 989 6 844
+ViT-B-32 | 53 241 52 194 | 9 343 13 287 | 4 1064 4 920
+"""
+
+
+def _parse_table2() -> dict[tuple[str, str], dict[str, float]]:
+    table = {}
+    for line in _TABLE2_TEXT.strip().splitlines():
+        victim, *cells = [part.split() for part in line.split("|")]
+        for dataset, cell in zip(DATASETS, cells):
+            i2t_clean, i2t_protected, t2i_clean, t2i_protected = map(float, cell)
+            table[(victim[0], dataset)] = {"clean i2t_MedR": i2t_clean, "MEM-3 i2t_MedR": i2t_protected,
+                                           "clean t2i_MedR": t2i_clean, "MEM-3 t2i_MedR": t2i_protected}
+    return table
+
+
+TABLE2 = _parse_table2()
+"""Table 2: MedR of victims trained on clean data and on MEM-3 data made on RN50; keys (victim, dataset)."""

@@ -56,6 +56,48 @@ def beside_paper(ours: dict[str, float], paper: dict[str, float], keys: list[str
     return row
 
 
+RETRIEVAL_KEYS = ["i2t_R@10", "i2t_MedR", "t2i_R@10", "t2i_MedR"]
+
+
+def protection_closure(protected: dict, clean: dict, chance: dict, direction: str) -> float:
+    """C = (MedR_protected - MedR_clean) / (MedR_random - MedR_clean): 0 = no protection, 1 = random."""
+    key = f"{direction}_MedR"
+    gap = chance[key] - clean[key]
+    return float("nan") if gap <= 0 else (protected[key] - clean[key]) / gap
+
+
+def retrieval_table(finals: dict[str, dict], chance: dict, paper_rows: dict[str, dict]) -> pd.DataFrame:
+    """One row per method (Random first): Hit@10 and MedR both ways beside the paper's, and the
+    protection closure C of every row against the 'Clean' row (Random 1, Clean 0 by definition)."""
+    rows = []
+    for label, final in {"Random": chance, **finals}.items():
+        row = {"method": label, **beside_paper(final, paper_rows.get(label, {}), RETRIEVAL_KEYS)}
+        if "Clean" in finals:
+            for direction in ("i2t", "t2i"):
+                row[f"{direction} C"] = protection_closure(final, finals["Clean"], chance, direction)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def transfer_table(rows: list[tuple[str, str, dict, dict]], chance: dict, method_label: str,
+                   paper_rows: dict[str, dict]) -> pd.DataFrame:
+    """Table 2: per victim architecture (ours, the paper's counterpart), MedR when trained on clean
+    and on protected data, beside the paper's, with the protection closure C."""
+    table = []
+    for victim, paper_victim, clean, protected in rows:
+        row = {"victim": victim, "paper victim": paper_victim}
+        published = paper_rows.get(paper_victim, {})
+        for direction in ("i2t", "t2i"):
+            key = f"{direction}_MedR"
+            row[f"clean {key}"] = clean[key]
+            row[f"clean {key} (paper)"] = published.get(f"clean {key}", float("nan"))
+            row[f"{method_label} {key}"] = protected[key]
+            row[f"{method_label} {key} (paper)"] = published.get(f"MEM-3 {key}", float("nan"))
+            row[f"{direction} C"] = protection_closure(protected, clean, chance, direction)
+        table.append(row)
+    return pd.DataFrame(table)
+
+
 def split_summary(dataset: PairDataset, context_length: int) -> dict[str, float]:
     """Sizes and caption statistics of one split; `truncated %` counts captions longer than the context."""
     tokenizer = Tokenizer()
@@ -82,6 +124,63 @@ def plot_examples(dataset: PairDataset, count: int = 8, seed: int = 0, columns: 
         axis.imshow(dataset.images[image].permute(1, 2, 0).numpy())
         caption = dataset.captions[first_row[int(image)]]
         axis.set_title("\n".join(_wrap(caption, 34)), fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def plot_protected_examples(clean: PairDataset, protected: PairDataset, count: int = 4, seed: int = 0) -> plt.Figure:
+    """Per example: the clean image, the protected image, the noise (amplified) and the caption
+    as published (trigger first)."""
+    rng = np.random.default_rng(seed)
+    source = protected.extra["source_image"]
+    chosen = rng.choice(protected.num_images, size=min(count, protected.num_images), replace=False)
+    first_row = {int(image): row for row, image in reversed(list(enumerate(protected.row_image.tolist())))}
+    figure, axes = plt.subplots(len(chosen), 3, figsize=(7, 3.2 * len(chosen)), squeeze=False)
+    for line, index in zip(axes, chosen):
+        before = clean.images[int(source[index])].permute(1, 2, 0).numpy()
+        after = protected.images[index].permute(1, 2, 0).numpy()
+        noise = after.astype(np.int16) - before.astype(np.int16)
+        scale = max(1, int(np.abs(noise).max()))
+        for axis, picture, label in zip(line, (before, after, noise / (2 * scale) + 0.5),
+                                        ("clean", "protected", f"noise x{127 // scale}")):
+            axis.imshow(picture)
+            axis.set_xlabel(label, fontsize=9)
+            axis.set_xticks([])
+            axis.set_yticks([])
+        line[1].set_title("\n".join(_wrap(protected.captions[first_row[int(index)]], 60)), fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def plot_training_curves(histories: dict[str, list[dict]], chance: dict | None = None) -> plt.Figure:
+    """Figure 4: per epoch, the victim's mean training loss and its clean-test MedR both ways."""
+    panels = [("train_loss", "training loss"), ("i2t_MedR", "image -> text MedR"), ("t2i_MedR", "text -> image MedR")]
+    figure, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for axis, (key, title) in zip(axes, panels):
+        for label, history in histories.items():
+            axis.plot([h["epoch"] for h in history], [h[key] for h in history], marker="o", markersize=3, label=label)
+        if chance and key in chance:
+            axis.axhline(chance[key], color="gray", linestyle="--", linewidth=1, label="random")
+        axis.set_title(title)
+        axis.set_xlabel("epoch")
+    axes[0].legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def plot_tsne(panels: dict[str, tuple[np.ndarray, np.ndarray, int]]) -> plt.Figure:
+    """Figure 6: one panel per (2-D points, image id of each point, number of images); images
+    are triangles, captions circles, one colour per image."""
+    figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5.5), squeeze=False)
+    for axis, (title, (points, groups, num_images)) in zip(axes[0], panels.items()):
+        colours = plt.get_cmap("tab20")(groups % 20)
+        is_image = np.arange(len(points)) < num_images
+        axis.scatter(points[~is_image, 0], points[~is_image, 1], c=colours[~is_image], marker="o", s=28, alpha=0.8)
+        axis.scatter(points[is_image, 0], points[is_image, 1], c=colours[is_image], marker="^", s=90,
+                     edgecolors="black", linewidths=0.6)
+        axis.set_title(title)
+        axis.set_xticks([])
+        axis.set_yticks([])
     figure.tight_layout()
     return figure
 

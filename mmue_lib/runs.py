@@ -18,7 +18,8 @@ import torch
 
 from .data import PairDataset, load_split
 from .models import create_clip, load_clip, model_context_length, save_clip
-from .protect import Protection, ProtectConfig, generate_protection, method_config, protected_dataset
+from .protect import (METHOD_PRESETS, Protection, ProtectConfig, generate_protection, method_config,
+                      protected_dataset)
 from .storage import cache_root, save_torch, stable_hash, write_json
 from .train import TokenizedPairs, TrainConfig, train_clip
 
@@ -84,10 +85,14 @@ def pretrained_checkpoint(run: dict) -> Path:
 
 
 def protection_run(data: dict, method: str, surrogate_model: str, context_length: int, *,
-                   surrogate: dict | None = None, progress: bool = True, **overrides) -> dict:
-    """Generate EM / UAP / MEM protection of the train split. The surrogate starts from random
-    initialisation, or from the `surrogate` training run (UAP/TAP need a clean-trained one)."""
-    config = method_config(method, **overrides)
+                   schedule: dict | None = None, surrogate: dict | None = None, progress: bool = True,
+                   **overrides) -> dict:
+    """Generate EM / UAP / MEM protection of the train split. `schedule` holds settings shared by
+    all methods (the method's preset wins over them); `overrides` win over the preset. The
+    surrogate starts from random initialisation, or from the `surrogate` training run (UAP/TAP
+    need a clean-trained one)."""
+    shared = {k: v for k, v in (schedule or {}).items() if k not in METHOD_PRESETS[method]}
+    config = method_config(method, **{**shared, **overrides})
     spec = {"data": data, "method": method, "config": asdict(config), "surrogate_model": surrogate_model,
             "context_length": context_length, "surrogate": surrogate and surrogate["spec"]}
 
@@ -111,3 +116,21 @@ def load_protection(run: dict) -> Protection:
     state = torch.load(Path(run["folder"]) / "protection.pt", map_location="cpu", weights_only=True)
     return Protection(ProtectConfig(**state["config"]), state["noise"], state["triggers"], state["history"],
                       state["seconds"])
+
+
+METHOD_LABELS = {"em": "EM", "uap": "UAP", "tap": "TAP", "mem-3": "MEM-3", "mem-5": "MEM-5"}
+
+
+def method_runs(data: dict, victim_model: str, surrogate_model: str, context_length: int, train: dict,
+                methods: list[str], schedule: dict, progress: bool = True) -> dict[str, dict]:
+    """Table 1's rows: the clean victim, and per method its protection and the victim trained on it.
+    Error-maximising methods (UAP, TAP) attack the clean victim itself as their surrogate."""
+    clean = training_run(data, victim_model, context_length, train, progress=progress)
+    experiment = {"Clean": {"protection": None, "victim": clean}}
+    for method in methods:
+        surrogate = clean if METHOD_PRESETS[method].get("direction") == "maximize" else None
+        protection = protection_run(data, method, surrogate_model, context_length, schedule=schedule,
+                                    surrogate=surrogate, progress=progress)
+        victim = training_run(data, victim_model, context_length, train, protection=protection, progress=progress)
+        experiment[METHOD_LABELS[method]] = {"protection": protection, "victim": victim}
+    return experiment

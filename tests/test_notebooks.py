@@ -5,7 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mmue_lib.notebooks import NOTEBOOK_DIR, PARAMS_DIR, load_params, notebook_names, run_notebook
+from mmue_lib.notebooks import (NOTEBOOK_DIR, PARAMS_DIR, declared_parameters, load_params, notebook_names,
+                                notebook_params, run_notebook)
 
 SCALES = ("smoke", "cpu", "paper")
 
@@ -21,11 +22,16 @@ def test_source_notebook_is_clean_and_has_params_at_every_scale(name):
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), "commit notebooks without outputs"
     assert "parameters" in code[0]["metadata"].get("tags", []), "the first code cell must be tagged 'parameters'"
     assert notebook["metadata"]["mmue"]["outputs"], "declare the files the notebook writes"
+    declared = declared_parameters(name)
     for scale in SCALES:
-        params = load_params(PARAMS_DIR / scale / f"{name}.yaml")
-        declared = "".join(c["source"] if isinstance(c["source"], str) else "".join(c["source"]) for c in code[:1])
-        for key in params:
-            assert f"{key} =" in declared, f"{scale}/{name}.yaml sets '{key}', which the notebook does not declare"
+        own = load_params(PARAMS_DIR / scale / f"{name}.yaml")
+        assert set(own) <= declared, f"{scale}/{name}.yaml sets {sorted(set(own) - declared)}, not declared"
+        assert set(notebook_params(name, scale)) <= declared
+
+
+def test_shared_params_have_the_same_keys_at_every_scale():
+    keys = [set(load_params(PARAMS_DIR / scale / "shared.yaml")) for scale in SCALES]
+    assert keys[0] == keys[1] == keys[2]
 
 
 def test_params_must_be_flat(tmp_path):
