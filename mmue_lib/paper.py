@@ -13,29 +13,6 @@ MEM-3  | 4.1 304 3.7 250 | 3.8 412 2.2 308 | 1.7 1705 1.3 1301
 MEM-5  | 3.8 308 3.0 275 | 3.9 445 2.0 325 | 0.8 1883 1.1 1466
 """
 
-
-def _parse_table1() -> dict[tuple[str, str], dict[str, float]]:
-    table = {}
-    for line in _TABLE1_TEXT.strip().splitlines():
-        method, *cells = [part.split() for part in line.split("|")]
-        for dataset, cell in zip(DATASETS, cells):
-            i2t_hit, i2t_medr, t2i_hit, t2i_medr = map(float, cell)
-            table[(method[0], dataset)] = {"i2t_R@10": i2t_hit, "i2t_MedR": i2t_medr,
-                                           "t2i_R@10": t2i_hit, "t2i_MedR": t2i_medr}
-    return table
-
-
-TABLE1 = _parse_table1()
-"""Table 1: Hit@10 (%) and MedR, victim RN50 trained from scratch; keys (method, dataset)."""
-
-
-def table1(method: str, dataset: str) -> dict[str, float]:
-    """The paper's Table 1 cell group for a method on a dataset (Hit@10 and MedR, both directions)."""
-    if (method, dataset) not in TABLE1:
-        raise KeyError(f"Table 1 has no row {method!r} for {dataset!r}; methods {METHODS}, datasets {DATASETS}")
-    return TABLE1[(method, dataset)]
-
-
 _TABLE2_TEXT = """
 RN50     | 58 308 60 275 | 12 445 16 325 | 5 1086 7 988
 RN101    | 52 236 58 197 | 10 404 17 306 | 5 989 6 844
@@ -43,16 +20,25 @@ ViT-B-32 | 53 241 52 194 | 9 343 13 287 | 4 1064 4 920
 """
 
 
-def _parse_table2() -> dict[tuple[str, str], dict[str, float]]:
+def _parse(text: str, keys: list[str]) -> dict[tuple[str, str], dict[str, float]]:
+    """Rows of 'label | 4 numbers per dataset | ...' into {(label, dataset): {key: number}}."""
     table = {}
-    for line in _TABLE2_TEXT.strip().splitlines():
-        victim, *cells = [part.split() for part in line.split("|")]
+    for line in text.strip().splitlines():
+        label, *cells = [part.split() for part in line.split("|")]
         for dataset, cell in zip(DATASETS, cells):
-            i2t_clean, i2t_protected, t2i_clean, t2i_protected = map(float, cell)
-            table[(victim[0], dataset)] = {"clean i2t_MedR": i2t_clean, "MEM-3 i2t_MedR": i2t_protected,
-                                           "clean t2i_MedR": t2i_clean, "MEM-3 t2i_MedR": t2i_protected}
+            table[(label[0], dataset)] = dict(zip(keys, map(float, cell)))
     return table
 
 
-TABLE2 = _parse_table2()
+TABLE1 = _parse(_TABLE1_TEXT, ["i2t_R@10", "i2t_MedR", "t2i_R@10", "t2i_MedR"])
+"""Table 1: Hit@10 (%) and MedR, victim RN50 trained from scratch; keys (method, dataset)."""
+
+TABLE2 = _parse(_TABLE2_TEXT, ["clean i2t_MedR", "MEM-3 i2t_MedR", "clean t2i_MedR", "MEM-3 t2i_MedR"])
 """Table 2: MedR of victims trained on clean data and on MEM-3 data made on RN50; keys (victim, dataset)."""
+
+
+def table1(method: str, dataset: str) -> dict[str, float]:
+    """The paper's Table 1 cell group for a method on a dataset (Hit@10 and MedR, both directions)."""
+    if (method, dataset) not in TABLE1:
+        raise KeyError(f"Table 1 has no row {method!r} for {dataset!r}; methods {METHODS}, datasets {DATASETS}")
+    return TABLE1[(method, dataset)]
