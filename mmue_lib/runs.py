@@ -125,6 +125,10 @@ def method_runs(data: dict, victim_model: str, surrogate_model: str, context_len
                 methods: list[str], schedule: dict, progress: bool = True) -> dict[str, dict]:
     """Table 1's rows: the clean victim, and per method its protection and the victim trained on it.
     Error-maximising methods (UAP, TAP) attack the clean victim itself as their surrogate."""
+    unknown = [m for m in methods if m not in METHOD_PRESETS] if isinstance(methods, list) else [methods]
+    if unknown:
+        raise ValueError(f"methods must be a list of {list(METHOD_PRESETS)}; got {methods!r} "
+                         "(with papermill, pass lists as YAML: -y 'methods: [em, mem-3]')")
     clean = training_run(data, victim_model, context_length, train, progress=progress)
     experiment = {"Clean": {"protection": None, "victim": clean}}
     for method in methods:

@@ -50,3 +50,12 @@ def test_fine_tuning_starts_from_a_cached_model(fresh_cache):
     before = torch.load(runs.pretrained_checkpoint(base), weights_only=True)["state_dict"]
     after = torch.load(runs.pretrained_checkpoint(tuned), weights_only=True)["state_dict"]
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_method_list_is_checked_before_any_run(fresh_cache):
+    data = runs.data_spec("synthetic", 32, max_train_images=24, max_test_images=10)
+    with pytest.raises(ValueError, match="-y 'methods"):
+        runs.method_runs(data, "RN-tiny", "RN-tiny", 32, {}, "[em, mem-3]", {})
+    with pytest.raises(ValueError, match="mem-9"):
+        runs.method_runs(data, "RN-tiny", "RN-tiny", 32, {}, ["em", "mem-9"], {})
+    assert not (fresh_cache / "runs").exists()
