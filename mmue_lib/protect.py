@@ -82,10 +82,21 @@ METHOD_PRESETS: dict[str, dict] = {
 
 
 def method_config(method: str, **overrides) -> ProtectConfig:
-    """`ProtectConfig` of a named method (`em`, `uap`, `tap`, `mem-3`, `mem-5`) with overrides."""
+    """`ProtectConfig` of a named method (`em`, `uap`, `tap`, `mem-3`, `mem-5`) with overrides;
+    fields the method cannot use are reset to their defaults, so equal runs have equal configs."""
     if method not in METHOD_PRESETS:
         raise ValueError(f"unknown method '{method}'; known: {', '.join(METHOD_PRESETS)}")
-    return ProtectConfig(**{**METHOD_PRESETS[method], **overrides})
+    config = ProtectConfig(**{**METHOD_PRESETS[method], **overrides})
+    unused = []
+    if not config.trigger_len:
+        unused += ["trigger_per", "trigger_init", "trigger_vocab", "mlm_path", "trigger_top_k", "beam_size",
+                   "trigger_search_rounds", "shuffle_search"]
+    if not config.surrogate_steps:
+        unused += ["surrogate_lr", "surrogate_wd"]
+    if config.direction == "maximize":
+        unused += ["stop_loss"]
+    defaults = ProtectConfig()
+    return replace(config, **{name: getattr(defaults, name) for name in unused})
 
 
 def pgd(loss_of_noise: Callable[[torch.Tensor], torch.Tensor], noise: torch.Tensor, eps: int, alpha: int,

@@ -226,6 +226,12 @@ def test_stop_loss_ends_early(small_set):
     assert len(protection.history) == 1
 
 
+def test_fields_a_method_cannot_use_do_not_change_its_config():
+    assert method_config("em", trigger_top_k=3, trigger_per="image") == method_config("em")
+    assert method_config("uap", surrogate_lr=0.5, stop_loss=1.0) == method_config("uap")
+    assert method_config("mem-3", trigger_top_k=3) != method_config("mem-3")
+
+
 def test_config_checks():
     with pytest.raises(ValueError, match="minimise"):
         ProtectConfig(direction="maximize", trigger_len=3)
