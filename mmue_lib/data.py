@@ -23,7 +23,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from .storage import atomic_path, cache_root, save_numpy, stable_hash
+from .storage import atomic_path, cache_root, expand_path, save_numpy, stable_hash
 
 RESIZE_VERSION = "rgb-white-alpha/short-side-bicubic/center-crop/v1"
 
@@ -402,8 +402,6 @@ def load_split(source: str, split: str, image_size: int, max_images: int | None 
     if source == "synthetic":
         count, seed = SYNTHETIC_SPLITS[split]
         return make_synthetic_dataset(max_images or count, image_size, seed=seed, name=f"synthetic-{split}")
-    from .storage import expand_path
-
     folder = expand_path(source)
     if not folder.is_dir():
         raise DataError(f"{folder}: dataset folder not found (params 'data'; is MMUE_DATA set?)")

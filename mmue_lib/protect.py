@@ -352,10 +352,11 @@ def _round_generator(config: ProtectConfig, round_index: int, stage: int) -> tor
 
 
 def _initial_protection(dataset: PairDataset, config: ProtectConfig, allowed: torch.Tensor) -> Protection:
-    groups = {"image": dataset.num_images, "row": dataset.num_rows, "universal": 1}[config.noise_per]
-    noise = torch.zeros(groups, 3, dataset.image_size, dataset.image_size, dtype=torch.int8)
-    count = {"image": dataset.num_images, "row": dataset.num_rows, "universal": 1}[config.trigger_per]
-    count = count if config.trigger_len else 0
+    def group_count(granularity: str) -> int:
+        return {"image": dataset.num_images, "row": dataset.num_rows, "universal": 1}[granularity]
+
+    noise = torch.zeros(group_count(config.noise_per), 3, dataset.image_size, dataset.image_size, dtype=torch.int8)
+    count = group_count(config.trigger_per) if config.trigger_len else 0
     if config.trigger_init == "the":
         triggers = torch.full((count, config.trigger_len), Tokenizer().encode("the")[0], dtype=torch.long)
     else:
@@ -449,11 +450,8 @@ def protected_dataset(dataset: PairDataset, protection: Protection, fraction: fl
     per_row = protection.config.noise_per == "row"
     row_chosen = chosen[dataset.row_image]
     source = dataset.row_image if per_row else torch.arange(dataset.num_images)
-    noise_of = protection.noise_index(dataset.row_image) if per_row else \
-        _group_index(protection.config.noise_per, torch.arange(dataset.num_images))
-    mask = (row_chosen if per_row else chosen).view(-1, 1, 1, 1)
-    noise = protection.noise[noise_of].short() * mask
-    images = (dataset.images[source].short() + noise).clamp(0, 255).to(torch.uint8)
+    noise = protection.noise[_group_index(protection.config.noise_per, torch.arange(len(source)))].short()
+    images = (dataset.images[source].short() + noise * chosen[source].view(-1, 1, 1, 1)).clamp(0, 255).to(torch.uint8)
     triggers = protection.trigger_texts(dataset.row_image)
     captions = [f"{t} {c}" if t and keep else c for t, c, keep in zip(triggers, dataset.captions, row_chosen.tolist())]
     return PairDataset(images, captions, torch.arange(dataset.num_rows) if per_row else dataset.row_image.clone(),

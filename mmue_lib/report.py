@@ -115,14 +115,14 @@ def plot_examples(dataset: PairDataset, count: int = 8, seed: int = 0, columns: 
     """A grid of random images with their first caption."""
     rng = np.random.default_rng(seed)
     chosen = rng.choice(dataset.num_images, size=min(count, dataset.num_images), replace=False)
-    first_row = {int(image): row for row, image in reversed(list(enumerate(dataset.row_image.tolist())))}
+    rows_of = dataset.rows_of_image()
     rows = math.ceil(len(chosen) / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.5 * rows), squeeze=False)
     for axis in axes.flat:
         axis.axis("off")
     for axis, image in zip(axes.flat, chosen):
         axis.imshow(dataset.images[image].permute(1, 2, 0).numpy())
-        caption = dataset.captions[first_row[int(image)]]
+        caption = dataset.captions[rows_of[int(image)][0]]
         axis.set_title("\n".join(_wrap(caption, 34)), fontsize=8)
     figure.tight_layout()
     return figure
@@ -134,7 +134,7 @@ def plot_protected_examples(clean: PairDataset, protected: PairDataset, count: i
     rng = np.random.default_rng(seed)
     source = protected.extra["source_image"]
     chosen = rng.choice(protected.num_images, size=min(count, protected.num_images), replace=False)
-    first_row = {int(image): row for row, image in reversed(list(enumerate(protected.row_image.tolist())))}
+    rows_of = protected.rows_of_image()
     figure, axes = plt.subplots(len(chosen), 3, figsize=(7, 3.2 * len(chosen)), squeeze=False)
     for line, index in zip(axes, chosen):
         before = clean.images[int(source[index])].permute(1, 2, 0).numpy()
@@ -147,7 +147,7 @@ def plot_protected_examples(clean: PairDataset, protected: PairDataset, count: i
             axis.set_xlabel(label, fontsize=9)
             axis.set_xticks([])
             axis.set_yticks([])
-        line[1].set_title("\n".join(_wrap(protected.captions[first_row[int(index)]], 60)), fontsize=8)
+        line[1].set_title("\n".join(_wrap(protected.captions[rows_of[int(index)][0]], 60)), fontsize=8)
     figure.tight_layout()
     return figure
 
