@@ -67,6 +67,18 @@ def retrieval_metrics(image_features: torch.Tensor, text_features: torch.Tensor,
     return {**_summary(i2t, "i2t"), **_summary(t2i, "t2i")}
 
 
+def identity_metrics(image_features: torch.Tensor, name_features: torch.Tensor,
+                     image_identity: torch.Tensor) -> dict[str, float]:
+    """Retrieval by identity: image -> text ranks the person's text among one text per person;
+    text -> image ranks the person's best image among all images. With one image per person
+    this is `retrieval_metrics` with the roles of the two sides as usual."""
+    image_identity = torch.as_tensor(image_identity, dtype=torch.long)
+    i2t = text_to_image_ranks(name_features, image_features, image_identity)
+    t2i = image_to_text_ranks(name_features[image_identity.unique()], image_features,
+                              torch.searchsorted(image_identity.unique(), image_identity))
+    return {**_summary(i2t, "i2t"), **_summary(t2i, "t2i")}
+
+
 def _median_rank(survival: np.ndarray) -> float:
     """MedR (1-based, official formula) of a rank distribution given P(rank0 >= r) for r = 0.."""
     cdf = 1.0 - np.append(survival[1:], 0.0)  # P(rank0 <= r)
@@ -95,3 +107,14 @@ def random_metrics(text_image_index: torch.Tensor, num_images: int | None = None
     metrics.update({f"t2i_R@{k}": min(k / num_images, 1.0) * 100 for k in RECALL_KS})
     metrics["t2i_MedR"] = _median_rank(1 - np.arange(num_images) / num_images)
     return metrics
+
+
+def random_identity_metrics(image_identity: torch.Tensor) -> dict[str, float]:
+    """Chance level of `identity_metrics`: image -> text is uniform over the people; text -> image
+    is a person's best photo among all photos, which is `random_metrics`' image -> text with
+    people as the images and photos as their captions."""
+    people = torch.searchsorted(image_identity.unique(), torch.as_tensor(image_identity, dtype=torch.long))
+    uniform = random_metrics(torch.arange(int(people.max()) + 1))
+    best_photo = random_metrics(people)
+    return {**{k: v for k, v in uniform.items() if k.startswith("i2t")},
+            **{k.replace("i2t", "t2i"): v for k, v in best_photo.items() if k.startswith("i2t")}}

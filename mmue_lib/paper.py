@@ -20,13 +20,31 @@ ViT-B-32 | 53 241 52 194 | 9 343 13 287 | 4 1064 4 920
 """
 
 
-def _parse(text: str, keys: list[str]) -> dict[tuple[str, str], dict[str, float]]:
-    """Rows of 'label | 4 numbers per dataset | ...' into {(label, dataset): {key: number}}."""
+_TABLE3_TEXT = """
+free     | 304 250 | 412 308 | 1705 1301
+semantic | 256 213 | 365 278 | 1356 1028
+"""
+
+_FRACTION_TEXT = """
+MEM-3 | 304 250 | 110 95 | 96 98 | 91 97
+MEM-5 | 308 275 | 163 126 | 141 114 | 135 116
+"""
+
+_TABLE4_TEXT = """
+Pretrained | 2.6 77 | 3.3 83 | 3 87
+Fine-tuned | 80.7 1 | 85.3 1 | 94 1
+MEM-3      | 6.7 74 | 6 66   | 93.3 1
+MEM-5      | 8.7 82 | 12.7 58 | 91.3 1
+"""
+
+
+def _parse(text: str, keys: list[str], columns: tuple = DATASETS) -> dict[tuple, dict[str, float]]:
+    """Rows of 'label | numbers | numbers ...' into {(label, column): {key: number}}."""
     table = {}
     for line in text.strip().splitlines():
         label, *cells = [part.split() for part in line.split("|")]
-        for dataset, cell in zip(DATASETS, cells):
-            table[(label[0], dataset)] = dict(zip(keys, map(float, cell)))
+        for column, cell in zip(columns, cells):
+            table[(label[0], column)] = dict(zip(keys, map(float, cell)))
     return table
 
 
@@ -35,6 +53,20 @@ TABLE1 = _parse(_TABLE1_TEXT, ["i2t_R@10", "i2t_MedR", "t2i_R@10", "t2i_MedR"])
 
 TABLE2 = _parse(_TABLE2_TEXT, ["clean i2t_MedR", "MEM-3 i2t_MedR", "clean t2i_MedR", "MEM-3 t2i_MedR"])
 """Table 2: MedR of victims trained on clean data and on MEM-3 data made on RN50; keys (victim, dataset)."""
+
+TABLE3 = _parse(_TABLE3_TEXT, ["i2t_MedR", "t2i_MedR"])
+"""Semantic triggers: MedR of MEM-3 victims with free ('free') and BERT-restricted ('semantic')
+trigger vocabulary; keys (vocabulary, dataset)."""
+
+FRACTIONS = (1.0, 0.9, 0.5, 0.2)
+FRACTION = _parse(_FRACTION_TEXT, ["i2t_MedR", "t2i_MedR"], FRACTIONS)
+"""Draft's poisoning-fraction table (Flickr8k): MedR when a fraction p of the images is protected;
+keys (method, p)."""
+
+FACE_VICTIMS = ("RN50", "RN101", "ViT-B-32")
+TABLE4 = _parse(_TABLE4_TEXT, ["i2t_R@10", "i2t_MedR"], FACE_VICTIMS)
+"""Table 4 (face case study, PubFig, one test photo per person): Hit@10 and MedR image -> text
+(the paper's text -> image column is a copy of it, a bug); keys (setting, victim)."""
 
 
 def table1(method: str, dataset: str) -> dict[str, float]:

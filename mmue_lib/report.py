@@ -11,6 +11,7 @@ import pandas as pd
 
 from .data import PairDataset
 from .models import Tokenizer
+from .protect import Protection
 from .storage import atomic_path, write_text
 
 
@@ -98,6 +99,98 @@ def transfer_table(rows: list[tuple[str, str, dict, dict]], chance: dict, method
     return pd.DataFrame(table)
 
 
+def fraction_table(finals: dict[tuple[str, float], dict], clean: dict, chance: dict,
+                   paper_rows: dict[tuple, dict]) -> pd.DataFrame:
+    """Poisoning fraction: per (method, fraction p of protected images) Hit@10 and MedR both ways,
+    MedR beside the draft paper's, and the closure C against the clean victim (p = 0)."""
+    rows = [{"method": "Clean", "p": 0.0, **{k: clean[k] for k in RETRIEVAL_KEYS}, "i2t C": 0.0, "t2i C": 0.0}]
+    for (label, fraction), final in finals.items():
+        row = {"method": label, "p": fraction}
+        published = paper_rows.get((label, fraction), {})
+        for key in RETRIEVAL_KEYS:
+            row[key] = final[key]
+            if key in published:
+                row[f"{key} (paper)"] = published[key]
+        for direction in ("i2t", "t2i"):
+            row[f"{direction} C"] = protection_closure(final, clean, chance, direction)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def plot_fraction(table: pd.DataFrame, chance: dict) -> plt.Figure:
+    """MedR against the protected fraction p, one line per method, clean and random as dashed lines."""
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    clean = table[table["method"] == "Clean"].iloc[0]
+    for axis, key in zip(axes, ("i2t_MedR", "t2i_MedR")):
+        for label, rows in table[table["method"] != "Clean"].groupby("method", sort=False):
+            rows = rows.sort_values("p")
+            axis.plot(rows["p"], rows[key], marker="o", label=label)
+            if f"{key} (paper)" in rows and rows[f"{key} (paper)"].notna().any():
+                axis.plot(rows["p"], rows[f"{key} (paper)"], marker="x", linestyle=":", label=f"{label} (paper)")
+        axis.axhline(clean[key], color="green", linestyle="--", linewidth=1, label="clean")
+        axis.axhline(chance[key], color="gray", linestyle="--", linewidth=1, label="random")
+        axis.set_xlabel("fraction of protected images p")
+        axis.set_title(key)
+    axes[0].legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def trigger_examples(dataset: PairDataset, protections: dict[str, Protection], count: int = 5,
+                     seed: int = 0) -> pd.DataFrame:
+    """The same random training captions with each protection's trigger in front."""
+    rows_of = dataset.rows_of_image()
+    chosen = np.random.default_rng(seed).choice(dataset.num_images, size=min(count, dataset.num_images), replace=False)
+    table = []
+    for image in chosen.tolist():
+        row = rows_of[image][0]
+        entry = {"image": image, "caption": dataset.captions[row]}
+        for label, protection in protections.items():
+            entry[label] = protection.trigger_texts(dataset.row_image[row:row + 1])[0]
+        table.append(entry)
+    return pd.DataFrame(table)
+
+
+FACE_KEYS = ["i2t_R@1", "i2t_R@10", "i2t_MedR", "t2i_R@1", "t2i_R@10", "t2i_MedR"]
+
+
+def face_table(rows: list[dict], paper_victims: dict[str, str], paper_rows: dict[tuple, dict]) -> pd.DataFrame:
+    """Table 4: per victim and setting, identity retrieval on one photo per person beside the
+    paper's (image -> text only: its text -> image column is a copy), and MedR on all test photos."""
+    table = []
+    for row in rows:
+        paper_victim = paper_victims.get(row["victim"], "")
+        published = paper_rows.get((row["setting"], paper_victim), {})
+        out = {"victim": row["victim"], "paper victim": paper_victim, "setting": row["setting"]}
+        for key in FACE_KEYS:
+            out[key] = row[key]
+            if key in published:
+                out[f"{key} (paper)"] = published[key]
+        out["all i2t_MedR"], out["all t2i_MedR"] = row["all i2t_MedR"], row["all t2i_MedR"]
+        table.append(out)
+    return pd.DataFrame(table)
+
+
+def plot_grouped_bars(table: pd.DataFrame, group: str, bar: str, values: list[str],
+                      chance: dict | None = None) -> plt.Figure:
+    """One panel per value column: bars per `bar` label inside each `group`; a dashed line at
+    the chance level where `chance` gives one."""
+    groups, bars = list(dict.fromkeys(table[group])), list(dict.fromkeys(table[bar]))
+    width = 0.8 / len(bars)
+    figure, axes = plt.subplots(1, len(values), figsize=(4.5 * len(values), 3.6), squeeze=False)
+    for axis, value in zip(axes[0], values):
+        for index, label in enumerate(bars):
+            heights = [table[(table[group] == g) & (table[bar] == label)][value].mean() for g in groups]
+            axis.bar(np.arange(len(groups)) + (index - (len(bars) - 1) / 2) * width, heights, width, label=label)
+        if chance and value in chance:
+            axis.axhline(chance[value], color="gray", linestyle="--", linewidth=1, label="random")
+        axis.set_xticks(range(len(groups)), groups)
+        axis.set_title(value)
+    axes[0][0].legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
 def split_summary(dataset: PairDataset, context_length: int) -> dict[str, float]:
     """Sizes and caption statistics of one split; `truncated %` counts captions longer than the context."""
     tokenizer = Tokenizer()
@@ -181,6 +274,44 @@ def plot_tsne(panels: dict[str, tuple[np.ndarray, np.ndarray, int]]) -> plt.Figu
         axis.set_title(title)
         axis.set_xticks([])
         axis.set_yticks([])
+    figure.tight_layout()
+    return figure
+
+
+def plot_grad_cam(images: np.ndarray, captions: list[str], maps: dict[str, np.ndarray]) -> plt.Figure:
+    """Figure 5 (image side): one row per example (uint8 [B, 3, S, S] images), the image and then
+    each model's Grad-CAM map laid over it."""
+    figure, axes = plt.subplots(len(images), 1 + len(maps), figsize=(2.3 * (1 + len(maps)), 2.5 * len(images)),
+                                squeeze=False)
+    for row, (line, image) in enumerate(zip(axes, images)):
+        picture = np.asarray(image).transpose(1, 2, 0)
+        line[0].imshow(picture)
+        line[0].set_ylabel("\n".join(_wrap(captions[row], 28)), fontsize=7, rotation=0, ha="right", va="center")
+        for axis, (label, cams) in zip(line[1:], maps.items()):
+            axis.imshow(picture)
+            axis.imshow(cams[row], cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            if row == 0:
+                axis.set_title(label, fontsize=10)
+        for axis in line:
+            axis.set_xticks([])
+            axis.set_yticks([])
+    figure.tight_layout()
+    return figure
+
+
+def plot_token_attributions(attributions: dict[str, list[list[tuple[str, float]]]]) -> plt.Figure:
+    """Figure 5 (text side): per example a heat map of Integrated Gradients over its caption
+    tokens (columns), one row per model; each row is scaled by its largest magnitude."""
+    labels = list(attributions)
+    count = len(next(iter(attributions.values())))
+    figure, axes = plt.subplots(count, 1, figsize=(10, 0.45 * len(labels) * count + 0.9 * count), squeeze=False)
+    for example, axis in enumerate(axes[:, 0]):
+        words = [word for word, _ in attributions[labels[0]][example]]
+        scores = np.array([[score for _, score in attributions[label][example]] for label in labels])
+        scores = scores / np.maximum(np.abs(scores).max(axis=1, keepdims=True), 1e-12)
+        axis.imshow(scores, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
+        axis.set_xticks(range(len(words)), words, rotation=45, ha="right", fontsize=8)
+        axis.set_yticks(range(len(labels)), labels, fontsize=8)
     figure.tight_layout()
     return figure
 

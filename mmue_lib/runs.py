@@ -17,10 +17,11 @@ from typing import Callable
 import torch
 
 from .data import PairDataset, load_split
+from .faces import load_named_faces
 from .models import create_clip, load_clip, model_context_length, save_clip
 from .protect import (METHOD_PRESETS, Protection, ProtectConfig, generate_protection, method_config,
                       protected_dataset)
-from .storage import cache_root, save_torch, stable_hash, write_json
+from .storage import cache_root, expand_path, save_torch, stable_hash, write_json
 from .train import TokenizedPairs, TrainConfig, train_clip
 
 CODE_VERSION = 1
@@ -43,12 +44,16 @@ def cached(kind: str, spec: dict, compute: Callable[[Path], dict]) -> dict:
 
 
 def data_spec(data: str, image_size: int, max_train_images: int | None = None,
-              max_test_images: int | None = None) -> dict:
+              max_test_images: int | None = None, named_faces: dict | None = None) -> dict:
+    """What a run's data is. `named_faces` (the keyword arguments of `faces.load_named_faces`
+    beyond folder, split and size) reads `data` as a face folder captioned from names."""
     return {"data": data, "image_size": image_size, "max_train_images": max_train_images,
-            "max_test_images": max_test_images}
+            "max_test_images": max_test_images, "named_faces": named_faces}
 
 
 def load_data(spec: dict, split: str) -> PairDataset:
+    if spec.get("named_faces") is not None:
+        return load_named_faces(spec["data"], split, spec["image_size"], progress=False, **spec["named_faces"])
     limit = spec["max_test_images"] if split in ("val", "test") else spec["max_train_images"]
     return load_split(spec["data"], split, spec["image_size"], max_images=limit, progress=False)
 
@@ -63,7 +68,7 @@ def training_run(data: dict, model: str, context_length: int, train: dict, *, pr
             "pretrained": pretrained and pretrained["spec"], "seed": seed}
 
     def compute(folder: Path) -> dict:
-        clip = (load_clip(pretrained_checkpoint(pretrained)) if pretrained else
+        clip = (run_model(pretrained) if pretrained else
                 create_clip(model, image_size=data["image_size"], context_length=context_length, seed=seed))
         train_set = load_data(data, "train")
         if protection is not None:
@@ -84,6 +89,26 @@ def pretrained_checkpoint(run: dict) -> Path:
     return Path(run["folder"]) / "model.pt"
 
 
+def checkpoint_run(path: str, model: str, image_size: int, context_length: int) -> dict:
+    """A local open_clip / OpenAI state-dict file standing in for a training run (as `pretrained`
+    or `surrogate`); its spec names the file by path, size and modification time."""
+    file = expand_path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"pretrained checkpoint not found: {file} (no downloads are made)")
+    stat = file.stat()
+    return {"spec": {"checkpoint": str(file), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "model": model,
+                     "image_size": image_size, "context_length": context_length}}
+
+
+def run_model(run: dict) -> torch.nn.Module:
+    """The model a finished training run (or a `checkpoint_run`) ends with, on the CPU."""
+    spec = run["spec"]
+    if "checkpoint" in spec:
+        return create_clip(spec["model"], image_size=spec["image_size"], context_length=spec["context_length"],
+                           pretrained=spec["checkpoint"])
+    return load_clip(pretrained_checkpoint(run))
+
+
 def protection_run(data: dict, method: str, surrogate_model: str, context_length: int, *,
                    schedule: dict | None = None, surrogate: dict | None = None, progress: bool = True,
                    **overrides) -> dict:
@@ -97,7 +122,7 @@ def protection_run(data: dict, method: str, surrogate_model: str, context_length
             "context_length": context_length, "surrogate": surrogate and surrogate["spec"]}
 
     def compute(folder: Path) -> dict:
-        model = (load_clip(pretrained_checkpoint(surrogate)) if surrogate else
+        model = (run_model(surrogate) if surrogate else
                  create_clip(surrogate_model, image_size=data["image_size"], context_length=context_length,
                              seed=config.seed))
         protection = generate_protection(load_data(data, "train"), model, config,
@@ -138,3 +163,34 @@ def method_runs(data: dict, victim_model: str, surrogate_model: str, context_len
         victim = training_run(data, victim_model, context_length, train, protection=protection, progress=progress)
         experiment[METHOD_LABELS[method]] = {"protection": protection, "victim": victim}
     return experiment
+
+
+def face_study_runs(pretrain_data: dict, face_data: dict, victim_models: list[str], surrogate_model: str,
+                    context_length: int, pretrain: dict, finetune: dict, methods: list[str], schedule: dict,
+                    checkpoints: dict[str, str] | None = None,
+                    progress: bool = True) -> tuple[dict[str, dict[str, dict]], dict[str, dict]]:
+    """Table 4's runs: per victim architecture, its pretrained model (a local checkpoint from
+    `checkpoints`, else our own CLIP trained on `pretrain_data`), that model fine-tuned on clean
+    face pairs, and fine-tuned on each method's protected pairs; and the protection runs per
+    method label, made once, starting from the surrogate architecture's pretrained model."""
+    checkpoints = checkpoints or {}
+
+    def base(model: str) -> dict:
+        if model in checkpoints:
+            return checkpoint_run(checkpoints[model], model, face_data["image_size"], context_length)
+        return training_run(pretrain_data, model, context_length, pretrain, progress=progress)
+
+    bases = {model: base(model) for model in dict.fromkeys([surrogate_model, *victim_models])}
+    protections = {METHOD_LABELS[method]: protection_run(face_data, method, surrogate_model, context_length,
+                                                         schedule=schedule, surrogate=bases[surrogate_model],
+                                                         progress=progress)
+                   for method in methods}
+    study = {}
+    for model in victim_models:
+        study[model] = {"Pretrained": bases[model],
+                        "Fine-tuned": training_run(face_data, model, context_length, finetune,
+                                                   pretrained=bases[model], progress=progress)}
+        for label, protection in protections.items():
+            study[model][label] = training_run(face_data, model, context_length, finetune, protection=protection,
+                                               pretrained=bases[model], progress=progress)
+    return study, protections

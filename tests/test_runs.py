@@ -59,3 +59,20 @@ def test_method_list_is_checked_before_any_run(fresh_cache):
     with pytest.raises(ValueError, match="mem-9"):
         runs.method_runs(data, "RN-tiny", "RN-tiny", 32, {}, ["em", "mem-9"], {})
     assert not (fresh_cache / "runs").exists()
+
+
+def test_a_local_state_dict_stands_in_for_a_pretraining_run(fresh_cache, tmp_path):
+    from mmue_lib.models import create_clip
+
+    model = create_clip("RN-tiny", seed=3)
+    path = tmp_path / "weights.pt"
+    torch.save(model.state_dict(), path)
+    run = runs.checkpoint_run(str(path), "RN-tiny", 32, 32)
+    loaded = runs.run_model(run)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    data = runs.data_spec("synthetic", 32, max_train_images=12, max_test_images=6)
+    train = vars(TrainConfig(epochs=1, batch_size=12, device="cpu"))
+    tuned = runs.training_run(data, "RN-tiny", 32, train, pretrained=run, progress=False)
+    assert tuned["spec"]["pretrained"]["checkpoint"] == str(path)
+    with pytest.raises(FileNotFoundError, match="no downloads"):
+        runs.checkpoint_run(str(tmp_path / "missing.pt"), "RN-tiny", 32, 32)
