@@ -100,9 +100,10 @@ def transfer_table(rows: list[tuple[str, str, dict, dict]], chance: dict, method
 
 
 def fraction_table(finals: dict[tuple[str, float], dict], clean: dict, chance: dict,
-                   paper_rows: dict[tuple, dict]) -> pd.DataFrame:
+                   paper_rows: dict[tuple, dict], paper_clean: dict, paper_chance: dict) -> pd.DataFrame:
     """Poisoning fraction: per (method, fraction p of protected images) Hit@10 and MedR both ways,
-    MedR beside the draft paper's, and the closure C against the clean victim (p = 0)."""
+    MedR beside the draft paper's, and the closure C against the clean victim (p = 0), ours and
+    the paper's (from its Table 1 clean and random rows): C compares across test-set sizes."""
     rows = [{"method": "Clean", "p": 0.0, **{k: clean[k] for k in RETRIEVAL_KEYS}, "i2t C": 0.0, "t2i C": 0.0}]
     for (label, fraction), final in finals.items():
         row = {"method": label, "p": fraction}
@@ -113,24 +114,28 @@ def fraction_table(finals: dict[tuple[str, float], dict], clean: dict, chance: d
                 row[f"{key} (paper)"] = published[key]
         for direction in ("i2t", "t2i"):
             row[f"{direction} C"] = protection_closure(final, clean, chance, direction)
+            if f"{direction}_MedR" in published:
+                row[f"{direction} C (paper)"] = protection_closure(published, paper_clean, paper_chance, direction)
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def plot_fraction(table: pd.DataFrame, chance: dict) -> plt.Figure:
-    """MedR against the protected fraction p, one line per method, clean and random as dashed lines."""
-    figure, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    clean = table[table["method"] == "Clean"].iloc[0]
-    for axis, key in zip(axes, ("i2t_MedR", "t2i_MedR")):
-        for label, rows in table[table["method"] != "Clean"].groupby("method", sort=False):
+def plot_fraction(table: pd.DataFrame) -> plt.Figure:
+    """Protection closure C against the protected fraction p, one line per method, with the
+    paper's C where it has one (0 = clean victim, 1 = random guessing)."""
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for axis, direction in zip(axes, ("i2t", "t2i")):
+        for index, (label, rows) in enumerate(table[table["method"] != "Clean"].groupby("method", sort=False)):
             rows = rows.sort_values("p")
-            axis.plot(rows["p"], rows[key], marker="o", label=label)
-            if f"{key} (paper)" in rows and rows[f"{key} (paper)"].notna().any():
-                axis.plot(rows["p"], rows[f"{key} (paper)"], marker="x", linestyle=":", label=f"{label} (paper)")
-        axis.axhline(clean[key], color="green", linestyle="--", linewidth=1, label="clean")
-        axis.axhline(chance[key], color="gray", linestyle="--", linewidth=1, label="random")
+            colour = f"C{index}"
+            axis.plot(rows["p"], rows[f"{direction} C"], marker="o", color=colour, label=label)
+            if f"{direction} C (paper)" in rows and rows[f"{direction} C (paper)"].notna().any():
+                axis.plot(rows["p"], rows[f"{direction} C (paper)"], marker="x", linestyle=":", color=colour,
+                          label=f"{label} (paper)")
+        axis.axhline(0, color="green", linestyle="--", linewidth=1, label="clean")
+        axis.axhline(1, color="gray", linestyle="--", linewidth=1, label="random")
         axis.set_xlabel("fraction of protected images p")
-        axis.set_title(key)
+        axis.set_title(f"{direction} protection closure C")
     axes[0].legend(fontsize=8)
     figure.tight_layout()
     return figure
