@@ -42,6 +42,7 @@ class ProtectConfig:
     noise_per: Literal["image", "row", "universal"] = "image"
     pgd_rows: Literal["one_per_image", "all"] = "one_per_image"
     shuffle_pgd: bool = True
+    reshuffle: Literal["step", "batch"] = "step"
     trigger_len: int = 0
     trigger_per: Literal["row", "image", "universal"] = "row"
     trigger_init: Literal["the", "random"] = "the"
@@ -50,6 +51,7 @@ class ProtectConfig:
     trigger_top_k: int = 16
     beam_size: int = 1
     trigger_search_rounds: int = 5
+    search_rows: Literal["all", "one_per_image"] = "all"
     shuffle_search: bool = False
     max_rounds: int = 20
     stop_loss: float | None = 0.01
@@ -65,6 +67,9 @@ class ProtectConfig:
             raise ValueError("triggers are searched to minimise the loss; use direction='minimize' with trigger_len > 0")
         if self.trigger_vocab == "mlm" and not self.mlm_path:
             raise ValueError("trigger_vocab='mlm' needs mlm_path: a local masked language model folder")
+        if self.search_rows == "one_per_image" and self.trigger_len and self.trigger_per == "row":
+            raise ValueError("search_rows='one_per_image' would leave most per-row triggers unsearched; "
+                             "use it with trigger_per='image' or 'universal'")
         if self.eps < 0 or self.alpha < 1 or self.pgd_steps < 0:
             raise ValueError("eps, alpha and pgd_steps are in whole 1/255 steps: eps >= 0, alpha >= 1, pgd_steps >= 0")
 
@@ -90,7 +95,9 @@ def method_config(method: str, **overrides) -> ProtectConfig:
     unused = []
     if not config.trigger_len:
         unused += ["trigger_per", "trigger_init", "trigger_vocab", "mlm_path", "trigger_top_k", "beam_size",
-                   "trigger_search_rounds", "shuffle_search"]
+                   "trigger_search_rounds", "search_rows", "shuffle_search"]
+    if not config.shuffle_pgd:
+        unused += ["reshuffle"]
     if not config.surrogate_steps:
         unused += ["surrogate_lr", "surrogate_wd"]
     if config.direction == "maximize":
@@ -329,11 +336,17 @@ def _pgd_batch(model: torch.nn.Module, batch: _ProtectedRows, rows: torch.Tensor
     clean = batch.clean(rows)
     base = clean.float()
 
-    def loss_of_noise(noise: torch.Tensor) -> torch.Tensor:
-        pixels = (base + noise[inverse]).clamp(0, 255) / 255
+    def text_features() -> torch.Tensor:
         caption_rows = _shuffled(rows, generator) if config.shuffle_pgd else rows
         with torch.no_grad():
-            text = encode_text(model, batch.token_batch(rows, caption_rows))
+            return encode_text(model, batch.token_batch(rows, caption_rows))
+
+    per_step = config.shuffle_pgd and config.reshuffle == "step"
+    batch_text = None if per_step else text_features()
+
+    def loss_of_noise(noise: torch.Tensor) -> torch.Tensor:
+        pixels = (base + noise[inverse]).clamp(0, 255) / 255
+        text = text_features() if per_step else batch_text
         return clip_loss(model.encode_image(normalize_pixels(pixels)), text, model.logit_scale)
 
     one_clean_per_group = None
@@ -407,8 +420,8 @@ def generate_protection(dataset: PairDataset, surrogate: torch.nn.Module, config
             generator = _round_generator(config, round_index, 1)
             before = protection.triggers.clone()
             losses = []
-            for rows in tqdm(row_batches(dataset.row_image, dataset.num_images, config.batch_size, "all", generator,
-                                         drop_last=False), desc=f"round {round_index + 1}: triggers",
+            for rows in tqdm(row_batches(dataset.row_image, dataset.num_images, config.batch_size, config.search_rows,
+                                         generator, drop_last=False), desc=f"round {round_index + 1}: triggers",
                              disable=not progress, leave=False):
                 best, loss = _search_batch(surrogate, batch, rows, allowed, config, generator)
                 protection.triggers[batch.trigger_index[rows]] = best

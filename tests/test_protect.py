@@ -227,9 +227,35 @@ def test_stop_loss_ends_early(small_set):
 
 
 def test_fields_a_method_cannot_use_do_not_change_its_config():
-    assert method_config("em", trigger_top_k=3, trigger_per="image") == method_config("em")
+    assert method_config("em", trigger_top_k=3, trigger_per="image", reshuffle="batch") == method_config("em")
     assert method_config("uap", surrogate_lr=0.5, stop_loss=1.0) == method_config("uap")
     assert method_config("mem-3", trigger_top_k=3) != method_config("mem-3")
+
+
+def test_pgd_encodes_text_per_step_only_when_it_reshuffles_per_step(small_set, monkeypatch):
+    calls = []
+    real = protect_module.encode_text
+    monkeypatch.setattr(protect_module, "encode_text", lambda *a, **k: calls.append(1) or real(*a, **k))
+    batches = len(range(0, small_set.num_images, 16))
+    counts = {}
+    for name, config in {"step": quick("mem-3", max_rounds=1, surrogate_steps=0, trigger_search_rounds=0),
+                         "batch": quick("mem-3", max_rounds=1, surrogate_steps=0, trigger_search_rounds=0,
+                                        reshuffle="batch"),
+                         "no shuffle": quick("em", max_rounds=1, surrogate_steps=0)}.items():
+        calls.clear()
+        generate_protection(small_set, create_clip("RN-tiny", seed=0), config, progress=False)
+        counts[name] = len(calls)
+    assert counts == {"step": batches * 8, "batch": batches, "no shuffle": batches}
+
+
+def test_search_on_one_row_per_image_updates_every_image_trigger(small_set):
+    config = quick("mem-3", max_rounds=1, surrogate_steps=0, trigger_per="image", search_rows="one_per_image",
+                   pgd_steps=0, trigger_top_k=16)
+    protection = generate_protection(small_set, create_clip("RN-tiny", seed=0), config, progress=False)
+    assert protection.triggers.shape == (small_set.num_images, 3)
+    assert protection.history[0]["triggers_changed"] > 0.5
+    with pytest.raises(ValueError, match="per-row triggers unsearched"):
+        method_config("mem-3", trigger_per="row", search_rows="one_per_image")
 
 
 def test_config_checks():
