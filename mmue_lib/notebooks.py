@@ -1,9 +1,12 @@
 """Execute the project's notebooks with papermill, one flat YAML params file per notebook and scale.
 
-`python -m mmue_lib.notebooks --scale smoke [--only 01_data_overview] [--produces table]`
+`python -m mmue_lib.notebooks --scale smoke [--only 01_data_overview] [--produces table]
+[--set epochs=2 --set 'methods=[em, mem-3]'] [--output-root DIR]`
 runs `notebooks/<name>.ipynb` with `params/<scale>/shared.yaml` (the experiment that several
 notebooks share) and `params/<scale>/<name>.yaml` into `executed/<scale>/`, and points the
-notebook at `results/<scale>/` and `figures/<scale>/` for its outputs.
+notebook at `results/<scale>/` and `figures/<scale>/` for its outputs. `--set` overrides a
+parameter (the value is read as YAML) in every notebook that declares it; with overrides,
+write under another `--output-root` so that the committed results stay as they are.
 """
 from __future__ import annotations
 
@@ -73,7 +76,7 @@ def run_notebook(name: str, scale: str, overrides: dict | None = None, output_ro
     params.update({"scale": scale,
                    "results_dir": str(output_root / "results" / scale),
                    "figures_dir": str(output_root / "figures" / scale)})
-    params.update(overrides or {})
+    params.update({k: v for k, v in (overrides or {}).items() if k in declared_parameters(name)})
     out = output_root / "executed" / scale / f"{name}.ipynb"
     out.parent.mkdir(parents=True, exist_ok=True)
     papermill.execute_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"), str(out), parameters=params,
@@ -86,7 +89,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", required=True, choices=sorted(p.name for p in PARAMS_DIR.iterdir() if p.is_dir()))
     parser.add_argument("--only", nargs="*", help="notebook names (without .ipynb)")
     parser.add_argument("--produces", choices=["table", "figure"])
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a parameter (YAML value) in every notebook that declares it")
+    parser.add_argument("--output-root", type=Path, default=PROJECT_ROOT,
+                        help="folder that receives executed/, results/ and figures/")
     args = parser.parse_args(argv)
+    overrides = {}
+    for item in args.set:
+        key, separator, value = item.partition("=")
+        if not separator or not key.strip():
+            parser.error(f"--set takes KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
     names = args.only or notebook_names()
     unknown = sorted(set(names) - set(notebook_names()))
     if unknown:
@@ -96,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         started = time.perf_counter()
         print(f"[{args.scale}] {name} ...", flush=True)
-        out = run_notebook(name, args.scale)
+        out = run_notebook(name, args.scale, overrides, args.output_root.resolve())
         print(f"[{args.scale}] {name} done in {time.perf_counter() - started:.0f} s -> {out}", flush=True)
     return 0
 

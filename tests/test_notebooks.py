@@ -55,3 +55,21 @@ def test_notebook_runs_at_smoke_scale(name, tmp_path):
             ours = table.select_dtypes("number").drop(columns=[c for c in table if c.endswith("(paper)")])
             numbers = ours.to_numpy(dtype=float)
             assert len(table) and numbers.size and np.isfinite(numbers).all(), f"{relative} has missing or non-finite numbers"
+
+
+def test_overrides_reach_only_the_notebooks_that_declare_them(tmp_path, monkeypatch):
+    import papermill
+
+    from mmue_lib import notebooks
+
+    seen = {}
+    monkeypatch.setattr(papermill, "execute_notebook",
+                        lambda source, out, parameters, **kwargs: seen.__setitem__(source, parameters))
+    assert notebooks.main(["--scale", "smoke", "--only", "01_data_overview", "08_poisoning_fraction",
+                           "--set", "fractions=[0.5]", "--set", "example_count=2",
+                           "--output-root", str(tmp_path)]) == 0
+    first, fraction = (seen[str(NOTEBOOK_DIR / f"{n}.ipynb")] for n in ("01_data_overview", "08_poisoning_fraction"))
+    assert fraction["fractions"] == [0.5] and "fractions" not in first
+    assert first["example_count"] == 2 and first["results_dir"] == str(tmp_path / "results" / "smoke")
+    with pytest.raises(SystemExit):
+        notebooks.main(["--scale", "smoke", "--set", "no-equals-sign"])
