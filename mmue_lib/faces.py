@@ -91,25 +91,23 @@ def first_photo_per_person(identity: torch.Tensor) -> torch.Tensor:
     return torch.tensor([int((identity == person).nonzero()[0]) for person in identity.unique().tolist()])
 
 
-def face_retrieval(model: torch.nn.Module, dataset: PairDataset, one_per_person: bool) -> dict[str, float]:
-    """Identity retrieval metrics of a face split: photos against one first-template caption per person."""
+def face_retrieval(model: torch.nn.Module, dataset: PairDataset) -> dict[str, float]:
+    """Identity retrieval of a face split against one first-template caption per person: on each
+    person's first photo (as the paper), and on every photo (keys prefixed `all `)."""
     identity = dataset.extra["identity"]
-    ids = first_photo_per_person(identity) if one_per_person else torch.arange(dataset.num_images)
     names = [CAPTION_TEMPLATES[0].format(name=person) for person in dataset.extra["people"]]
     name_features = encode_texts(model, Tokenizer().tokenize(names, model_context_length(model)))
-    return identity_metrics(encode_images(model, dataset.images[ids]), name_features, identity[ids])
+    image_features = encode_images(model, dataset.images)
+    one = first_photo_per_person(identity)
+    every = identity_metrics(image_features, name_features, identity)
+    return {**identity_metrics(image_features[one], name_features, identity[one]),
+            **{f"all {key}": value for key, value in every.items()}}
 
 
 def face_study_metrics(models: dict[str, dict[str, torch.nn.Module]], test_set: PairDataset) -> list[dict]:
-    """One row per (victim, setting) of `{victim: {setting: model}}`: identity retrieval on one
-    photo per person (as the paper) and on every test photo (`all` columns)."""
-    rows = []
-    for victim, settings in models.items():
-        for setting, model in settings.items():
-            one = face_retrieval(model, test_set, one_per_person=True)
-            every = face_retrieval(model, test_set, one_per_person=False)
-            rows.append({"victim": victim, "setting": setting, **one, **{f"all {k}": v for k, v in every.items()}})
-    return rows
+    """One row of `face_retrieval` per (victim, setting) of `{victim: {setting: model}}`."""
+    return [{"victim": victim, "setting": setting, **face_retrieval(model, test_set)}
+            for victim, settings in models.items() for setting, model in settings.items()]
 
 
 def chance_levels(test_set: PairDataset, paper_people: int = 200) -> list[dict]:

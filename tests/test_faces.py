@@ -83,3 +83,13 @@ def test_random_identity_metrics_are_exact():
     assert chance["t2i_R@5"] == pytest.approx((ranks <= 5).mean() * 100)
     assert chance["t2i_MedR"] == np.floor(np.median(ranks - 1)) + 1
     assert chance["i2t_R@1"] == pytest.approx(100 / 3) and chance["i2t_MedR"] == 2
+
+
+def test_face_retrieval_reports_one_photo_per_person_and_all_photos(tmp_path):
+    from mmue_lib.models import create_clip
+
+    folder = face_folder(tmp_path, ["Ann", "Bob", "Cy"], ["Bob", "Ann", "Bob", "Cy"])
+    test = faces.load_named_faces(folder, "test", 32, progress=False)
+    metrics = faces.face_retrieval(create_clip("RN-tiny", seed=0), test)
+    assert {"i2t_MedR", "t2i_R@1", "all i2t_MedR", "all t2i_R@10"} <= set(metrics)
+    assert metrics["i2t_R@10"] == 100.0 and 1 <= metrics["all t2i_MedR"] <= 4
