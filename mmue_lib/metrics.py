@@ -73,9 +73,9 @@ def identity_metrics(image_features: torch.Tensor, name_features: torch.Tensor,
     text -> image ranks the person's best image among all images. With one image per person
     this is `retrieval_metrics` with the roles of the two sides as usual."""
     image_identity = torch.as_tensor(image_identity, dtype=torch.long)
+    present = image_identity.unique()
     i2t = text_to_image_ranks(name_features, image_features, image_identity)
-    t2i = image_to_text_ranks(name_features[image_identity.unique()], image_features,
-                              torch.searchsorted(image_identity.unique(), image_identity))
+    t2i = image_to_text_ranks(name_features[present], image_features, torch.searchsorted(present, image_identity))
     return {**_summary(i2t, "i2t"), **_summary(t2i, "t2i")}
 
 
