@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 
 from .data import PairDataset, load_split
+from .defenses import apply_defenses, parse_defenses
 from .faces import load_named_faces
 from .models import create_clip, load_clip, model_context_length, save_clip
 from .protect import (METHOD_PRESETS, Protection, ProtectConfig, generate_protection, method_config,
@@ -26,6 +27,36 @@ from .train import TokenizedPairs, TrainConfig, train_clip
 
 CODE_VERSION = 1
 """Bump when a library change makes cached results stale."""
+
+
+TRAIN_PARAMS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "weight_decay": "weight_decay",
+                "warmup_steps": "warmup_steps", "rows_per_epoch": "rows_per_epoch", "seed": "seed", "device": "device"}
+"""Training setting <- notebook parameter of the same meaning."""
+
+SCHEDULE_PARAMS = {"eps": "eps", "pgd_steps": "pgd_steps", "max_rounds": "protect_rounds",
+                   "surrogate_steps": "surrogate_steps", "alpha": "pgd_alpha", "reshuffle": "reshuffle",
+                   "search_rows": "search_rows", "surrogate_lr": "surrogate_lr",
+                   "trigger_search_rounds": "trigger_search_rounds", "trigger_per": "trigger_per",
+                   "trigger_top_k": "trigger_top_k", "batch_size": "protect_batch_size", "stop_loss": "stop_loss",
+                   "seed": "seed", "device": "device"}
+"""Protection setting (`ProtectConfig` field) <- notebook parameter."""
+
+
+def _settings(names: Mapping[str, str], params: Mapping, overrides: dict) -> dict:
+    missing = sorted(param for param in names.values() if param not in params)
+    if missing:
+        raise KeyError(f"notebook parameters missing: {missing}")
+    return {**{setting: params[param] for setting, param in names.items()}, **overrides}
+
+
+def train_settings(params: Mapping, **overrides) -> dict:
+    """A `training_run`'s `train` dict from a notebook's parameters (pass `globals()`)."""
+    return _settings(TRAIN_PARAMS, params, overrides)
+
+
+def protect_schedule(params: Mapping, **overrides) -> dict:
+    """A `protection_run`'s `schedule` dict from a notebook's parameters (pass `globals()`)."""
+    return _settings(SCHEDULE_PARAMS, params, overrides)
 
 
 def run_folder(kind: str, spec: dict) -> Path:
@@ -41,6 +72,37 @@ def cached(kind: str, spec: dict, compute: Callable[[Path], dict]) -> dict:
         write_json(folder / "spec.json", spec)
         write_json(result_file, {"kind": kind, "spec": spec, **compute(folder)})
     return {**json.loads(result_file.read_text(encoding="utf-8")), "folder": str(folder)}
+
+
+def run_record(run: dict) -> dict:
+    """What a results folder keeps of a run: kind, cache key, spec (every parameter and seed),
+    seconds, log and final metrics. A local checkpoint standing in for a run has only its spec."""
+    record = {"kind": run.get("kind", "checkpoint"), "key": Path(run["folder"]).name if "folder" in run else None,
+              "spec": run["spec"]}
+    return {**record, **{k: run[k] for k in ("seconds", "final", "history") if k in run}}
+
+
+def flatten_runs(runs: Mapping, prefix: str = "") -> dict[str, dict]:
+    """Runs nested in dicts (e.g. `method_runs`' {label: {"protection": run, "victim": run}}) as
+    {"label / protection": run, ...}; None entries are skipped."""
+    flat = {}
+    for name, value in runs.items():
+        label = f"{prefix}{name}"
+        if isinstance(value, Mapping) and "spec" in value:
+            flat[label] = value
+        elif isinstance(value, Mapping):
+            flat.update(flatten_runs(value, f"{label} / "))
+        elif value is not None:
+            raise TypeError(f"{label}: expected a run (a dict with 'spec') or a dict of runs, got {type(value).__name__}")
+    return flat
+
+
+def write_run_records(runs: Mapping, results_dir: str | Path, name: str) -> Path:
+    """Write `results_dir/runs/<name>.json`: the `run_record` of every run in `runs` (nested dicts
+    allowed) under its label."""
+    path = Path(results_dir) / "runs" / f"{name}.json"
+    write_json(path, {label: run_record(run) for label, run in flatten_runs(runs).items()})
+    return path
 
 
 def data_spec(data: str, image_size: int, max_train_images: int | None = None,
@@ -60,12 +122,16 @@ def load_data(spec: dict, split: str) -> PairDataset:
 
 def training_run(data: dict, model: str, context_length: int, train: dict, *, protection: dict | None = None,
                  fraction: float = 1.0, pretrained: dict | None = None, seed: int = 0,
-                 progress: bool = True) -> dict:
+                 defenses: list | None = None, progress: bool = True) -> dict:
     """Train a CLIP (from scratch, or from the `pretrained` training run) on the train split,
-    protected by the `protection` run when given; logs clean-test retrieval every epoch."""
+    protected by the `protection` run when given and then passed through the released-data
+    `defenses` (`defenses.parse_defenses`; a dictionary filter's words come from the val split);
+    logs clean-test retrieval every epoch."""
     spec = {"data": data, "model": model, "context_length": context_length, "train": train,
             "protection": protection and protection["spec"], "fraction": fraction,
             "pretrained": pretrained and pretrained["spec"], "seed": seed}
+    if defenses:
+        spec["defenses"] = parse_defenses(defenses)
 
     def compute(folder: Path) -> dict:
         clip = (run_model(pretrained) if pretrained else
@@ -73,6 +139,10 @@ def training_run(data: dict, model: str, context_length: int, train: dict, *, pr
         train_set = load_data(data, "train")
         if protection is not None:
             train_set = protected_dataset(train_set, load_protection(protection), fraction, seed)
+        if defenses:
+            needs_reference = any(entry["name"] == "dictionary_filter" for entry in spec["defenses"])
+            train_set = apply_defenses(train_set, spec["defenses"],
+                                       load_data(data, "val").captions if needs_reference else None)
         length = model_context_length(clip)
         result = train_clip(clip, TokenizedPairs.from_dataset(train_set, length), TrainConfig(**train),
                             test=TokenizedPairs.from_dataset(load_data(data, "test"), length),

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -76,3 +78,41 @@ def test_a_local_state_dict_stands_in_for_a_pretraining_run(fresh_cache, tmp_pat
     assert tuned["spec"]["pretrained"]["checkpoint"] == str(path)
     with pytest.raises(FileNotFoundError, match="no downloads"):
         runs.checkpoint_run(str(tmp_path / "missing.pt"), "RN-tiny", 32, 32)
+
+
+NOTEBOOK_PARAMS = dict(epochs=8, batch_size=128, lr=5e-4, weight_decay=0.2, warmup_steps=50,
+                       rows_per_epoch="one_per_image", seed=0, device="auto", eps=8, pgd_steps=4, protect_rounds=3,
+                       surrogate_steps=40, pgd_alpha=2, reshuffle="batch", search_rows="one_per_image",
+                       surrogate_lr=1e-4, trigger_search_rounds=1, trigger_per="image", trigger_top_k=8,
+                       protect_batch_size=64, stop_loss=0.01, victim_model="RN-small")
+
+
+def test_settings_from_notebook_parameters_name_every_protect_field():
+    train = runs.train_settings(NOTEBOOK_PARAMS)
+    assert train == dict(epochs=8, batch_size=128, lr=5e-4, weight_decay=0.2, warmup_steps=50,
+                         rows_per_epoch="one_per_image", seed=0, device="auto")
+    TrainConfig(**train)
+    schedule = runs.protect_schedule(NOTEBOOK_PARAMS, max_rounds=5)
+    assert schedule["max_rounds"] == 5 and schedule["alpha"] == 2 and schedule["batch_size"] == 64
+    runs.method_config("mem-3", **schedule)
+    with pytest.raises(KeyError, match="pgd_alpha"):
+        runs.protect_schedule({k: v for k, v in NOTEBOOK_PARAMS.items() if k != "pgd_alpha"})
+
+
+def test_run_records_keep_spec_times_and_metrics_of_nested_runs(fresh_cache, tmp_path):
+    protection, victim = small_runs()
+    checkpoint = tmp_path / "weights.pt"
+    torch.save({}, checkpoint)
+    stand_in = runs.checkpoint_run(str(checkpoint), "RN-tiny", 32, 32)
+    path = runs.write_run_records({"MEM-3": {"protection": protection, "victim": victim}, "Clean": {"protection": None},
+                                   "pretrained": stand_in}, tmp_path / "results", "table")
+    records = json.loads(path.read_text())
+    assert path == tmp_path / "results" / "runs" / "table.json"
+    assert sorted(records) == ["MEM-3 / protection", "MEM-3 / victim", "pretrained"]
+    assert records["MEM-3 / victim"]["spec"]["seed"] == 0 and records["MEM-3 / victim"]["kind"] == "train"
+    assert records["MEM-3 / victim"]["final"] == victim["final"]
+    assert records["MEM-3 / protection"]["seconds"] == protection["seconds"] > 0
+    assert records["MEM-3 / protection"]["key"] == runs.run_folder("protect", protection["spec"]).name
+    assert records["pretrained"] == {"kind": "checkpoint", "key": None, "spec": stand_in["spec"]}
+    with pytest.raises(TypeError, match="bad"):
+        runs.flatten_runs({"bad": 3})
