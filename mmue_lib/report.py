@@ -8,7 +8,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import torch
 
+from . import defenses
 from .data import PairDataset
 from .models import Tokenizer
 from .protect import Protection
@@ -141,6 +143,34 @@ def plot_fraction(table: pd.DataFrame) -> plt.Figure:
     return figure
 
 
+def defense_table(settings: dict[str, dict[str, dict]], chance: dict) -> pd.DataFrame:
+    """One row per (defense, training data): Hit@10 and MedR both ways, and the closure C against
+    the undefended clean victim (`settings["none"]["Clean"]`). For protected data C near 0 means
+    the defense broke the protection; for clean data C is the defense's own cost."""
+    reference = settings["none"]["Clean"]["final"]
+    rows = []
+    for setting, victims in settings.items():
+        for data, run in victims.items():
+            final = run["final"]
+            rows.append({"defense": setting, "data": data, **{k: final[k] for k in RETRIEVAL_KEYS},
+                         **{f"{d} C": protection_closure(final, reference, chance, d) for d in ("i2t", "t2i")}})
+    return pd.DataFrame(rows)
+
+
+def caption_defense_examples(protected: PairDataset, released: list[str], reference_captions: list[str],
+                             count: int = 4, seed: int = 0) -> pd.DataFrame:
+    """Some protected captions (triggers included) and what each caption-only defense of
+    `released` leaves of them (defenses that touch images are skipped)."""
+    chosen = torch.randperm(protected.num_rows, generator=torch.Generator().manual_seed(seed))[:count].tolist()
+    table = pd.DataFrame({"protected caption": [protected.captions[r] for r in chosen]})
+    for item in released:
+        chain = defenses.parse_defenses(item)
+        if all(entry["name"] in defenses.CAPTION_DEFENSES for entry in chain):
+            cleaned = defenses.apply_defenses(protected, chain, reference_captions)
+            table[defenses.defense_label(chain)] = [cleaned.captions[r] for r in chosen]
+    return table
+
+
 def trigger_examples(dataset: PairDataset, protections: dict[str, Protection], count: int = 5,
                      seed: int = 0) -> pd.DataFrame:
     """The same random training captions with each protection's trigger in front."""
@@ -177,7 +207,7 @@ def face_table(rows: list[dict], paper_victims: dict[str, str], paper_rows: dict
 
 
 def plot_grouped_bars(table: pd.DataFrame, group: str, bar: str, values: list[str],
-                      chance: dict | None = None) -> plt.Figure:
+                      chance: dict | None = None, rotation: int = 0) -> plt.Figure:
     """One panel per value column: bars per `bar` label inside each `group`; a dashed line at
     the chance level where `chance` gives one."""
     groups, bars = list(dict.fromkeys(table[group])), list(dict.fromkeys(table[bar]))
@@ -189,7 +219,7 @@ def plot_grouped_bars(table: pd.DataFrame, group: str, bar: str, values: list[st
             axis.bar(np.arange(len(groups)) + (index - (len(bars) - 1) / 2) * width, heights, width, label=label)
         if chance and value in chance:
             axis.axhline(chance[value], color="gray", linestyle="--", linewidth=1, label="random")
-        axis.set_xticks(range(len(groups)), groups)
+        axis.set_xticks(range(len(groups)), groups, rotation=rotation, ha="right" if rotation else "center")
         axis.set_title(value)
     axes[0][0].legend(fontsize=8)
     figure.tight_layout()

@@ -17,7 +17,7 @@ from typing import Callable, Mapping
 import torch
 
 from .data import PairDataset, load_split
-from .defenses import apply_defenses, parse_defenses
+from .defenses import apply_defenses, defense_label, parse_defenses, parse_settings
 from .faces import load_named_faces
 from .models import create_clip, load_clip, model_context_length, save_clip
 from .protect import (METHOD_PRESETS, Protection, ProtectConfig, generate_protection, method_config,
@@ -233,6 +233,33 @@ def method_runs(data: dict, victim_model: str, surrogate_model: str, context_len
         victim = training_run(data, victim_model, context_length, train, protection=protection, progress=progress)
         experiment[METHOD_LABELS[method]] = {"protection": protection, "victim": victim}
     return experiment
+
+
+def defense_runs(data: dict, victim_model: str, surrogate_model: str, context_length: int, train: dict,
+                 methods: list[str], schedule: dict, released: list[str], training: list[str],
+                 progress: bool = True) -> dict[str, dict[str, dict]]:
+    """Victims under countermeasures, as {setting: {"Clean": run, method label: run}}: setting
+    "none" holds `method_runs`' victims; then one setting per item of `released` (a released-data
+    defense or chain, `defenses.parse_defenses`: "jpeg(quality: 30)") and per item of `training`
+    (training-config overrides: "augment: strong, augment_views: 4")."""
+    experiment = method_runs(data, victim_model, surrogate_model, context_length, train, methods, schedule, progress)
+    protections = {label: entry["protection"] for label, entry in experiment.items() if entry["protection"]}
+    settings = {"none": {label: entry["victim"] for label, entry in experiment.items()}}
+
+    def victims(train_config: dict, defenses: list | None) -> dict[str, dict]:
+        return {"Clean": training_run(data, victim_model, context_length, train_config, defenses=defenses,
+                                      progress=progress),
+                **{label: training_run(data, victim_model, context_length, train_config, protection=protection,
+                                       defenses=defenses, progress=progress)
+                   for label, protection in protections.items()}}
+
+    for item in released:
+        settings[defense_label(item)] = victims(train, parse_defenses(item))
+    for item in training:
+        overrides = parse_settings(item)
+        TrainConfig(**{**train, **overrides})
+        settings[", ".join(f"{k}: {v}" for k, v in overrides.items())] = victims({**train, **overrides}, None)
+    return settings
 
 
 def face_study_runs(pretrain_data: dict, face_data: dict, victim_models: list[str], surrogate_model: str,

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .data import PairDataset
+from .defenses import augment_batch
 from .metrics import retrieval_metrics
 from .models import (Tokenizer, encode_images, encode_text, encode_texts, model_context_length,
                      normalize_pixels)
@@ -69,6 +70,12 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
+    augment: Literal["none", "strong"] = "none"
+    augment_views: int = 1
+
+    def __post_init__(self) -> None:
+        if self.augment_views < 1 or (self.augment_views > 1 and self.augment == "none"):
+            raise ValueError(f"augment_views={self.augment_views} needs augment='strong' and must be >= 1")
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":
@@ -76,13 +83,30 @@ class TrainConfig:
         return torch.device(self.device)
 
 
-def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE of a batch whose i-th image and i-th text are the positive pair."""
+def per_pair_clip_loss(image_features: torch.Tensor, text_features: torch.Tensor,
+                       logit_scale: torch.Tensor) -> torch.Tensor:
+    """[B] symmetric InfoNCE of each pair of a batch whose i-th image and i-th text match: the
+    mean of its image->text and text->image cross-entropy terms."""
     image_features = F.normalize(image_features, dim=-1)
     text_features = F.normalize(text_features, dim=-1)
     logits = logit_scale.exp() * image_features @ text_features.T
     labels = torch.arange(len(logits), device=logits.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    return (F.cross_entropy(logits, labels, reduction="none") + F.cross_entropy(logits.T, labels, reduction="none")) / 2
+
+
+def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE of a batch whose i-th image and i-th text are the positive pair."""
+    return per_pair_clip_loss(image_features, text_features, logit_scale).mean()
+
+
+def augmented_max_loss(model: torch.nn.Module, pixels: torch.Tensor, tokens: torch.Tensor, views: int,
+                       generator: torch.Generator) -> torch.Tensor:
+    """Mean over pairs of the worst of `views` strongly augmented versions of each image
+    (`defenses.augment_batch`; UEraser's augmentation-max); with one view, plain augmentation."""
+    text_features = encode_text(model, tokens)
+    losses = torch.stack([per_pair_clip_loss(model.encode_image(normalize_pixels(augment_batch(pixels, generator))),
+                                             text_features, model.logit_scale) for _ in range(views)])
+    return losses.max(dim=0).values.mean()
 
 
 def batch_loss(model: torch.nn.Module, pixels: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -131,7 +155,12 @@ class ClipStepper:
         self.model.train()
         use_bf16 = self.config.precision == "bf16" and self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            loss = batch_loss(self.model, pixels.to(self.device), tokens.to(self.device))
+            if self.config.augment == "none":
+                loss = batch_loss(self.model, pixels.to(self.device), tokens.to(self.device))
+            else:
+                generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + self.step_count)
+                loss = augmented_max_loss(self.model, pixels.to(self.device), tokens.to(self.device),
+                                          self.config.augment_views, generator)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

@@ -1,0 +1,203 @@
+"""Countermeasures against unlearnable examples (an extension: the paper tests none).
+
+Two kinds. Released-data defenses transform the image-caption pairs a collector downloads,
+before any training: JPEG re-compression, grayscale, Gaussian blur (image shortcut
+squeezing), and caption cleaning that needs no knowledge of the method: strip the first
+words, drop words rare in the corpus, keep only words of a dictionary built from a clean
+corpus. Each is a named transform; a list of them (`parse_defenses`) applies in order.
+Training-time defenses are `augment_batch` (random resized crop, flip, colour jitter) and
+its augmentation-max use in `train` (UEraser-style: the worst of r augmented views per pair).
+"""
+from __future__ import annotations
+
+import io
+import re
+from collections import Counter
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+from torchvision.ops import roi_align
+from torchvision.transforms.functional import gaussian_blur
+
+from .data import PairDataset
+
+_WORD_EDGES = re.compile(r"^\W+|\W+$")
+
+
+def normalized_word(word: str) -> str:
+    """A word as counted and looked up: lower case, punctuation at its ends removed."""
+    return _WORD_EDGES.sub("", word.lower())
+
+
+def word_counts(captions: Iterable[str]) -> Counter:
+    """How often each normalized word occurs in `captions`."""
+    return Counter(w for caption in captions for w in map(normalized_word, caption.split()) if w)
+
+
+def luma(images: torch.Tensor) -> torch.Tensor:
+    """[B,1,S,S] ITU-R 601 luma of float RGB images [B,3,S,S]."""
+    return (0.299 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2]).unsqueeze(1)
+
+
+def jpeg(dataset: PairDataset, quality: int) -> PairDataset:
+    """Every image saved as JPEG at `quality` (1-100) and decoded again (PIL, 4:2:0 as usual)."""
+    if not 1 <= quality <= 100:
+        raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
+    out = torch.empty_like(dataset.images)
+    for i, image in enumerate(dataset.images):
+        buffer = io.BytesIO()
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(buffer, format="JPEG", quality=quality)
+        decoded = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+        out[i] = torch.from_numpy(np.asarray(decoded).copy()).permute(2, 0, 1)
+    return dataset.with_images(out, f"{dataset.name}-jpeg{quality}")
+
+
+def grayscale(dataset: PairDataset) -> PairDataset:
+    """Every image in gray levels (ITU-R 601 luma), kept as 3 equal channels."""
+    gray = luma(dataset.images.float()).round().clamp(0, 255).to(torch.uint8)
+    return dataset.with_images(gray.expand(-1, 3, -1, -1).contiguous(), f"{dataset.name}-gray")
+
+
+def blur(dataset: PairDataset, sigma: float, kernel_size: int | None = None) -> PairDataset:
+    """Every image blurred by a Gaussian of std `sigma` pixels (kernel: odd, about 4 sigma wide)."""
+    if sigma <= 0:
+        raise ValueError(f"blur sigma must be > 0, got {sigma}")
+    kernel_size = kernel_size or 2 * max(1, round(2 * sigma)) + 1
+    blurred = gaussian_blur(dataset.images.float(), [kernel_size, kernel_size], [sigma, sigma])
+    return dataset.with_images(blurred.round().clamp(0, 255).to(torch.uint8), f"{dataset.name}-blur{sigma:g}")
+
+
+def strip_words(dataset: PairDataset, count: int) -> PairDataset:
+    """Every caption without its first `count` words (where a trigger would sit)."""
+    if count < 0:
+        raise ValueError(f"strip_words count must be >= 0, got {count}")
+    captions = [" ".join(caption.split()[count:]) for caption in dataset.captions]
+    return dataset.with_captions(captions, f"{dataset.name}-strip{count}")
+
+
+def _keep_words(dataset: PairDataset, keep: Callable[[str], bool], name: str) -> PairDataset:
+    captions = [" ".join(w for w in caption.split() if keep(normalized_word(w))) for caption in dataset.captions]
+    return dataset.with_captions(captions, f"{dataset.name}-{name}")
+
+
+def drop_rare_words(dataset: PairDataset, min_count: int) -> PairDataset:
+    """Remove the words seen fewer than `min_count` times in the dataset's own captions."""
+    counts = word_counts(dataset.captions)
+    return _keep_words(dataset, lambda w: counts[w] >= min_count, f"rare{min_count}")
+
+
+def dictionary_filter(dataset: PairDataset, dictionary: set[str] | frozenset[str]) -> PairDataset:
+    """Keep only the words of `dictionary` (normalized words, e.g. from a clean corpus)."""
+    if not dictionary:
+        raise ValueError("dictionary_filter needs a non-empty dictionary")
+    return _keep_words(dataset, lambda w: w in dictionary, "dict")
+
+
+CAPTION_DEFENSES = ("strip_words", "drop_rare_words", "dictionary_filter")
+"""The released-data defenses that change captions only."""
+
+RELEASED_DATA_DEFENSES: dict[str, Callable[..., PairDataset]] = {
+    "jpeg": jpeg, "grayscale": grayscale, "blur": blur,
+    "strip_words": strip_words, "drop_rare_words": drop_rare_words, "dictionary_filter": dictionary_filter,
+}
+"""Name -> transform(dataset, **arguments). `dictionary_filter`'s dictionary is supplied by
+`apply_defenses` from a clean reference corpus, not written in params."""
+
+
+def parse_settings(text: str) -> dict:
+    """"key: value, key: value" (a YAML flow mapping without braces) -> {key: value}."""
+    try:
+        settings = yaml.safe_load("{" + text + "}")
+    except yaml.YAMLError as error:
+        raise ValueError(f"expected 'key: value, key: value', got {text!r}: {error}") from None
+    if not all(isinstance(v, (str, int, float, bool)) for v in settings.values()):
+        raise ValueError(f"expected 'key: value, key: value' with plain values, got {text!r}")
+    return settings
+
+
+def parse_defenses(spec: list | str | None) -> list[dict]:
+    """Params -> a list of {"name": ..., **arguments}, applied in order. Items are strings, as in
+    flat params: "grayscale", "jpeg(quality: 30)", "strip_words(count: 3) + dictionary_filter" (a
+    "+" chains defenses), or dicts such as {"name": "jpeg", "quality": 30}. Unknown names or
+    arguments are errors."""
+    items = [spec] if isinstance(spec, (str, dict)) else list(spec or [])
+    parsed = []
+    for item in items:
+        if isinstance(item, str):
+            for part in filter(None, (p.strip() for p in item.split("+"))):
+                name, _, arguments = part.partition("(")
+                if arguments and not arguments.endswith(")"):
+                    raise ValueError(f"defense {part!r}: expected name(key: value, ...)")
+                parsed.append({"name": name.strip(), **parse_settings(arguments[:-1])})
+        elif isinstance(item, dict):
+            parsed.append(dict(item))
+        else:
+            raise ValueError(f"defense {item!r}: expected a string like 'jpeg(quality: 30)' or a dict with 'name'")
+    for position, entry in enumerate(parsed):
+        if entry.get("name") not in RELEASED_DATA_DEFENSES:
+            raise ValueError(f"defense #{position + 1} {entry.get('name')!r}: unknown; one of "
+                             f"{sorted(RELEASED_DATA_DEFENSES)}")
+        function = RELEASED_DATA_DEFENSES[entry["name"]]
+        allowed = set(function.__code__.co_varnames[1:function.__code__.co_argcount]) - {"dictionary"}
+        unknown = set(entry) - {"name"} - allowed
+        if unknown:
+            raise ValueError(f"defense #{position + 1} {entry['name']}: unknown argument(s) {sorted(unknown)}; "
+                             f"it takes {sorted(allowed)}")
+    return parsed
+
+
+def defense_label(spec: list | str | dict) -> str:
+    """A short name for one defense or a chain, in the params' own syntax: "jpeg(quality: 10) + grayscale"."""
+    labels = []
+    for entry in parse_defenses(spec):
+        arguments = ", ".join(f"{k}: {v}" for k, v in entry.items() if k != "name")
+        labels.append(f"{entry['name']}({arguments})" if arguments else entry["name"])
+    return " + ".join(labels)
+
+
+def apply_defenses(dataset: PairDataset, spec: list | None, reference_captions: Iterable[str] | None = None
+                   ) -> PairDataset:
+    """`dataset` after each defense of `spec` in order; `reference_captions` (a clean corpus,
+    e.g. the val split) give `dictionary_filter` its words."""
+    for entry in parse_defenses(spec):
+        arguments = {k: v for k, v in entry.items() if k != "name"}
+        if entry["name"] == "dictionary_filter":
+            if reference_captions is None:
+                raise ValueError("dictionary_filter needs reference captions (a clean corpus) to build its dictionary")
+            arguments["dictionary"] = frozenset(word_counts(reference_captions))
+        dataset = RELEASED_DATA_DEFENSES[entry["name"]](dataset, **arguments)
+    return dataset
+
+
+def augment_batch(images: torch.Tensor, generator: torch.Generator, min_scale: float = 0.25,
+                  jitter: float = 0.4) -> torch.Tensor:
+    """Strong augmentation of uint8 or [0,1] images [B,3,S,S] -> [0,1] floats: per image a random
+    resized crop (area share in [min_scale, 1], aspect ratio in [3/4, 4/3]), a horizontal flip
+    with probability 1/2, and brightness, contrast and saturation factors in [1 - jitter, 1 + jitter].
+    All randomness comes from `generator` (on the CPU), so a seeded run repeats exactly."""
+    x = images.float().div(255) if images.dtype == torch.uint8 else images
+    batch, _, size, _ = x.shape
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return (low + (high - low) * torch.rand(batch, generator=generator)).to(x.device)
+
+    area = uniform(min_scale, 1.0)
+    ratio = torch.exp(uniform(torch.log(torch.tensor(3 / 4)).item(), torch.log(torch.tensor(4 / 3)).item()))
+    width = (size * torch.sqrt(area * ratio)).clamp(max=size)
+    height = (size * torch.sqrt(area / ratio)).clamp(max=size)
+    left, top = uniform(0, 1) * (size - width), uniform(0, 1) * (size - height)
+    boxes = torch.stack([torch.arange(batch, device=x.device, dtype=x.dtype), left, top, left + width, top + height], 1)
+    x = roi_align(x, boxes, output_size=size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+    flip = (uniform(0, 1) < 0.5).view(-1, 1, 1, 1)
+    x = torch.where(flip, x.flip(-1), x)
+    brightness, contrast, saturation = (uniform(1 - jitter, 1 + jitter).view(-1, 1, 1, 1) for _ in range(3))
+    x = x * brightness
+    mean_gray = luma(x).mean(dim=(2, 3), keepdim=True)
+    x = (x - mean_gray) * contrast + mean_gray
+    gray = luma(x)
+    x = gray + (x - gray) * saturation
+    return x.clamp(0, 1)
+

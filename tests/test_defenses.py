@@ -1,0 +1,120 @@
+import pytest
+import torch
+
+import mmue_lib.runs as runs
+from mmue_lib import defenses
+from mmue_lib.data import PairDataset, make_synthetic_dataset
+from mmue_lib.models import create_clip
+from mmue_lib.train import TokenizedPairs, TrainConfig, augmented_max_loss, train_clip
+
+
+def captioned(*captions: str) -> PairDataset:
+    return PairDataset(torch.zeros(len(captions), 3, 8, 8, dtype=torch.uint8), list(captions),
+                       torch.arange(len(captions)))
+
+
+def test_jpeg_keeps_shape_and_loses_more_at_low_quality():
+    data = make_synthetic_dataset(6, 32, seed=1)
+    errors = {}
+    for quality in (95, 10):
+        out = defenses.jpeg(data, quality)
+        assert out.images.dtype == torch.uint8 and out.images.shape == data.images.shape
+        assert out.captions == data.captions
+        errors[quality] = (out.images.float() - data.images.float()).abs().mean()
+    assert 0 < errors[95] < errors[10]
+    with pytest.raises(ValueError, match="quality"):
+        defenses.jpeg(data, 0)
+
+
+def test_grayscale_has_equal_channels_and_keeps_gray_pixels():
+    data = make_synthetic_dataset(4, 16, seed=2)
+    gray = defenses.grayscale(data).images
+    assert torch.equal(gray[:, 0], gray[:, 1]) and torch.equal(gray[:, 1], gray[:, 2])
+    flat = PairDataset(torch.full((1, 3, 8, 8), 77, dtype=torch.uint8), ["x"], torch.zeros(1))
+    assert torch.equal(defenses.grayscale(flat).images, flat.images)
+
+
+def test_blur_smooths_a_checkerboard_and_keeps_a_flat_image():
+    board = ((torch.arange(16).view(1, -1) + torch.arange(16).view(-1, 1)) % 2 * 255).to(torch.uint8)
+    data = PairDataset(board.expand(1, 3, 16, 16).clone(), ["x"], torch.zeros(1))
+    assert defenses.blur(data, 1.0).images.float().std() < 0.5 * board.float().std()
+    flat = PairDataset(torch.full((1, 3, 8, 8), 90, dtype=torch.uint8), ["x"], torch.zeros(1))
+    assert torch.equal(defenses.blur(flat, 2.0).images, flat.images)
+
+
+def test_caption_defenses_strip_rare_and_unknown_words():
+    data = captioned("qz xv a dog runs.", "A dog sits", "a cat runs", "dog")
+    assert defenses.strip_words(data, 2).captions == ["a dog runs.", "sits", "runs", ""]
+    assert defenses.drop_rare_words(data, 2).captions == ["a dog runs.", "A dog", "a runs", "dog"]
+    assert defenses.dictionary_filter(data, {"a", "dog"}).captions == ["a dog", "A dog", "a", "dog"]
+
+
+def test_parse_and_apply_defenses_in_order_with_a_reference_corpus():
+    assert defenses.parse_defenses(["grayscale", {"name": "jpeg", "quality": 30}]) == [
+        {"name": "grayscale"}, {"name": "jpeg", "quality": 30}]
+    chain = defenses.parse_defenses("strip_words(count: 3) + blur(sigma: 0.5, kernel_size: 3)")
+    assert chain == [{"name": "strip_words", "count": 3}, {"name": "blur", "sigma": 0.5, "kernel_size": 3}]
+    assert defenses.defense_label(chain) == "strip_words(count: 3) + blur(sigma: 0.5, kernel_size: 3)"
+    for bad, message in ((["sharpen"], "one of"), ([{"name": "jpeg", "q": 3}], "unknown argument"),
+                         (["jpeg(30"], "expected name"), (["jpeg(q 3)"], "key: value"),
+                         ([{"name": "dictionary_filter", "dictionary": ["a"]}], "unknown argument"), ([3], "expected")):
+        with pytest.raises(ValueError, match=message):
+            defenses.parse_defenses(bad)
+    data = captioned("zz a dog runs", "zz a cat sits")
+    spec = "strip_words(count: 1) + dictionary_filter"
+    out = defenses.apply_defenses(data, spec, reference_captions=["A dog runs.", "a cat"])
+    assert out.captions == ["a dog runs", "a cat"]
+    with pytest.raises(ValueError, match="reference captions"):
+        defenses.apply_defenses(data, spec)
+
+
+def test_augment_batch_is_seeded_and_stays_in_range():
+    images = make_synthetic_dataset(5, 32, seed=3).images
+
+    def augmented(seed: int) -> torch.Tensor:
+        return defenses.augment_batch(images, torch.Generator().manual_seed(seed))
+
+    first = augmented(0)
+    assert first.shape == images.shape and first.dtype == torch.float32
+    assert 0 <= float(first.min()) and float(first.max()) <= 1
+    assert torch.equal(first, augmented(0)) and not torch.equal(first, augmented(1))
+    assert (first - images.float() / 255).abs().mean() > 0.01
+
+
+def test_augmentation_max_loss_is_at_least_the_first_views_loss():
+    torch.manual_seed(0)
+    model = create_clip("RN-tiny", image_size=32, context_length=32, seed=0)
+    data = TokenizedPairs.from_dataset(make_synthetic_dataset(8, 32, seed=4), 32)
+    pixels, tokens = data.images[data.row_image[:8]], data.tokens[:8]
+    with torch.no_grad():
+        single = augmented_max_loss(model, pixels, tokens, 1, torch.Generator().manual_seed(5))
+        worst = augmented_max_loss(model, pixels, tokens, 3, torch.Generator().manual_seed(5))
+    assert float(worst) > float(single)
+
+
+def test_augmented_training_is_deterministic_and_checked():
+    data = TokenizedPairs.from_dataset(make_synthetic_dataset(24, 32, seed=6), 32)
+    config = TrainConfig(epochs=1, batch_size=12, augment="strong", augment_views=2, device="cpu")
+    histories = [train_clip(create_clip("RN-tiny", image_size=32, seed=0), data, config, progress=False).history
+                 for _ in range(2)]
+    assert histories[0][0]["train_loss"] == histories[1][0]["train_loss"]
+    with pytest.raises(ValueError, match="augment='strong'"):
+        TrainConfig(augment_views=2)
+
+
+def test_training_run_applies_defenses_and_keys_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMUE_CACHE", str(tmp_path / "cache"))
+    data = runs.data_spec("synthetic", 32, max_train_images=24, max_test_images=10)
+    train = dict(epochs=1, batch_size=12, device="cpu")
+    seen = []
+    real_train = runs.train_clip
+    monkeypatch.setattr(runs, "train_clip", lambda pairs_model, pairs, *a, **k: seen.append(pairs) or
+                        real_train(pairs_model, pairs, *a, **k))
+    plain = runs.training_run(data, "RN-tiny", 32, train, progress=False)
+    defended = runs.training_run(data, "RN-tiny", 32, train, defenses=["grayscale", {"name": "strip_words", "count": 2}],
+                                 progress=False)
+    assert "defenses" not in plain["spec"] and defended["spec"]["defenses"][1] == {"name": "strip_words", "count": 2}
+    assert plain["folder"] != defended["folder"]
+    gray = seen[1].images
+    assert torch.equal(gray[:, 0], gray[:, 2]) and not torch.equal(seen[0].images[:, 0], seen[0].images[:, 2])
+    assert seen[1].tokens.ne(0).sum() < seen[0].tokens.ne(0).sum()
