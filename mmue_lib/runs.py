@@ -43,7 +43,7 @@ SCHEDULE_PARAMS = {"eps": "eps", "pgd_steps": "pgd_steps", "max_rounds": "protec
 
 
 def _settings(names: Mapping[str, str], params: Mapping, overrides: dict) -> dict:
-    missing = sorted(param for param in names.values() if param not in params)
+    missing = sorted(param for setting, param in names.items() if param not in params and setting not in overrides)
     if missing:
         raise KeyError(f"notebook parameters missing: {missing}")
     return {**{setting: params[param] for setting, param in names.items()}, **overrides}

@@ -95,6 +95,8 @@ def test_settings_from_notebook_parameters_name_every_protect_field():
     schedule = runs.protect_schedule(NOTEBOOK_PARAMS, max_rounds=5)
     assert schedule["max_rounds"] == 5 and schedule["alpha"] == 2 and schedule["batch_size"] == 64
     runs.method_config("mem-3", **schedule)
+    without_rounds = {k: v for k, v in NOTEBOOK_PARAMS.items() if k != "protect_rounds"}
+    assert runs.protect_schedule(without_rounds, max_rounds=2)["max_rounds"] == 2
     with pytest.raises(KeyError, match="pgd_alpha"):
         runs.protect_schedule({k: v for k, v in NOTEBOOK_PARAMS.items() if k != "pgd_alpha"})
 
