@@ -46,7 +46,7 @@ def _settings(names: Mapping[str, str], params: Mapping, overrides: dict) -> dic
     missing = sorted(param for setting, param in names.items() if param not in params and setting not in overrides)
     if missing:
         raise KeyError(f"notebook parameters missing: {missing}")
-    return {**{setting: params[param] for setting, param in names.items()}, **overrides}
+    return {**{setting: params[param] for setting, param in names.items() if setting not in overrides}, **overrides}
 
 
 def train_settings(params: Mapping, **overrides) -> dict:
