@@ -233,7 +233,8 @@ def train_clip(model: torch.nn.Module, train: TokenizedPairs, config: TrainConfi
     start_epoch = 0
     if checkpoint_path is not None and Path(checkpoint_path).is_file():
         state = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        if state["config"] != asdict(config):
+        saved_config = {**asdict(TrainConfig()), **state["config"]}  # settings added later take their defaults
+        if saved_config != asdict(config):
             raise ValueError(f"{checkpoint_path}: checkpoint of another training config; remove it or change the path")
         model.load_state_dict(state["model"])
         stepper.load_state_dict(state["stepper"])

@@ -70,6 +70,11 @@ def test_resume_after_kill_matches_uninterrupted_run(synthetic, tmp_path, monkey
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="another training config"):
         train_clip(create_clip("RN-tiny"), train, small_config(epochs=4), checkpoint_path=checkpoint, progress=False)
+    state = torch.load(checkpoint, weights_only=True)
+    state["config"] = {k: v for k, v in state["config"].items() if k not in ("augment", "augment_views")}
+    torch.save(state, checkpoint)  # a checkpoint from before these settings existed, at their defaults
+    finished = train_clip(create_clip("RN-tiny"), train, config, checkpoint_path=checkpoint, progress=False)
+    assert finished.history == resumed.history
 
 
 def test_learning_rate_schedule():
