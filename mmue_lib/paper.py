@@ -74,3 +74,18 @@ def table1(method: str, dataset: str) -> dict[str, float]:
     if (method, dataset) not in TABLE1:
         raise KeyError(f"Table 1 has no row {method!r} for {dataset!r}; methods {METHODS}, datasets {DATASETS}")
     return TABLE1[(method, dataset)]
+
+
+def seed_study_rows(victim_model: str, labels: list[str], transfer_victims: dict[str, str], transfer_label: str,
+                    dataset: str) -> dict[tuple[str, str], dict[str, float]]:
+    """The paper's numbers for the seed study's cells, keyed (our victim, training data): Table 1
+    rows for `victim_model` (the paper's RN50), Table 2 MedR for the other victims
+    (`transfer_victims` maps ours to the paper's architecture)."""
+    rows = {(victim_model, label): TABLE1[(label, dataset)] for label in labels if (label, dataset) in TABLE1}
+    for ours, theirs in transfer_victims.items():
+        published = TABLE2.get((theirs, dataset), {})
+        for label, prefix in (("Clean", "clean"), (transfer_label, "MEM-3")):
+            cells = {key: published[f"{prefix} {key}"] for key in ("i2t_MedR", "t2i_MedR") if f"{prefix} {key}" in published}
+            if cells and (ours, label) not in rows:
+                rows[(ours, label)] = cells
+    return rows

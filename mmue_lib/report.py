@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
+from scipy import stats
 
 from . import defenses
 from .data import PairDataset
@@ -157,6 +158,116 @@ def defense_table(settings: dict[str, dict[str, dict]], chance: dict) -> pd.Data
     return pd.DataFrame(rows)
 
 
+def ablation_table(experiment: dict[str, dict], chance: dict) -> pd.DataFrame:
+    """One row per protection setting of `runs.ablation_runs` (the clean victim first): generation
+    time in seconds and in clean-victim runs, rounds run, the last PGD loss, the victim's Hit@10
+    and MedR both ways, and the closure C against the clean victim."""
+    clean = experiment["Clean"]["victim"]
+    rows = []
+    for setting, entry in experiment.items():
+        protection, final = entry["protection"], entry["victim"]["final"]
+        row = {"setting": "clean data" if protection is None else setting}
+        if protection is not None:
+            row.update({"seconds": protection["seconds"], "victim runs": protection["seconds"] / clean["seconds"],
+                        "rounds": len(protection["history"]), "noise loss": protection["history"][-1]["noise_loss"]})
+        row.update({k: final[k] for k in RETRIEVAL_KEYS})
+        row.update({f"{d} C": protection_closure(final, clean["final"], chance, d) for d in ("i2t", "t2i")})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def plot_strength_vs_cost(table: pd.DataFrame) -> plt.Figure:
+    """Protection closure C against generation cost (clean-victim runs), one labelled point per
+    setting of `ablation_table`."""
+    shown = table.dropna(subset=["victim runs"])
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for axis, direction in zip(axes, ("i2t", "t2i")):
+        axis.scatter(shown["victim runs"], shown[f"{direction} C"], c=[f"C{i % 10}" for i in range(len(shown))])
+        for _, row in shown.iterrows():
+            axis.annotate("\n".join(_wrap(row["setting"], 28)), (row["victim runs"], row[f"{direction} C"]),
+                          fontsize=7, xytext=(4, 2), textcoords="offset points")
+        axis.axhline(1, color="gray", linestyle="--", linewidth=1, label="random")
+        axis.axhline(0, color="green", linestyle="--", linewidth=1, label="clean")
+        axis.set_xlabel("generation time (clean-victim training runs)")
+        axis.set_title(f"{direction} protection closure C")
+    axes[0].legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+SEED_VALUES = [*RETRIEVAL_KEYS, "i2t C", "t2i C"]
+
+
+def seed_long_table(experiment: dict[str, dict], chance: dict) -> pd.DataFrame:
+    """One row per (seed, victim architecture, training data) of `runs.seed_runs`: Hit@10 and
+    MedR both ways, and C against the same seed's clean victim of the same architecture."""
+    rows = []
+    for seed, entry in experiment.items():
+        for victim, runs_of_victim in entry["victims"].items():
+            clean = runs_of_victim["Clean"]["final"]
+            for data, run in runs_of_victim.items():
+                final = run["final"]
+                rows.append({"seed": seed, "victim": victim, "data": data, **{k: final[k] for k in RETRIEVAL_KEYS},
+                             **{f"{d} C": protection_closure(final, clean, chance, d) for d in ("i2t", "t2i")}})
+    return pd.DataFrame(rows)
+
+
+def interval(values) -> tuple[float, float]:
+    """Mean and half-width of the 95% Student-t interval of the mean (half-width nan for one value)."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return float(values.mean()), float("nan")
+    return float(values.mean()), float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values)))
+
+
+def seed_table(long: pd.DataFrame, paper_rows: dict[tuple[str, str], dict] | None = None) -> pd.DataFrame:
+    """Per (victim, training data): the number of seeds, and the mean and the 95% interval's
+    half-width of every value of `seed_long_table`, beside the paper's number where `paper_rows`
+    ({(victim, data): {value: number}}) has one."""
+    rows = []
+    for (victim, data), group in long.groupby(["victim", "data"], sort=False):
+        row = {"victim": victim, "data": data, "seeds": len(group)}
+        published = (paper_rows or {}).get((victim, data), {})
+        for value in SEED_VALUES:
+            row[value], row[f"{value} ±95%"] = interval(group[value])
+            if value in published:
+                row[f"{value} (paper)"] = published[value]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def seed_differences(long: pd.DataFrame, victim: str, pairs: list[tuple[str, str]]) -> pd.DataFrame:
+    """For each (better, worse) pair of training data on `victim`: the per-seed difference of C
+    (better - worse), its mean and 95% interval, and whether that interval excludes 0, i.e.
+    whether the advantage is larger than the seed-to-seed spread."""
+    rows = []
+    of_victim = long[long["victim"] == victim].set_index(["seed", "data"])
+    for better, worse in pairs:
+        for direction in ("i2t", "t2i"):
+            column = of_victim[f"{direction} C"].unstack("data")
+            mean, half = interval(column[better] - column[worse])
+            rows.append({"victim": victim, "comparison": f"{better} - {worse}", "value": f"{direction} C",
+                         "mean": mean, "±95%": half, "beyond seed spread": bool(mean - half > 0)})
+    return pd.DataFrame(rows)
+
+
+def plot_seed_intervals(summary: pd.DataFrame, values: tuple[str, ...] = ("i2t C", "t2i C")) -> plt.Figure:
+    """Mean C per (victim, training data) with its 95% interval over seeds (clean rows left out)."""
+    shown = summary[summary["data"] != "Clean"]
+    labels = [f"{v}\n{d}" for v, d in zip(shown["victim"], shown["data"])]
+    figure, axes = plt.subplots(1, len(values), figsize=(max(6, 1.1 * len(labels)) * len(values) / 1.5, 3.8),
+                                squeeze=False, sharey=True)
+    for axis, value in zip(axes[0], values):
+        axis.bar(range(len(labels)), shown[value], yerr=shown[f"{value} ±95%"].fillna(0), capsize=4,
+                 color=[f"C{i % 10}" for i in range(len(labels))])
+        axis.axhline(1, color="gray", linestyle="--", linewidth=1, label="random")
+        axis.set_xticks(range(len(labels)), labels, fontsize=8)
+        axis.set_title(f"{value}, mean and 95% interval over seeds")
+    axes[0][0].legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
 def caption_defense_examples(protected: PairDataset, released: list[str], reference_captions: list[str],
                              count: int = 4, seed: int = 0) -> pd.DataFrame:
     """Some protected captions (triggers included) and what each caption-only defense of
@@ -292,6 +403,21 @@ def plot_training_curves(histories: dict[str, list[dict]], chance: dict | None =
         axis.set_title(title)
         axis.set_xlabel("epoch")
     axes[0].legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def plot_protection_rounds(histories: dict[str, list[dict]]) -> plt.Figure:
+    """Per protection round: the surrogate's mean training loss and the PGD objective, one line per run."""
+    panels = [("surrogate_loss", "surrogate training loss"), ("noise_loss", "PGD objective (noise loss)")]
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for axis, (key, title) in zip(axes, panels):
+        for label, history in histories.items():
+            rounds = [h for h in history if key in h]
+            axis.plot([h["round"] for h in rounds], [h[key] for h in rounds], marker="o", markersize=3, label=label)
+        axis.set_title(title)
+        axis.set_xlabel("round")
+    axes[0].legend(fontsize=7)
     figure.tight_layout()
     return figure
 

@@ -121,12 +121,14 @@ def load_data(spec: dict, split: str) -> PairDataset:
 
 
 def training_run(data: dict, model: str, context_length: int, train: dict, *, protection: dict | None = None,
-                 fraction: float = 1.0, pretrained: dict | None = None, seed: int = 0,
+                 fraction: float = 1.0, pretrained: dict | None = None, seed: int | None = None,
                  defenses: list | None = None, progress: bool = True) -> dict:
     """Train a CLIP (from scratch, or from the `pretrained` training run) on the train split,
     protected by the `protection` run when given and then passed through the released-data
     `defenses` (`defenses.parse_defenses`; a dictionary filter's words come from the val split);
-    logs clean-test retrieval every epoch."""
+    logs clean-test retrieval every epoch. `seed` initialises the model (default: the training
+    seed, which also seeds the batches and which protected rows a `fraction` picks)."""
+    seed = TrainConfig(**train).seed if seed is None else seed
     spec = {"data": data, "model": model, "context_length": context_length, "train": train,
             "protection": protection and protection["spec"], "fraction": fraction,
             "pretrained": pretrained and pretrained["spec"], "seed": seed}
@@ -260,6 +262,61 @@ def defense_runs(data: dict, victim_model: str, surrogate_model: str, context_le
         TrainConfig(**{**train, **overrides})
         settings[", ".join(f"{k}: {v}" for k, v in overrides.items())] = victims({**train, **overrides}, None)
     return settings
+
+
+def protection_overrides(text: str) -> dict:
+    """"noise_per: row, pgd_rows: all" -> protection settings, checked against `ProtectConfig`."""
+    overrides = parse_settings(text)
+    unknown = sorted(set(overrides) - set(ProtectConfig.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"{text!r}: {unknown} are not protection settings; known: "
+                         f"{', '.join(ProtectConfig.__dataclass_fields__)}")
+    return overrides
+
+
+def ablation_runs(data: dict, victim_model: str, surrogate_model: str, context_length: int, train: dict,
+                  method: str, schedule: dict, flips: list[str], progress: bool = True) -> dict[str, dict]:
+    """One protection of `method` per setting, each with the victim trained on it, as
+    {"Clean": {"protection": None, "victim": clean run}, "default": {...}, flip label: {...}}.
+    A flip is a string of protection settings that override the schedule and the method's
+    preset ("noise_per: row, pgd_rows: all"); its label is that string, normalised."""
+    parsed = {item: protection_overrides(item) for item in flips}
+    clean = training_run(data, victim_model, context_length, train, progress=progress)
+    experiment = {"Clean": {"protection": None, "victim": clean}}
+    for label, overrides in {"default": {}, **{", ".join(f"{k}: {v}" for k, v in o.items()): o
+                                              for o in parsed.values()}}.items():
+        protection = protection_run(data, method, surrogate_model, context_length, schedule=schedule,
+                                    progress=progress, **overrides)
+        victim = training_run(data, victim_model, context_length, train, protection=protection, progress=progress)
+        experiment[label] = {"protection": protection, "victim": victim}
+    return experiment
+
+
+def seed_runs(data: dict, victim_model: str, surrogate_model: str, context_length: int, train: dict,
+              methods: list[str], schedule: dict, transfer_method: str, transfer_victims: list[str],
+              seeds: list[int], progress: bool = True) -> dict[str, dict]:
+    """Tables 1 and 2 once per seed (the seed initialises the surrogate and the victims and
+    orders their batches), as {"seed s": {"protections": {label: run},
+    "victims": {architecture: {"Clean": run, label: run}}}}."""
+    experiment = {}
+    for seed in seeds:
+        seeded_train, seeded_schedule = {**train, "seed": seed}, {**schedule, "seed": seed}
+        table1 = method_runs(data, victim_model, surrogate_model, context_length, seeded_train, methods,
+                             seeded_schedule, progress)
+        protections = {label: entry["protection"] for label, entry in table1.items() if entry["protection"]}
+        victims = {victim_model: {label: entry["victim"] for label, entry in table1.items()}}
+        transfer_label = METHOD_LABELS[transfer_method]
+        if transfer_label not in protections:
+            protections[transfer_label] = protection_run(data, transfer_method, surrogate_model, context_length,
+                                                         schedule=seeded_schedule, progress=progress)
+        for victim in transfer_victims:
+            victims.setdefault(victim, {})
+            victims[victim]["Clean"] = training_run(data, victim, context_length, seeded_train, progress=progress)
+            victims[victim][transfer_label] = training_run(data, victim, context_length, seeded_train,
+                                                           protection=protections[transfer_label],
+                                                           progress=progress)
+        experiment[f"seed {seed}"] = {"protections": protections, "victims": victims}
+    return experiment
 
 
 def face_study_runs(pretrain_data: dict, face_data: dict, victim_models: list[str], surrogate_model: str,

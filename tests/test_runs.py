@@ -118,3 +118,37 @@ def test_run_records_keep_spec_times_and_metrics_of_nested_runs(fresh_cache, tmp
     assert records["pretrained"] == {"kind": "checkpoint", "key": None, "spec": stand_in["spec"]}
     with pytest.raises(TypeError, match="bad"):
         runs.flatten_runs({"bad": 3})
+
+
+def test_ablation_flips_each_make_a_protection_and_a_victim(fresh_cache):
+    data = runs.data_spec("synthetic", 32, max_train_images=24, max_test_images=10)
+    train = vars(TrainConfig(epochs=1, batch_size=12, device="cpu"))
+    schedule = dict(max_rounds=1, surrogate_steps=2, batch_size=12, trigger_top_k=2, device="cpu")
+    with pytest.raises(ValueError, match="noise_granularity"):
+        runs.ablation_runs(data, "RN-tiny", "RN-tiny", 32, train, "mem-3", schedule, ["noise_granularity: row"])
+    experiment = runs.ablation_runs(data, "RN-tiny", "RN-tiny", 32, train, "mem-3", schedule,
+                                    ["trigger_init: random", "noise_per: row,pgd_rows: all"], progress=False)
+    assert list(experiment) == ["Clean", "default", "trigger_init: random", "noise_per: row, pgd_rows: all"]
+    assert experiment["Clean"]["protection"] is None
+    configs = {label: entry["protection"]["spec"]["config"] for label, entry in experiment.items() if entry["protection"]}
+    assert configs["default"]["trigger_init"] == "the" and configs["trigger_init: random"]["trigger_init"] == "random"
+    assert configs["noise_per: row, pgd_rows: all"]["noise_per"] == "row"
+    assert experiment["default"]["victim"]["spec"]["protection"] == experiment["default"]["protection"]["spec"]
+
+
+def test_seed_runs_seed_every_run_and_share_the_transfer_protection(fresh_cache):
+    data = runs.data_spec("synthetic", 32, max_train_images=24, max_test_images=10)
+    train = vars(TrainConfig(epochs=1, batch_size=12, device="cpu"))
+    schedule = dict(max_rounds=1, surrogate_steps=2, batch_size=12, trigger_top_k=2, device="cpu")
+    experiment = runs.seed_runs(data, "RN-tiny", "RN-tiny", 32, train, ["mem-3"], schedule, "mem-3",
+                                ["RN-tiny", "ViT-tiny"], [0, 1], progress=False)
+    assert list(experiment) == ["seed 0", "seed 1"]
+    for seed, entry in zip((0, 1), experiment.values()):
+        assert list(entry["victims"]) == ["RN-tiny", "ViT-tiny"]
+        assert entry["protections"]["MEM-3"]["spec"]["config"]["seed"] == seed
+        for victim in entry["victims"].values():
+            assert set(victim) == {"Clean", "MEM-3"}
+            assert all(run["spec"]["seed"] == seed and run["spec"]["train"]["seed"] == seed for run in victim.values())
+        assert entry["victims"]["ViT-tiny"]["MEM-3"]["spec"]["protection"] == entry["protections"]["MEM-3"]["spec"]
+    first, second = (e["victims"]["RN-tiny"]["Clean"]["final"] for e in experiment.values())
+    assert first != second

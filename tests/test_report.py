@@ -1,0 +1,61 @@
+import math
+
+import pandas as pd
+import pytest
+
+from mmue_lib import paper, report
+
+CHANCE = {"i2t_MedR": 500.0, "t2i_MedR": 400.0, "i2t_R@10": 1.0, "t2i_R@10": 1.0}
+
+
+def final(i2t_medr, t2i_medr):
+    return {"i2t_R@10": 10.0, "i2t_MedR": i2t_medr, "t2i_R@10": 9.0, "t2i_MedR": t2i_medr}
+
+
+def test_interval_is_the_student_t_interval_of_the_mean():
+    mean, half = report.interval([1.0, 2.0, 3.0])
+    assert mean == 2.0 and half == pytest.approx(4.302653 * 1.0 / math.sqrt(3), rel=1e-5)
+    assert math.isnan(report.interval([5.0])[1])
+
+
+def test_ablation_table_gives_cost_in_victim_runs_and_closure():
+    clean = {"final": final(100, 100), "seconds": 200.0}
+    protection = {"seconds": 100.0, "history": [{"noise_loss": 1.0}, {"noise_loss": 0.2}]}
+    experiment = {"Clean": {"protection": None, "victim": clean},
+                  "default": {"protection": protection, "victim": {"final": final(300, 250)}}}
+    table = report.ablation_table(experiment, CHANCE).set_index("setting")
+    assert table.loc["clean data", "i2t C"] == 0 and math.isnan(table.loc["clean data", "victim runs"])
+    row = table.loc["default"]
+    assert row["victim runs"] == 0.5 and row["rounds"] == 2 and row["noise loss"] == 0.2
+    assert row["i2t C"] == pytest.approx(0.5) and row["t2i C"] == pytest.approx(0.5)
+
+
+def seed_experiment():
+    victims = {0: {"Clean": final(100, 100), "EM": final(200, 175), "MEM-3": final(460, 370)},
+               1: {"Clean": final(120, 80), "EM": final(180, 160), "MEM-3": final(500, 400)},
+               2: {"Clean": final(110, 90), "EM": final(300, 240), "MEM-3": final(480, 380)}}
+    return {f"seed {s}": {"protections": {}, "victims": {"RN": {k: {"final": v} for k, v in runs_.items()}}}
+            for s, runs_ in victims.items()}
+
+
+def test_seed_tables_summarise_and_compare_per_seed():
+    long = report.seed_long_table(seed_experiment(), CHANCE)
+    assert len(long) == 9
+    seed1_em = long[(long["seed"] == "seed 1") & (long["data"] == "EM")].iloc[0]
+    assert seed1_em["i2t C"] == pytest.approx((180 - 120) / (500 - 120))
+    summary = report.seed_table(long, {("RN", "MEM-3"): {"i2t_MedR": 304.0}}).set_index("data")
+    assert summary.loc["MEM-3", "seeds"] == 3 and summary.loc["MEM-3", "i2t_MedR"] == 480
+    assert summary.loc["MEM-3", "i2t_MedR ±95%"] == pytest.approx(report.interval([460, 500, 480])[1])
+    assert summary.loc["MEM-3", "i2t_MedR (paper)"] == 304 and pd.isna(summary.loc["EM", "i2t_MedR (paper)"])
+    differences = report.seed_differences(long, "RN", [("MEM-3", "EM")]).set_index("value")
+    per_seed = long.pivot(index="seed", columns="data", values="i2t C")
+    assert differences.loc["i2t C", "mean"] == pytest.approx((per_seed["MEM-3"] - per_seed["EM"]).mean())
+    assert differences.loc["i2t C", "beyond seed spread"]
+
+
+def test_seed_study_paper_rows_take_table1_for_the_main_victim_and_table2_for_others():
+    rows = paper.seed_study_rows("RN-small", ["Clean", "EM", "MEM-3"], {"RN-small": "RN50", "RN-medium": "RN101"},
+                                 "MEM-3", "flickr8k")
+    assert rows[("RN-small", "MEM-3")] == paper.table1("MEM-3", "flickr8k")
+    assert rows[("RN-medium", "Clean")] == {"i2t_MedR": 52.0, "t2i_MedR": 58.0}
+    assert rows[("RN-medium", "MEM-3")] == {"i2t_MedR": 236.0, "t2i_MedR": 197.0}
