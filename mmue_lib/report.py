@@ -159,17 +159,16 @@ def defense_table(settings: dict[str, dict[str, dict]], chance: dict) -> pd.Data
 
 
 def ablation_table(experiment: dict[str, dict], chance: dict) -> pd.DataFrame:
-    """One row per protection setting of `runs.ablation_runs` (the clean victim first): generation
-    time in seconds and in clean-victim runs, rounds run, the last PGD loss, the victim's Hit@10
+    """One row per protection setting of `runs.ablation_runs` (the clean victim first, at no
+    cost): generation time in seconds and in clean-victim runs, rounds run, the victim's Hit@10
     and MedR both ways, and the closure C against the clean victim."""
     clean = experiment["Clean"]["victim"]
     rows = []
     for setting, entry in experiment.items():
         protection, final = entry["protection"], entry["victim"]["final"]
-        row = {"setting": "clean data" if protection is None else setting}
-        if protection is not None:
-            row.update({"seconds": protection["seconds"], "victim runs": protection["seconds"] / clean["seconds"],
-                        "rounds": len(protection["history"]), "noise loss": protection["history"][-1]["noise_loss"]})
+        seconds = protection["seconds"] if protection else 0.0
+        row = {"setting": setting if protection else "clean data", "seconds": seconds,
+               "victim runs": seconds / clean["seconds"], "rounds": len(protection["history"]) if protection else 0}
         row.update({k: final[k] for k in RETRIEVAL_KEYS})
         row.update({f"{d} C": protection_closure(final, clean["final"], chance, d) for d in ("i2t", "t2i")})
         rows.append(row)
@@ -179,7 +178,7 @@ def ablation_table(experiment: dict[str, dict], chance: dict) -> pd.DataFrame:
 def plot_strength_vs_cost(table: pd.DataFrame) -> plt.Figure:
     """Protection closure C against generation cost (clean-victim runs), one labelled point per
     setting of `ablation_table`."""
-    shown = table.dropna(subset=["victim runs"])
+    shown = table[table["setting"] != "clean data"]
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for axis, direction in zip(axes, ("i2t", "t2i")):
         axis.scatter(shown["victim runs"], shown[f"{direction} C"], c=[f"C{i % 10}" for i in range(len(shown))])
