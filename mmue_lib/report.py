@@ -135,13 +135,18 @@ def plot_fraction(table: pd.DataFrame) -> plt.Figure:
             if f"{direction} C (paper)" in rows and rows[f"{direction} C (paper)"].notna().any():
                 axis.plot(rows["p"], rows[f"{direction} C (paper)"], marker="x", linestyle=":", color=colour,
                           label=f"{label} (paper)")
-        axis.axhline(0, color="green", linestyle="--", linewidth=1, label="clean")
-        axis.axhline(1, color="gray", linestyle="--", linewidth=1, label="random")
-        axis.set_xlabel("fraction of protected images p")
-        axis.set_title(f"{direction} protection closure C")
+        _closure_axis(axis, direction, "fraction of protected images p")
     axes[0].legend(fontsize=8)
     figure.tight_layout()
     return figure
+
+
+def _closure_axis(axis: plt.Axes, direction: str, xlabel: str) -> None:
+    """Reference lines at C = 0 (clean) and 1 (random), labels of a closure panel."""
+    axis.axhline(0, color="green", linestyle="--", linewidth=1, label="clean")
+    axis.axhline(1, color="gray", linestyle="--", linewidth=1, label="random")
+    axis.set_xlabel(xlabel)
+    axis.set_title(f"{direction} protection closure C")
 
 
 def defense_table(settings: dict[str, dict[str, dict]], chance: dict) -> pd.DataFrame:
@@ -185,10 +190,7 @@ def plot_strength_vs_cost(table: pd.DataFrame) -> plt.Figure:
         for _, row in shown.iterrows():
             axis.annotate("\n".join(_wrap(row["setting"], 28)), (row["victim runs"], row[f"{direction} C"]),
                           fontsize=7, xytext=(4, 2), textcoords="offset points")
-        axis.axhline(1, color="gray", linestyle="--", linewidth=1, label="random")
-        axis.axhline(0, color="green", linestyle="--", linewidth=1, label="clean")
-        axis.set_xlabel("generation time (clean-victim training runs)")
-        axis.set_title(f"{direction} protection closure C")
+        _closure_axis(axis, direction, "generation time (clean-victim training runs)")
     axes[0].legend(fontsize=8)
     figure.tight_layout()
     return figure
