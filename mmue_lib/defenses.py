@@ -118,6 +118,11 @@ def parse_settings(text: str) -> dict:
     return settings
 
 
+def settings_label(settings: dict) -> str:
+    """{key: value} -> "key: value, key: value", the form `parse_settings` reads."""
+    return ", ".join(f"{key}: {value}" for key, value in settings.items())
+
+
 def parse_defenses(spec: list | str | None) -> list[dict]:
     """Params -> a list of {"name": ..., **arguments}, applied in order. Items are strings, as in
     flat params: "grayscale", "jpeg(quality: 30)", "strip_words(count: 3) + dictionary_filter" (a
@@ -153,7 +158,7 @@ def defense_label(spec: list | str | dict) -> str:
     """A short name for one defense or a chain, in the params' own syntax: "jpeg(quality: 10) + grayscale"."""
     labels = []
     for entry in parse_defenses(spec):
-        arguments = ", ".join(f"{k}: {v}" for k, v in entry.items() if k != "name")
+        arguments = settings_label({k: v for k, v in entry.items() if k != "name"})
         labels.append(f"{entry['name']}({arguments})" if arguments else entry["name"])
     return " + ".join(labels)
 

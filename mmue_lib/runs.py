@@ -17,7 +17,7 @@ from typing import Callable, Mapping
 import torch
 
 from .data import PairDataset, load_split
-from .defenses import apply_defenses, defense_label, parse_defenses, parse_settings
+from .defenses import apply_defenses, defense_label, parse_defenses, parse_settings, settings_label
 from .faces import load_named_faces
 from .models import create_clip, load_clip, model_context_length, save_clip
 from .protect import (METHOD_PRESETS, Protection, ProtectConfig, generate_protection, method_config,
@@ -260,7 +260,7 @@ def defense_runs(data: dict, victim_model: str, surrogate_model: str, context_le
     for item in training:
         overrides = parse_settings(item)
         TrainConfig(**{**train, **overrides})
-        settings[", ".join(f"{k}: {v}" for k, v in overrides.items())] = victims({**train, **overrides}, None)
+        settings[settings_label(overrides)] = victims({**train, **overrides}, None)
     return settings
 
 
@@ -283,8 +283,7 @@ def ablation_runs(data: dict, victim_model: str, surrogate_model: str, context_l
     parsed = {item: protection_overrides(item) for item in flips}
     clean = training_run(data, victim_model, context_length, train, progress=progress)
     experiment = {"Clean": {"protection": None, "victim": clean}}
-    for label, overrides in {"default": {}, **{", ".join(f"{k}: {v}" for k, v in o.items()): o
-                                              for o in parsed.values()}}.items():
+    for label, overrides in {"default": {}, **{settings_label(o): o for o in parsed.values()}}.items():
         protection = protection_run(data, method, surrogate_model, context_length, schedule=schedule,
                                     progress=progress, **overrides)
         victim = training_run(data, victim_model, context_length, train, protection=protection, progress=progress)
