@@ -68,6 +68,17 @@ def notebook_produces(name: str) -> list[str]:
     return metadata.get("mmue", {}).get("produces", [])
 
 
+def parse_overrides(items: list[str]) -> dict:
+    """["key=value", ...] (values in YAML: `fractions=[0.5]`) -> {key: value}."""
+    overrides = {}
+    for item in items:
+        key, separator, value = item.partition("=")
+        if not separator or not key.strip():
+            raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
 def run_notebook(name: str, scale: str, overrides: dict | None = None, output_root: Path = PROJECT_ROOT) -> Path:
     """Execute one notebook at `scale`; returns the executed notebook's path."""
     import papermill
@@ -94,12 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-root", type=Path, default=PROJECT_ROOT,
                         help="folder that receives executed/, results/ and figures/")
     args = parser.parse_args(argv)
-    overrides = {}
-    for item in args.set:
-        key, separator, value = item.partition("=")
-        if not separator or not key.strip():
-            parser.error(f"--set takes KEY=VALUE, got {item!r}")
-        overrides[key.strip()] = yaml.safe_load(value)
+    try:
+        overrides = parse_overrides(args.set)
+    except ValueError as error:
+        parser.error(str(error))
     names = args.only or notebook_names()
     unknown = sorted(set(names) - set(notebook_names()))
     if unknown:

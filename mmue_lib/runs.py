@@ -181,6 +181,12 @@ def run_model(run: dict) -> torch.nn.Module:
     return load_clip(pretrained_checkpoint(run))
 
 
+def protection_config(method: str, schedule: dict | None = None, **overrides) -> ProtectConfig:
+    """`method`'s preset over the `schedule` shared by all methods, under `overrides`."""
+    shared = {k: v for k, v in (schedule or {}).items() if k not in METHOD_PRESETS[method]}
+    return method_config(method, **{**shared, **overrides})
+
+
 def protection_run(data: dict, method: str, surrogate_model: str, context_length: int, *,
                    schedule: dict | None = None, surrogate: dict | None = None, progress: bool = True,
                    **overrides) -> dict:
@@ -188,8 +194,7 @@ def protection_run(data: dict, method: str, surrogate_model: str, context_length
     all methods (the method's preset wins over them); `overrides` win over the preset. The
     surrogate starts from random initialisation, or from the `surrogate` training run (UAP/TAP
     need a clean-trained one)."""
-    shared = {k: v for k, v in (schedule or {}).items() if k not in METHOD_PRESETS[method]}
-    config = method_config(method, **{**shared, **overrides})
+    config = protection_config(method, schedule, **overrides)
     spec = {"data": data, "method": method, "config": asdict(config), "surrogate_model": surrogate_model,
             "context_length": context_length, "surrogate": surrogate and surrogate["spec"]}
 
