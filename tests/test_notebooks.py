@@ -1,4 +1,5 @@
 """Every notebook runs at smoke scale through papermill and writes the files it declares."""
+import ast
 import json
 
 import numpy as np
@@ -27,6 +28,17 @@ def test_source_notebook_is_clean_and_has_params_at_every_scale(name):
         own = load_params(PARAMS_DIR / scale / f"{name}.yaml")
         assert set(own) <= declared, f"{scale}/{name}.yaml sets {sorted(set(own) - declared)}, not declared"
         assert set(notebook_params(name, scale)) <= declared
+
+
+@pytest.mark.parametrize("name", notebook_names())
+def test_source_notebook_imports_each_name_once_and_uses_it(name):
+    notebook = json.loads((NOTEBOOK_DIR / f"{name}.ipynb").read_text())
+    tree = ast.parse("\n".join("".join(c["source"]) for c in notebook["cells"] if c["cell_type"] == "code"))
+    imported = [(alias.asname or alias.name).split(".")[0] for node in ast.walk(tree)
+                if isinstance(node, (ast.Import, ast.ImportFrom)) for alias in node.names]
+    used = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+    assert sorted(set(imported) - used) == [], "unused imports"
+    assert len(imported) == len(set(imported)), "a name is imported twice"
 
 
 def test_shared_params_have_the_same_keys_at_every_scale():
