@@ -113,14 +113,19 @@ def parse_settings(text: str) -> dict:
         settings = yaml.safe_load("{" + text + "}")
     except yaml.YAMLError as error:
         raise ValueError(f"expected 'key: value, key: value', got {text!r}: {error}") from None
-    if not all(isinstance(v, (str, int, float, bool)) for v in settings.values()):
+    names_ok = all(isinstance(k, str) and k.isidentifier() for k in settings)
+    values_ok = all(v is None or isinstance(v, (str, int, float, bool)) for v in settings.values())
+    if not (names_ok and values_ok):
         raise ValueError(f"expected 'key: value, key: value' with plain values, got {text!r}")
     return settings
 
 
 def settings_label(settings: dict) -> str:
-    """{key: value} -> "key: value, key: value", the form `parse_settings` reads."""
-    return ", ".join(f"{key}: {value}" for key, value in settings.items())
+    """{key: value} -> "key: value, key: value", the form `parse_settings` reads (null, true, false)."""
+    def plain(value) -> str:
+        return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+    return ", ".join(f"{key}: {plain(value)}" for key, value in settings.items())
 
 
 def parse_defenses(spec: list | str | None) -> list[dict]:

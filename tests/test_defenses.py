@@ -118,3 +118,12 @@ def test_training_run_applies_defenses_and_keys_them(tmp_path, monkeypatch):
     gray = seen[1].images
     assert torch.equal(gray[:, 0], gray[:, 2]) and not torch.equal(seen[0].images[:, 0], seen[0].images[:, 2])
     assert seen[1].tokens.ne(0).sum() < seen[0].tokens.ne(0).sum()
+
+
+def test_settings_round_trip_through_their_label():
+    settings = defenses.parse_settings("max_rounds: 6, stop_loss: null, shuffle_pgd: false, alpha: 1")
+    assert settings == {"max_rounds": 6, "stop_loss": None, "shuffle_pgd": False, "alpha": 1}
+    assert defenses.settings_label(settings) == "max_rounds: 6, stop_loss: null, shuffle_pgd: false, alpha: 1"
+    assert defenses.parse_settings(defenses.settings_label(settings)) == settings
+    with pytest.raises(ValueError, match="plain values"):
+        defenses.parse_settings("eps: [1, 2]")

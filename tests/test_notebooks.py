@@ -85,3 +85,17 @@ def test_overrides_reach_only_the_notebooks_that_declare_them(tmp_path, monkeypa
     assert first["example_count"] == 2 and first["results_dir"] == str(tmp_path / "results" / "smoke")
     with pytest.raises(SystemExit):
         notebooks.main(["--scale", "smoke", "--set", "no-equals-sign"])
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_every_scale_s_setting_strings_parse(scale):
+    """Ablation flips and countermeasures are strings in params: a typo must fail here, not hours into a run."""
+    from mmue_lib import defenses, runs
+
+    ablation = notebook_params("11_ablation", scale)
+    for flip in ablation["ablation_flips"]:
+        runs.protection_overrides(flip)
+    countermeasures = notebook_params("10_defenses", scale)
+    defenses.parse_defenses(countermeasures["released_defenses"])
+    for setting in countermeasures["training_defenses"]:
+        defenses.parse_settings(setting)
