@@ -88,7 +88,7 @@ def test_overrides_reach_only_the_notebooks_that_declare_them(tmp_path, monkeypa
 
 
 @pytest.mark.parametrize("scale", SCALES)
-def test_every_scale_s_setting_strings_parse(scale):
+def test_setting_strings_in_params_parse_at_every_scale(scale):
     """Ablation flips and countermeasures are strings in params: a typo must fail here, not hours into a run."""
     from mmue_lib import defenses, runs
 
