@@ -264,8 +264,9 @@ def defense_runs(data: dict, victim_model: str, surrogate_model: str, context_le
         settings[defense_label(item)] = victims(train, parse_defenses(item))
     for item in training:
         overrides = parse_settings(item)
-        TrainConfig(**{**train, **overrides})
-        settings[settings_label(overrides)] = victims({**train, **overrides}, None)
+        defended = {**train, **overrides}
+        TrainConfig(**defended)
+        settings[settings_label(overrides)] = victims(defended, None)
     return settings
 
 
@@ -285,10 +286,10 @@ def ablation_runs(data: dict, victim_model: str, surrogate_model: str, context_l
     {"Clean": {"protection": None, "victim": clean run}, "default": {...}, flip label: {...}}.
     A flip is a string of protection settings that override the schedule and the method's
     preset ("noise_per: row, pgd_rows: all"); its label is that string, normalised."""
-    parsed = {item: protection_overrides(item) for item in flips}
+    parsed = [protection_overrides(item) for item in flips]
     clean = training_run(data, victim_model, context_length, train, progress=progress)
     experiment = {"Clean": {"protection": None, "victim": clean}}
-    for label, overrides in {"default": {}, **{settings_label(o): o for o in parsed.values()}}.items():
+    for label, overrides in {"default": {}, **{settings_label(o): o for o in parsed}}.items():
         protection = protection_run(data, method, surrogate_model, context_length, schedule=schedule,
                                     progress=progress, **overrides)
         victim = training_run(data, victim_model, context_length, train, protection=protection, progress=progress)
