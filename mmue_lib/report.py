@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 import numpy as np
 import pandas as pd
 import torch
@@ -181,18 +182,22 @@ def ablation_table(experiment: dict[str, dict], chance: dict) -> pd.DataFrame:
 
 
 def plot_strength_vs_cost(table: pd.DataFrame) -> plt.Figure:
-    """Protection closure C against generation cost (clean-victim runs), one labelled point per
-    setting of `ablation_table`."""
-    shown = table[table["setting"] != "clean data"]
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    """Protection closure C against generation cost (clean-victim runs, log scale) for each setting of
+    `ablation_table`, drawn as its number; a legend below the panels maps numbers to settings."""
+    shown = table[table["setting"] != "clean data"].reset_index(drop=True)
+    markers = [f"${number}$" for number in range(1, len(shown) + 1)]
+    legend_height = 0.2 * math.ceil((len(shown) + 2) / 2)
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2 + legend_height), sharey=True)
     for axis, direction in zip(axes, ("i2t", "t2i")):
-        axis.scatter(shown["victim runs"], shown[f"{direction} C"], c=[f"C{i % 10}" for i in range(len(shown))])
-        for _, row in shown.iterrows():
-            axis.annotate("\n".join(_wrap(row["setting"], 28)), (row["victim runs"], row[f"{direction} C"]),
-                          fontsize=7, xytext=(4, 2), textcoords="offset points")
-        _closure_axis(axis, direction, "generation time (clean-victim training runs)")
-    axes[0].legend(fontsize=8)
-    figure.tight_layout()
+        for marker, (_, row) in zip(markers, shown.iterrows()):
+            axis.plot(row["victim runs"], row[f"{direction} C"], linestyle="", marker=marker, markersize=7,
+                      color="black", label=row["setting"])
+        _closure_axis(axis, direction, "generation time (clean-victim training runs, log scale)")
+        axis.set_xscale("log", base=2)
+        axis.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    figure.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=8, frameon=False)
+    figure.tight_layout(rect=(0, legend_height / figure.get_figheight(), 1, 1))
     return figure
 
 
