@@ -184,13 +184,12 @@ def ablation_table(experiment: dict[str, dict], chance: dict) -> pd.DataFrame:
 def plot_strength_vs_cost(table: pd.DataFrame) -> plt.Figure:
     """Protection closure C against generation cost (clean-victim runs, log scale) for each setting of
     `ablation_table`, drawn as its number; a legend below the panels maps numbers to settings."""
-    shown = table[table["setting"] != "clean data"].reset_index(drop=True)
-    markers = [f"${number}$" for number in range(1, len(shown) + 1)]
+    shown = table[table["setting"] != "clean data"]
     legend_height = 0.2 * math.ceil((len(shown) + 2) / 2)
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2 + legend_height), sharey=True)
     for axis, direction in zip(axes, ("i2t", "t2i")):
-        for marker, (_, row) in zip(markers, shown.iterrows()):
-            axis.plot(row["victim runs"], row[f"{direction} C"], linestyle="", marker=marker, markersize=7,
+        for number, (_, row) in enumerate(shown.iterrows(), start=1):
+            axis.plot(row["victim runs"], row[f"{direction} C"], linestyle="", marker=f"${number}$", markersize=7,
                       color="black", label=row["setting"])
         _closure_axis(axis, direction, "generation time (clean-victim training runs, log scale)")
         axis.set_xscale("log", base=2)
