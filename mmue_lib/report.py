@@ -19,16 +19,23 @@ from .protect import Protection
 from .storage import atomic_path, write_text
 
 
-def markdown_table(frame: pd.DataFrame, digits: int = 1) -> str:
-    """A GitHub Markdown table of a DataFrame (floats rounded to `digits`)."""
-    def cell(value) -> str:
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A GitHub Markdown table of a DataFrame. Integer-valued floats print without decimals; other
+    floats with two decimals in a column whose floats all lie below 10 in size (closure C,
+    losses) and one decimal elsewhere (Hit@10 %, MedR)."""
+    def column_digits(column: pd.Series) -> int:
+        sizes = [abs(v) for v in column if isinstance(v, float) and math.isfinite(v)]
+        return 2 if sizes and max(sizes) < 10 else 1
+
+    def cell(value, digits: int) -> str:
         if isinstance(value, float):
             return "" if math.isnan(value) else (f"{value:.0f}" if value.is_integer() else f"{value:.{digits}f}")
         return str(value)
 
+    digits = [column_digits(frame.iloc[:, i]) for i in range(frame.shape[1])]
     header = [str(c) for c in frame.columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    lines += ["| " + " | ".join(cell(v, d) for v, d in zip(row, digits)) + " |" for row in frame.itertuples(index=False)]
     return "\n".join(lines) + "\n"
 
 
@@ -323,22 +330,34 @@ def face_table(rows: list[dict], paper_victims: dict[str, str], paper_rows: dict
 
 
 def plot_grouped_bars(table: pd.DataFrame, group: str, bar: str, values: list[str],
-                      chance: dict | None = None, rotation: int = 0) -> plt.Figure:
+                      chance: dict | None = None, horizontal: bool = False) -> plt.Figure:
     """One panel per value column: bars per `bar` label inside each `group`; a dashed line at
-    the chance level where `chance` gives one."""
+    the chance level where `chance` gives one. `horizontal` lists the groups top to bottom with
+    the legend above the panels, for many groups or long group names."""
     groups, bars = list(dict.fromkeys(table[group])), list(dict.fromkeys(table[bar]))
     width = 0.8 / len(bars)
-    figure, axes = plt.subplots(1, len(values), figsize=(4.5 * len(values), 3.6), squeeze=False)
+    size = (4.5 * len(values), 1.2 + 0.1 * len(groups) * len(bars)) if horizontal else (4.5 * len(values), 3.6)
+    figure, axes = plt.subplots(1, len(values), figsize=size, squeeze=False, sharey=horizontal)
     for axis, value in zip(axes[0], values):
         for index, label in enumerate(bars):
             heights = [table[(table[group] == g) & (table[bar] == label)][value].mean() for g in groups]
-            axis.bar(np.arange(len(groups)) + (index - (len(bars) - 1) / 2) * width, heights, width, label=label)
+            positions = np.arange(len(groups)) + (index - (len(bars) - 1) / 2) * width
+            (axis.barh if horizontal else axis.bar)(positions, heights, width, label=label)
         if chance and value in chance:
-            axis.axhline(chance[value], color="gray", linestyle="--", linewidth=1, label="random")
-        axis.set_xticks(range(len(groups)), groups, rotation=rotation, ha="right" if rotation else "center")
+            (axis.axvline if horizontal else axis.axhline)(chance[value], color="gray", linestyle="--",
+                                                           linewidth=1, label="random")
         axis.set_title(value)
-    axes[0][0].legend(fontsize=8)
-    figure.tight_layout()
+        if not horizontal:
+            axis.set_xticks(range(len(groups)), groups)
+    if horizontal:
+        axes[0][0].set_yticks(range(len(groups)), groups)
+        axes[0][0].invert_yaxis()
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        figure.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=8, frameon=False)
+        figure.tight_layout(rect=(0, 0, 1, 1 - 0.35 / size[1]))
+    else:
+        axes[0][0].legend(fontsize=8)
+        figure.tight_layout()
     return figure
 
 

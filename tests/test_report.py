@@ -59,3 +59,28 @@ def test_seed_study_paper_rows_take_table1_for_the_main_victim_and_table2_for_ot
     assert rows[("RN-small", "MEM-3")] == paper.table1("MEM-3", "flickr8k")
     assert rows[("RN-medium", "Clean")] == {"i2t_MedR": 52.0, "t2i_MedR": 58.0}
     assert rows[("RN-medium", "MEM-3")] == {"i2t_MedR": 236.0, "t2i_MedR": 197.0}
+
+
+@pytest.mark.parametrize("horizontal", [False, True])
+def test_grouped_bars_draw_one_bar_per_group_and_label_with_the_table_values(horizontal):
+    table = pd.DataFrame({"defense": ["none", "none", "jpeg", "jpeg", "blur", "blur"],
+                          "data": ["Clean", "MEM", "Clean", "MEM", "Clean", "MEM"],
+                          "C": [0.0, 1.2, 0.1, 0.8, 0.3, 0.9]})
+    figure = report.plot_grouped_bars(table, "defense", "data", ["C"], chance={"C": 1.0}, horizontal=horizontal)
+    axis = figure.axes[0]
+    sizes = [patch.get_width() if horizontal else patch.get_height() for patch in axis.patches]
+    assert sizes == pytest.approx([0.0, 0.1, 0.3, 1.2, 0.8, 0.9])
+    ticks = axis.get_yticklabels() if horizontal else axis.get_xticklabels()
+    assert [tick.get_text() for tick in ticks] == ["none", "jpeg", "blur"]
+    legend = figure.legends[0] if horizontal else axis.get_legend()
+    assert sorted(text.get_text() for text in legend.get_texts()) == ["Clean", "MEM", "random"]
+    if horizontal:
+        assert axis.get_ylim()[0] > axis.get_ylim()[1], "the first group is drawn at the top"
+
+
+def test_markdown_table_gives_small_valued_columns_two_decimals():
+    table = pd.DataFrame({"method": ["EM", "MEM-3"], "i2t_MedR": [289.0, 665.5],
+                          "i2t C": [0.3229, 1.0], "note": ["a", float("nan")]})
+    assert report.markdown_table(table).splitlines() == [
+        "| method | i2t_MedR | i2t C | note |", "|---|---|---|---|",
+        "| EM | 289 | 0.32 | a |", "| MEM-3 | 665.5 | 1 |  |"]
