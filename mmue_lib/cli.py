@@ -109,6 +109,23 @@ def _models(_: argparse.Namespace) -> None:
     print("\n".join(list_model_names()))
 
 
+def _runs(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from .runs import cache_status
+    from .storage import cache_root
+
+    rows = cache_status(args.kind)
+    if not rows:
+        print(f"no {f'{args.kind} ' if args.kind else ''}runs in {cache_root() / 'runs'}")
+        return
+    table = pd.DataFrame(rows).astype({"seconds": float, "i2t_MedR": float, "t2i_MedR": float})
+    done = table["state"] == "done"
+    hours = table["seconds"].sum() / 3600
+    print(table.to_string(index=False, na_rep="", float_format=lambda value: f"{value:.0f}"))
+    print(f"{done.sum()} done ({hours:.1f} h), {(~done).sum()} unfinished, in {cache_root() / 'runs'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmue", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -178,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     protect.set_defaults(run=_protect)
 
     sub.add_parser("models", help="list model architectures").set_defaults(run=_models)
+    listing = sub.add_parser("runs", help="list the cached runs of the notebooks: what each is, done or how far it got")
+    listing.add_argument("--kind", choices=["train", "protect"])
+    listing.set_defaults(run=_runs)
     return parser
 
 

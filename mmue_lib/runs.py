@@ -74,6 +74,60 @@ def cached(kind: str, spec: dict, compute: Callable[[Path], dict]) -> dict:
     return {**json.loads(result_file.read_text(encoding="utf-8")), "folder": str(folder)}
 
 
+def describe_run(kind: str, spec: dict) -> str:
+    """One line saying what a cached run is: the method or model, its seed, the data and, for a
+    victim, what it was trained on."""
+    data = spec["data"]
+    on = f"{Path(data['data']).name} {data['image_size']} px"
+    if data["max_train_images"]:
+        on += f" ({data['max_train_images']} train images)"
+    if kind == "protect":
+        method = METHOD_LABELS.get(spec["method"], spec["method"])
+        return f"{method} seed {spec['config']['seed']} against {spec['surrogate_model']}, {on}"
+    epochs = spec["train"]["epochs"]
+    parts = [f"{spec['model']} seed {spec['seed']}, {epochs} epoch{'' if epochs == 1 else 's'}", on]
+    if spec["pretrained"]:
+        parts.append("fine-tuned")
+    if spec["protection"]:
+        protection = spec["protection"]
+        share = "" if spec["fraction"] == 1 else f" {spec['fraction']:.0%}"
+        parts.append(f"on {METHOD_LABELS.get(protection['method'], protection['method'])}{share} data "
+                     f"(seed {protection['config']['seed']})")
+    if spec.get("defenses"):
+        parts.append(defense_label(spec["defenses"]))
+    return ", ".join(parts)
+
+
+def saved_progress(kind: str, spec: dict, folder: Path) -> str:
+    """How far an unfinished run has got, from its checkpoint."""
+    checkpoint = folder / ("train_state.ckpt" if kind == "train" else "state.ckpt")
+    if not checkpoint.is_file():
+        return "no checkpoint yet"
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    if kind == "train":
+        return f"epoch {state['epoch'] + 1} of {spec['train']['epochs']} saved"
+    return f"round {len(state['history'])} of {spec['config']['max_rounds']} saved"
+
+
+def cache_status(kind: str | None = None) -> list[dict]:
+    """Every run under `$MMUE_CACHE/runs` (only `kind`, if given), in the order they were last
+    started: kind, key, what it is, its state (done, or how far an interrupted or running one
+    has saved) and, once done, its seconds and, for a training run, final MedR (else None)."""
+    rows = []
+    spec_files = (cache_root() / "runs").glob(f"{kind or '*'}/*/spec.json")
+    for spec_file in sorted(spec_files, key=lambda path: path.stat().st_mtime):
+        folder, run_kind = spec_file.parent, spec_file.parent.parent.name
+        spec = json.loads(spec_file.read_text(encoding="utf-8"))
+        result_file = folder / "result.json"
+        result = json.loads(result_file.read_text(encoding="utf-8")) if result_file.is_file() else {}
+        final = result.get("final", {})
+        rows.append({"kind": run_kind, "key": folder.name, "run": describe_run(run_kind, spec),
+                     "state": "done" if result else saved_progress(run_kind, spec, folder),
+                     "seconds": result.get("seconds"), "i2t_MedR": final.get("i2t_MedR"),
+                     "t2i_MedR": final.get("t2i_MedR")})
+    return rows
+
+
 def run_record(run: dict) -> dict:
     """What a results folder keeps of a run: kind, cache key, spec (every parameter and seed),
     seconds, log and final metrics. A local checkpoint standing in for a run has only its spec."""

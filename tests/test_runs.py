@@ -4,6 +4,8 @@ import pytest
 import torch
 
 import mmue_lib.runs as runs
+from mmue_lib.cli import main
+from mmue_lib.storage import save_torch
 from mmue_lib.train import TrainConfig
 
 
@@ -152,3 +154,32 @@ def test_seed_runs_seed_every_run_and_share_the_transfer_protection(fresh_cache)
         assert entry["victims"]["ViT-tiny"]["MEM-3"]["spec"]["protection"] == entry["protections"]["MEM-3"]["spec"]
     first, second = (e["victims"]["RN-tiny"]["Clean"]["final"] for e in experiment.values())
     assert first != second
+
+
+def test_cache_status_lists_done_and_interrupted_runs(fresh_cache, monkeypatch, capsys):
+    protection, victim = small_runs()
+
+    def killed_after_first_epoch(model, pairs, config, *, test, checkpoint_path, progress):
+        save_torch(checkpoint_path, {"epoch": 0, "history": [{"epoch": 1}]})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runs, "train_clip", killed_after_first_epoch)
+    data = runs.data_spec("synthetic", 32, max_train_images=24, max_test_images=10)
+    with pytest.raises(KeyboardInterrupt):
+        runs.training_run(data, "RN-tiny", 32, vars(TrainConfig(epochs=3, seed=2, device="cpu")),
+                          protection=protection, fraction=0.5, progress=False)
+
+    status = runs.cache_status()
+    assert [(row["kind"], row["state"]) for row in status] == [
+        ("protect", "done"), ("train", "done"), ("train", "epoch 1 of 3 saved")]
+    assert status[0]["run"] == "MEM-3 seed 0 against RN-tiny, synthetic 32 px (24 train images)"
+    assert status[1]["run"] == "RN-tiny seed 0, 1 epoch, synthetic 32 px (24 train images), on MEM-3 data (seed 0)"
+    assert status[2]["run"].startswith("RN-tiny seed 2, 3 epochs") and "on MEM-3 50% data" in status[2]["run"]
+    assert status[1]["i2t_MedR"] == victim["final"]["i2t_MedR"] and status[0]["i2t_MedR"] is None
+    assert status[1]["seconds"] == victim["seconds"] and status[2]["seconds"] is None
+    assert [row["key"] for row in runs.cache_status("protect")] == [status[0]["key"]]
+
+    assert main(["runs"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 5 and "epoch 1 of 3 saved" in lines[3]
+    assert lines[-1].startswith("2 done") and "1 unfinished" in lines[-1]
