@@ -31,6 +31,12 @@ def _synthetic(args: argparse.Namespace) -> None:
         print(f"wrote {data.write_dataset_folder(dataset, args.out, f'{split}.csv')}")
 
 
+def _shrink(args: argparse.Namespace) -> None:
+    limits = {split: args.max_images if split == "train" else args.max_test_images for split in args.splits.split(",")}
+    for csv_path in data.shrink_dataset_folder(args.data, args.out, args.size, limits, args.format):
+        print(f"wrote {csv_path}")
+
+
 def _train(args: argparse.Namespace) -> None:
     from .models import create_clip, model_context_length, model_image_size, save_clip
     from .train import TokenizedPairs, TrainConfig, train_clip
@@ -148,6 +154,17 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--size", type=int, default=32)
     synthetic.add_argument("--seed", type=int, default=0)
     synthetic.set_defaults(run=_synthetic)
+
+    shrink = sub.add_parser("shrink", help="a smaller copy of a dataset folder: first images of each split, resized")
+    shrink.add_argument("--data", required=True, help="folder with <split>.csv files (e.g. $MMUE_DATA/flickr8k)")
+    shrink.add_argument("--out", required=True)
+    shrink.add_argument("--size", type=int, required=True, help="image px (short side, then centre crop)")
+    shrink.add_argument("--max-images", type=int, help="train images kept (default: all)")
+    shrink.add_argument("--max-test-images", type=int, help="val and test images kept (default: all)")
+    shrink.add_argument("--splits", default="train,val,test", help="comma-separated; all but train take --max-test-images")
+    shrink.add_argument("--format", choices=sorted(data.IMAGE_FORMATS), default="png",
+                        help="png: lossless; jpeg: quality 95, lossy, 2-4x smaller")
+    shrink.set_defaults(run=_shrink)
 
     train = sub.add_parser("train", help="train a CLIP on a CSV dataset")
     train.add_argument("--csv", required=True)

@@ -375,21 +375,46 @@ def make_synthetic_dataset(num_images: int, image_size: int = 32, captions_per_i
     return PairDataset(torch.from_numpy(images), captions, torch.tensor(row_image), name=name)
 
 
-def write_dataset_folder(dataset: PairDataset, out_dir: str | os.PathLike, csv_name: str = "data.csv") -> Path:
-    """Save a dataset as lossless 8-bit PNG images plus a CSV of `image,caption`; returns the CSV path.
-    Files are `images/<id>.png`, or `images/<id>_<source stem>.png` when the source paths are known."""
+IMAGE_FORMATS = {"png": ("PNG", {}), "jpeg": ("JPEG", {"quality": 95})}
+"""Image file formats a dataset folder can be written in: lossless PNG, or JPEG at quality 95."""
+
+
+def write_dataset_folder(dataset: PairDataset, out_dir: str | os.PathLike, csv_name: str = "data.csv",
+                         image_dir: str = "images", image_format: str = "png") -> Path:
+    """Save a dataset as 8-bit images (lossless PNG, or JPEG: see `IMAGE_FORMATS`) plus a CSV of
+    `image,caption`; returns the CSV path. Files are `<image_dir>/<id>.<ext>`, or
+    `<image_dir>/<id>_<source stem>.<ext>` when the source paths are known."""
+    if image_format not in IMAGE_FORMATS:
+        raise ValueError(f"image format must be one of {sorted(IMAGE_FORMATS)}, got {image_format!r}")
+    pil_format, options = IMAGE_FORMATS[image_format]
     out_dir = Path(out_dir)
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    (out_dir / image_dir).mkdir(parents=True, exist_ok=True)
     names = []
     for index in range(dataset.num_images):
         stem = f"_{Path(dataset.image_paths[index]).stem}" if dataset.image_paths else ""
-        name = f"images/{index:06d}{stem}.png"
+        name = f"{image_dir}/{index:06d}{stem}.{image_format}"
         with atomic_path(out_dir / name) as tmp:
-            Image.fromarray(dataset.images[index].permute(1, 2, 0).numpy()).save(tmp, format="PNG")
+            Image.fromarray(dataset.images[index].permute(1, 2, 0).numpy()).save(tmp, format=pil_format, **options)
         names.append(name)
     out_csv = out_dir / csv_name
     write_caption_csv(out_csv, ((names[int(i)], c) for i, c in zip(dataset.row_image, dataset.captions)))
     return out_csv
+
+
+def shrink_dataset_folder(source: str | os.PathLike, out_dir: str | os.PathLike, size: int,
+                          max_images: dict[str, int | None], image_format: str = "png",
+                          progress: bool = True) -> list[Path]:
+    """A smaller copy of a dataset folder (`<split>.csv` files), e.g. to carry to another
+    machine: per split in `max_images` ({split: first images kept, None for all}), its images
+    resized as the loaders do (short side to `size`, centre crop) into `<out_dir>/images/<split>/`
+    and its captions into `<out_dir>/<split>.csv`. PNG copies load back pixel for pixel."""
+    source = expand_path(source)
+    missing = [split for split in max_images if not (source / f"{split}.csv").is_file()]
+    if missing:
+        raise DataError(f"{source}: no {', '.join(f'{split}.csv' for split in missing)}")
+    return [write_dataset_folder(load_csv_dataset(source / f"{split}.csv", size, max_images=limit, progress=progress),
+                                 out_dir, f"{split}.csv", f"images/{split}", image_format)
+            for split, limit in max_images.items()]
 
 
 SYNTHETIC_SPLITS = {"train": (800, 0), "val": (100, 1), "test": (100, 2)}

@@ -6,9 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
+from mmue_lib.cli import main
 from mmue_lib.data import (DataError, PairDataset, convert_coco_captions, convert_flickr8k_token,
                            convert_karpathy_json, load_csv_dataset, make_synthetic_dataset,
-                           read_caption_csv, write_dataset_folder)
+                           read_caption_csv, shrink_dataset_folder, write_dataset_folder)
 
 
 def save_image(path, mode="RGB", size=(40, 30), color=(200, 10, 10)):
@@ -174,6 +175,26 @@ def test_dataset_folder_round_trip_is_lossless(tmp_path):
     loaded = load_csv_dataset(csv_path, 32, progress=False)
     assert torch.equal(loaded.images, data.images)
     assert loaded.captions == data.captions and torch.equal(loaded.row_image, data.row_image)
+
+
+def test_shrunk_folder_holds_the_first_images_resized_as_the_loader_resizes_them(tmp_path):
+    for split, seed in (("train", 0), ("test", 1)):
+        write_dataset_folder(make_synthetic_dataset(8, 48, seed=seed), tmp_path / "source", f"{split}.csv",
+                             f"images/{split}")
+    assert main(["shrink", "--data", str(tmp_path / "source"), "--out", str(tmp_path / "small"), "--size", "24",
+                 "--max-images", "5", "--max-test-images", "3", "--splits", "train,test"]) == 0
+    for split, count in (("train", 5), ("test", 3)):
+        expected = load_csv_dataset(tmp_path / "source" / f"{split}.csv", 24, max_images=count, progress=False)
+        small = load_csv_dataset(tmp_path / "small" / f"{split}.csv", 24, progress=False)
+        assert torch.equal(small.images, expected.images), "PNG copies load back pixel for pixel"
+        assert small.captions == expected.captions and torch.equal(small.row_image, expected.row_image)
+
+    shrink_dataset_folder(tmp_path / "source", tmp_path / "jpeg", 24, {"test": None}, "jpeg", progress=False)
+    jpeg = load_csv_dataset(tmp_path / "jpeg" / "test.csv", 24, progress=False)
+    exact = load_csv_dataset(tmp_path / "source" / "test.csv", 24, progress=False)
+    assert jpeg.num_images == 8 and (jpeg.images.float() - exact.images.float()).abs().mean() < 8
+    with pytest.raises(DataError, match="no val.csv"):
+        shrink_dataset_folder(tmp_path / "source", tmp_path / "x", 24, {"val": None}, progress=False)
 
 
 def test_subset_renumbers_images():
