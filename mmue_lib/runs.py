@@ -83,7 +83,8 @@ def describe_run(kind: str, spec: dict) -> str:
         on += f" ({data['max_train_images']} train images)"
     if kind == "protect":
         method = METHOD_LABELS.get(spec["method"], spec["method"])
-        return f"{method} seed {spec['config']['seed']} against {spec['surrogate_model']}, {on}"
+        surrogate = f"a trained {spec['surrogate_model']}" if spec["surrogate"] else spec["surrogate_model"]
+        return f"{method} seed {spec['config']['seed']} against {surrogate}, {on}"
     epochs = spec["train"]["epochs"]
     parts = [f"{spec['model']} seed {spec['seed']}, {epochs} epoch{'' if epochs == 1 else 's'}", on]
     if spec["pretrained"]:

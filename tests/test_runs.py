@@ -173,6 +173,8 @@ def test_cache_status_lists_done_and_interrupted_runs(fresh_cache, monkeypatch, 
     assert [(row["kind"], row["state"]) for row in status] == [
         ("protect", "done"), ("train", "done"), ("train", "epoch 1 of 3 saved")]
     assert status[0]["run"] == "MEM-3 seed 0 against RN-tiny, synthetic 32 px (24 train images)"
+    uap = {**protection["spec"], "method": "uap", "surrogate": victim["spec"]}
+    assert runs.describe_run("protect", uap) == "UAP seed 0 against a trained RN-tiny, synthetic 32 px (24 train images)"
     assert status[1]["run"] == "RN-tiny seed 0, 1 epoch, synthetic 32 px (24 train images), on MEM-3 data (seed 0)"
     assert status[2]["run"].startswith("RN-tiny seed 2, 3 epochs") and "on MEM-3 50% data" in status[2]["run"]
     assert status[1]["i2t_MedR"] == victim["final"]["i2t_MedR"] and status[0]["i2t_MedR"] is None
