@@ -59,6 +59,10 @@ def protect_schedule(params: Mapping, **overrides) -> dict:
     return _settings(SCHEDULE_PARAMS, params, overrides)
 
 
+CHECKPOINT_FILES = {"train": "train_state.ckpt", "protect": "state.ckpt"}
+"""The checkpoint an unfinished run of each kind resumes from, in its folder."""
+
+
 def run_folder(kind: str, spec: dict) -> Path:
     return cache_root() / "runs" / kind / stable_hash({"kind": kind, "spec": spec, "version": CODE_VERSION})
 
@@ -101,7 +105,7 @@ def describe_run(kind: str, spec: dict) -> str:
 
 def saved_progress(kind: str, spec: dict, folder: Path) -> str:
     """How far an unfinished run has got, from its checkpoint."""
-    checkpoint = folder / ("train_state.ckpt" if kind == "train" else "state.ckpt")
+    checkpoint = folder / CHECKPOINT_FILES[kind]
     if not checkpoint.is_file():
         return "no checkpoint yet"
     state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
@@ -203,9 +207,9 @@ def training_run(data: dict, model: str, context_length: int, train: dict, *, pr
         length = model_context_length(clip)
         result = train_clip(clip, TokenizedPairs.from_dataset(train_set, length), TrainConfig(**train),
                             test=TokenizedPairs.from_dataset(load_data(data, "test"), length),
-                            checkpoint_path=folder / "train_state.ckpt", progress=progress)
+                            checkpoint_path=folder / CHECKPOINT_FILES["train"], progress=progress)
         save_clip(result.model.cpu(), folder / "model.pt", meta={"spec": spec})
-        (folder / "train_state.ckpt").unlink(missing_ok=True)
+        (folder / CHECKPOINT_FILES["train"]).unlink(missing_ok=True)
         return {"history": result.history, "final": result.history[-1], "seconds": result.seconds}
 
     return cached("train", spec, compute)
@@ -258,11 +262,11 @@ def protection_run(data: dict, method: str, surrogate_model: str, context_length
                  create_clip(surrogate_model, image_size=data["image_size"], context_length=context_length,
                              seed=config.seed))
         protection = generate_protection(load_data(data, "train"), model, config,
-                                         checkpoint_path=folder / "state.ckpt", progress=progress)
+                                         checkpoint_path=folder / CHECKPOINT_FILES["protect"], progress=progress)
         save_torch(folder / "protection.pt", {"config": asdict(config), "noise": protection.noise,
                                               "triggers": protection.triggers, "history": protection.history,
                                               "seconds": protection.seconds})
-        (folder / "state.ckpt").unlink(missing_ok=True)
+        (folder / CHECKPOINT_FILES["protect"]).unlink(missing_ok=True)
         return {"history": protection.history, "seconds": protection.seconds}
 
     return cached("protect", spec, compute)
