@@ -28,7 +28,7 @@ def _synthetic(args: argparse.Namespace) -> None:
     for split, (count, seed) in {"train": (args.train_images, args.seed), "val": (args.test_images, args.seed + 1),
                                  "test": (args.test_images, args.seed + 2)}.items():
         dataset = data.make_synthetic_dataset(count, args.size, seed=seed, name=split)
-        print(f"wrote {data.write_dataset_folder(dataset, args.out, f'{split}.csv')}")
+        print(f"wrote {data.write_dataset_folder(dataset, args.out, f'{split}.csv', image_dir=f'images/{split}')}")
 
 
 def _shrink(args: argparse.Namespace) -> None:

@@ -3,13 +3,14 @@ import json
 import torch
 
 from mmue_lib.cli import main
-from mmue_lib.data import load_csv_dataset
+from mmue_lib.data import load_csv_dataset, make_synthetic_dataset
 
 
 def test_synthetic_train_eval_round_trip(tmp_path, capsys):
     assert main(["synthetic", "--out", str(tmp_path / "syn"), "--train-images", "60", "--test-images", "20"]) == 0
-    for split, count in (("train", 60), ("val", 20), ("test", 20)):
-        assert load_csv_dataset(tmp_path / "syn" / f"{split}.csv", 32, progress=False).num_images == count
+    for split, count, seed in (("train", 60, 0), ("val", 20, 1), ("test", 20, 2)):
+        written = load_csv_dataset(tmp_path / "syn" / f"{split}.csv", 32, progress=False)
+        assert torch.equal(written.images, make_synthetic_dataset(count, 32, seed=seed).images), f"{split} images"
     out = tmp_path / "run"
     assert main(["train", "--csv", str(tmp_path / "syn" / "train.csv"), "--test-csv", str(tmp_path / "syn" / "test.csv"),
                  "--out", str(out), "--model", "RN-tiny", "--epochs", "1", "--batch-size", "30",
