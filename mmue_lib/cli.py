@@ -37,28 +37,73 @@ def _shrink(args: argparse.Namespace) -> None:
         print(f"wrote {csv_path}")
 
 
-def _train(args: argparse.Namespace) -> None:
-    from .models import create_clip, model_context_length, model_image_size, save_clip
+def _victim_model(args: argparse.Namespace):
+    from .models import create_clip
+
+    return create_clip(args.model, image_size=args.size, context_length=args.context_length,
+                       pretrained=args.pretrained, seed=args.seed)
+
+
+def _train_victim(args: argparse.Namespace, model, train_csv: str, train: data.PairDataset,
+                  test: data.PairDataset | None, out: Path) -> dict:
+    """Train `model` on `train` with the training arguments of `args`; write model.pt and
+    metrics.json to `out` (resuming its checkpoint); return the last epoch's log."""
+    from .models import model_context_length, model_image_size, save_clip
     from .train import TokenizedPairs, TrainConfig, train_clip
 
-    model = create_clip(args.model, image_size=args.size, context_length=args.context_length,
-                        pretrained=args.pretrained, seed=args.seed)
     size, length = model_image_size(model), model_context_length(model)
-    train = TokenizedPairs.from_dataset(data.load_csv_dataset(args.csv, size, max_images=args.max_images), length)
-    test = None
-    if args.test_csv:
-        test = TokenizedPairs.from_dataset(data.load_csv_dataset(args.test_csv, size), length)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.wd,
                          warmup_steps=args.warmup_steps, rows_per_epoch=args.rows_per_epoch, seed=args.seed,
                          device=args.device)
-    out = Path(args.out)
-    result = train_clip(model, train, config, test=test, checkpoint_path=out / "train_state.ckpt")
-    save_clip(result.model.cpu(), out / "model.pt", meta={"config": asdict(config), "csv": str(args.csv)})
+    result = train_clip(model, TokenizedPairs.from_dataset(train, length), config,
+                        test=None if test is None else TokenizedPairs.from_dataset(test, length),
+                        checkpoint_path=out / "train_state.ckpt")
+    save_clip(result.model.cpu(), out / "model.pt", meta={"config": asdict(config), "csv": str(train_csv)})
     write_json(out / "metrics.json", {"model": args.model, "image_size": size, "context_length": length,
-                                      "config": asdict(config), "train_csv": str(args.csv),
+                                      "config": asdict(config), "train_csv": str(train_csv),
                                       "test_csv": args.test_csv, "history": result.history,
                                       "seconds": result.seconds})
-    print({k: round(v, 2) for k, v in result.history[-1].items()})
+    return result.history[-1]
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .models import model_image_size
+
+    model = _victim_model(args)
+    size = model_image_size(model)
+    train = data.load_csv_dataset(args.csv, size, max_images=args.max_images)
+    test = data.load_csv_dataset(args.test_csv, size) if args.test_csv else None
+    final = _train_victim(args, model, args.csv, train, test, Path(args.out))
+    print({k: round(v, 2) for k, v in final.items()})
+
+
+def _check(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from .metrics import random_metrics
+    from .models import model_image_size
+    from .report import RETRIEVAL_KEYS, protection_closure
+
+    size = model_image_size(_victim_model(args))
+    sets = {name: data.load_csv_dataset(getattr(args, name), size, max_images=args.max_images)
+            for name in ("clean", "protected")}
+    test = data.load_csv_dataset(args.test_csv, size)
+    shared = data.count_shared_images(sets["clean"], test)
+    if shared:
+        raise ValueError(f"{shared} of the {test.num_images} images of {args.test_csv} are also in {args.clean}: "
+                         "test on images that neither victim trains on")
+    out = Path(args.out)
+    finals = {name: _train_victim(args, _victim_model(args), getattr(args, name), dataset, test, out / name)
+              for name, dataset in sets.items()}
+    chance = random_metrics(test.row_image)
+    rows = {"random": chance, **finals}
+    table = pd.DataFrame({name: {**{k: final[k] for k in RETRIEVAL_KEYS},
+                                 **{f"{d} C": protection_closure(final, finals["clean"], chance, d) for d in ("i2t", "t2i")}}
+                          for name, final in rows.items()}).T
+    write_json(out / "check.json", {"clean_csv": args.clean, "protected_csv": args.protected, "test_csv": args.test_csv,
+                                    "model": args.model, "image_size": size, "rows": table.to_dict(orient="index")})
+    print(table.to_string(float_format=lambda value: f"{value:.2f}"))
+    print("C: 0 = the protected victim retrieves as well as the clean one, 1 = as badly as random guessing")
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -132,6 +177,22 @@ def _runs(args: argparse.Namespace) -> None:
     print(f"{done.sum()} done ({hours:.1f} h), {(~done).sum()} unfinished, in {cache_root() / 'runs'}")
 
 
+def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="RN-small")
+    parser.add_argument("--pretrained", help="local checkpoint to fine-tune")
+    parser.add_argument("--size", type=int, help="image size (default: the model's)")
+    parser.add_argument("--context-length", type=int)
+    parser.add_argument("--max-images", type=int)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--wd", type=float, default=0.2)
+    parser.add_argument("--warmup-steps", type=int, default=0)
+    parser.add_argument("--rows-per-epoch", choices=["all", "one_per_image"], default="all")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmue", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -170,20 +231,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--csv", required=True)
     train.add_argument("--test-csv")
     train.add_argument("--out", required=True, help="folder for model.pt, metrics.json and the resumable state")
-    train.add_argument("--model", default="RN-small")
-    train.add_argument("--pretrained", help="local checkpoint to fine-tune")
-    train.add_argument("--size", type=int, help="image size (default: the model's)")
-    train.add_argument("--context-length", type=int)
-    train.add_argument("--max-images", type=int)
-    train.add_argument("--epochs", type=int, default=10)
-    train.add_argument("--batch-size", type=int, default=128)
-    train.add_argument("--lr", type=float, default=5e-4)
-    train.add_argument("--wd", type=float, default=0.2)
-    train.add_argument("--warmup-steps", type=int, default=0)
-    train.add_argument("--rows-per-epoch", choices=["all", "one_per_image"], default="all")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--device", default="auto")
+    _add_training_arguments(train)
     train.set_defaults(run=_train)
+
+    check = sub.add_parser("check", help="does a protection work? victims trained on the clean and on the "
+                                         "protected CSV, scored on a clean held-out CSV, and the closure C")
+    check.add_argument("--clean", required=True, help="the CSV you protected")
+    check.add_argument("--protected", required=True, help="protected.csv written by mmue protect")
+    check.add_argument("--test-csv", required=True, help="clean image,caption pairs that neither victim trains on")
+    check.add_argument("--out", required=True, help="folder for clean/ and protected/ victims and check.json")
+    _add_training_arguments(check)
+    check.set_defaults(run=_check)
 
     evaluate = sub.add_parser("eval", help="retrieval metrics of a checkpoint on a CSV test set")
     evaluate.add_argument("--checkpoint", required=True)

@@ -11,6 +11,7 @@ converted to RGB (alpha composited on white), its shorter side resized to `size`
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -373,6 +374,13 @@ def make_synthetic_dataset(num_images: int, image_size: int = 32, captions_per_i
             captions.append(caption)
             row_image.append(index)
     return PairDataset(torch.from_numpy(images), captions, torch.tensor(row_image), name=name)
+
+
+def count_shared_images(reference: PairDataset, other: PairDataset) -> int:
+    """How many of `other`'s images are, pixel for pixel, also images of `reference` (e.g. test
+    images that a training set holds)."""
+    seen = {hashlib.sha256(image.numpy().tobytes()).digest() for image in reference.images}
+    return sum(hashlib.sha256(image.numpy().tobytes()).digest() in seen for image in other.images)
 
 
 IMAGE_FORMATS = {"png": ("PNG", {}), "jpeg": ("JPEG", {"quality": 95})}

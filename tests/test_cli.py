@@ -4,6 +4,7 @@ import torch
 
 from mmue_lib.cli import main
 from mmue_lib.data import load_csv_dataset, make_synthetic_dataset
+from mmue_lib.report import RETRIEVAL_KEYS
 
 
 def test_synthetic_train_eval_round_trip(tmp_path, capsys):
@@ -30,3 +31,24 @@ def test_errors_are_reported_without_traceback(tmp_path, capsys):
     assert "line 2: image file not found" in capsys.readouterr().err
     assert main(["convert", "flickr8k", "--images", ".", "--out", str(tmp_path / "x.csv")]) == 2
     assert "--token, --split-list" in capsys.readouterr().err
+
+
+def test_check_scores_clean_and_protected_victims_on_unseen_test_images(tmp_path, capsys):
+    assert main(["synthetic", "--out", str(tmp_path / "syn"), "--train-images", "40", "--test-images", "20"]) == 0
+    train_csv, test_csv = tmp_path / "syn" / "train.csv", tmp_path / "syn" / "test.csv"
+    same_as_clean = tmp_path / "syn" / "copy.csv"
+    same_as_clean.write_text(train_csv.read_text())
+    common = ["--model", "RN-tiny", "--epochs", "1", "--batch-size", "20", "--device", "cpu"]
+    out = tmp_path / "check"
+    assert main(["check", "--clean", str(train_csv), "--protected", str(same_as_clean), "--test-csv", str(test_csv),
+                 "--out", str(out), *common]) == 0
+    rows = json.loads((out / "check.json").read_text())["rows"]
+    assert set(rows) == {"random", "clean", "protected"}
+    scores = {name: {key: row[key] for key in RETRIEVAL_KEYS} for name, row in rows.items()}
+    assert scores["protected"] == scores["clean"], "the same data, seed and settings must give the same victim"
+    assert scores["random"]["t2i_MedR"] == 10, "text->image chance MedR of 20 test images (floor of 9.5, plus one)"
+    assert (out / "clean" / "model.pt").is_file() and (out / "protected" / "model.pt").is_file()
+    assert "protected" in capsys.readouterr().out
+    assert main(["check", "--clean", str(train_csv), "--protected", str(same_as_clean), "--test-csv", str(train_csv),
+                 "--out", str(tmp_path / "bad"), *common]) == 2
+    assert "40 of the 40 images" in capsys.readouterr().err
