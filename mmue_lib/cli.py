@@ -78,28 +78,22 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _check(args: argparse.Namespace) -> None:
-    import pandas as pd
-
     from .metrics import random_metrics
     from .models import model_image_size
-    from .report import RETRIEVAL_KEYS, protection_closure
+    from .report import retrieval_table
 
-    size = model_image_size(_victim_model(args))
-    sets = {name: data.load_csv_dataset(getattr(args, name), size, max_images=args.max_images)
-            for name in ("clean", "protected")}
+    victims = {"Clean": (args.clean, _victim_model(args)), "Protected": (args.protected, _victim_model(args))}
+    size = model_image_size(victims["Clean"][1])
+    sets = {label: data.load_csv_dataset(csv, size, max_images=args.max_images) for label, (csv, _) in victims.items()}
     test = data.load_csv_dataset(args.test_csv, size)
-    shared = data.count_shared_images(sets["clean"], test)
+    shared = data.count_shared_images(sets["Clean"], test)
     if shared:
         raise ValueError(f"{shared} of the {test.num_images} images of {args.test_csv} are also in {args.clean}: "
                          "test on images that neither victim trains on")
     out = Path(args.out)
-    finals = {name: _train_victim(args, _victim_model(args), getattr(args, name), dataset, test, out / name)
-              for name, dataset in sets.items()}
-    chance = random_metrics(test.row_image)
-    rows = {"random": chance, **finals}
-    table = pd.DataFrame({name: {**{k: final[k] for k in RETRIEVAL_KEYS},
-                                 **{f"{d} C": protection_closure(final, finals["clean"], chance, d) for d in ("i2t", "t2i")}}
-                          for name, final in rows.items()}).T
+    finals = {label: _train_victim(args, model, csv, sets[label], test, out / label.lower())
+              for label, (csv, model) in victims.items()}
+    table = retrieval_table(finals, random_metrics(test.row_image)).set_index("method")
     write_json(out / "check.json", {"clean_csv": args.clean, "protected_csv": args.protected, "test_csv": args.test_csv,
                                     "model": args.model, "image_size": size, "rows": table.to_dict(orient="index")})
     print(table.to_string(float_format=lambda value: f"{value:.2f}"))

@@ -78,12 +78,15 @@ def protection_closure(protected: dict, clean: dict, chance: dict, direction: st
     return float("nan") if gap <= 0 else (protected[key] - clean[key]) / gap
 
 
-def retrieval_table(finals: dict[str, dict], chance: dict, paper_rows: dict[str, dict]) -> pd.DataFrame:
-    """One row per method (Random first): Hit@10 and MedR both ways beside the paper's, and the
-    protection closure C of every row against the 'Clean' row (Random 1, Clean 0 by definition)."""
+def retrieval_table(finals: dict[str, dict], chance: dict, paper_rows: dict[str, dict] | None = None) -> pd.DataFrame:
+    """One row per method (Random first): Hit@10 and MedR both ways (beside the paper's, given
+    `paper_rows`), and the protection closure C of every row against the 'Clean' row (Random 1,
+    Clean 0 by definition)."""
     rows = []
     for label, final in {"Random": chance, **finals}.items():
-        row = {"method": label, **beside_paper(final, paper_rows.get(label, {}), RETRIEVAL_KEYS)}
+        scores = ({key: final[key] for key in RETRIEVAL_KEYS} if paper_rows is None
+                  else beside_paper(final, paper_rows.get(label, {}), RETRIEVAL_KEYS))
+        row = {"method": label, **scores}
         if "Clean" in finals:
             for direction in ("i2t", "t2i"):
                 row[f"{direction} C"] = protection_closure(final, finals["Clean"], chance, direction)

@@ -43,12 +43,12 @@ def test_check_scores_clean_and_protected_victims_on_unseen_test_images(tmp_path
     assert main(["check", "--clean", str(train_csv), "--protected", str(same_as_clean), "--test-csv", str(test_csv),
                  "--out", str(out), *common]) == 0
     rows = json.loads((out / "check.json").read_text())["rows"]
-    assert set(rows) == {"random", "clean", "protected"}
+    assert set(rows) == {"Random", "Clean", "Protected"}
     scores = {name: {key: row[key] for key in RETRIEVAL_KEYS} for name, row in rows.items()}
-    assert scores["protected"] == scores["clean"], "the same data, seed and settings must give the same victim"
-    assert scores["random"]["t2i_MedR"] == 10, "text->image chance MedR of 20 test images (floor of 9.5, plus one)"
+    assert scores["Protected"] == scores["Clean"], "the same data, seed and settings must give the same victim"
+    assert scores["Random"]["t2i_MedR"] == 10, "text->image chance MedR of 20 test images (floor of 9.5, plus one)"
     assert (out / "clean" / "model.pt").is_file() and (out / "protected" / "model.pt").is_file()
-    assert "protected" in capsys.readouterr().out
+    assert "Protected" in capsys.readouterr().out
     assert main(["check", "--clean", str(train_csv), "--protected", str(same_as_clean), "--test-csv", str(train_csv),
                  "--out", str(tmp_path / "bad"), *common]) == 2
     assert "40 of the 40 images" in capsys.readouterr().err
