@@ -142,10 +142,15 @@ def _protect(args: argparse.Namespace) -> None:
               "surrogate": args.surrogate or f"{args.model} (random init, trained during protection)",
               "rounds": len(protection.history), "history": protection.history,
               "final_loss": protection.history[-1]["noise_loss"] if protection.history else None,
+              "converged": protection.converged,
               "seconds": time.perf_counter() - started}
     csv_path = export_protected(clean, protected, out, report)
     state.unlink(missing_ok=True)
     print(f"wrote {csv_path} ({protected.num_images} images) and {out / 'report.json'}")
+    if protection.converged is False:
+        print(f"warning: the protection did not converge: after {len(protection.history)} rounds the PGD loss is "
+              f"{report['final_loss']:.3g}, above stop_loss {config.stop_loss:g}; such noise protects less. "
+              f"Rerun with a larger --max-rounds, and measure it with mmue check.", file=sys.stderr)
 
 
 def _models(_: argparse.Namespace) -> None:

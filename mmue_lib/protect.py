@@ -238,6 +238,14 @@ class Protection:
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
 
+    @property
+    def converged(self) -> bool | None:
+        """Whether the last round's PGD loss fell below `stop_loss`; None where no loss
+        threshold applies (maximising methods, or `stop_loss` None: a fixed schedule)."""
+        if self.config.stop_loss is None or self.config.direction != "minimize":
+            return None
+        return bool(self.history) and self.history[-1]["noise_loss"] < self.config.stop_loss
+
     def noise_index(self, row_image: torch.Tensor) -> torch.Tensor:
         """Which noise each row uses."""
         return _group_index(self.config.noise_per, row_image)
@@ -437,8 +445,7 @@ def generate_protection(dataset: PairDataset, surrogate: torch.nn.Module, config
         record["seconds"] = time.perf_counter() - started
         protection.seconds += record["seconds"]
         protection.history.append(record)
-        stopped = (config.stop_loss is not None and config.direction == "minimize"
-                   and record["noise_loss"] < config.stop_loss)
+        stopped = bool(protection.converged)
         if checkpoint_path is not None:
             save_torch(checkpoint_path, {"config": asdict(config), "dataset": [dataset.num_images, dataset.num_rows],
                                          "noise": protection.noise, "triggers": protection.triggers,

@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -223,7 +224,9 @@ def test_resume_after_kill_gives_identical_noise_and_triggers(small_set, tmp_pat
 def test_stop_loss_ends_early(small_set):
     protection = generate_protection(small_set, create_clip("RN-tiny", seed=0),
                                      quick("em", max_rounds=5, stop_loss=100.0), progress=False)
-    assert len(protection.history) == 1
+    assert len(protection.history) == 1 and protection.converged is True
+    assert replace(protection, config=quick("em", stop_loss=1e-9)).converged is False
+    assert replace(protection, config=quick("em", stop_loss=None)).converged is None
 
 
 def test_fields_a_method_cannot_use_do_not_change_its_config():
@@ -316,6 +319,7 @@ def test_protect_command_writes_publishable_data(tmp_path, capsys):
     assert main(args) == 0
     report = json.loads((out / "report.json").read_text())
     assert len(report["psnr_db"]) == 13 and report["psnr_db_mean"] > 30 and report["rounds"] == 1
+    assert report["converged"] is False and "did not converge" in capsys.readouterr().err
     published = load_csv_dataset(out / "protected.csv", 32, progress=False)
     assert published.num_images == 13 and all(len(c.split()) > 3 for c in published.captions)
     assert not (out / "protect_state.ckpt").exists()
