@@ -6,17 +6,24 @@ STAMP := $(VENV)/.installed-stamp
 export MMUE_DATA ?= $(abspath ../shared/data)
 SCALE ?= $(if $(wildcard $(MMUE_DATA)/flickr8k/train.csv),cpu,smoke)
 NB ?=
+PART ?=
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: help install test smoke repro nb tables figures lab clean
+.PHONY: help install test smoke repro plan executed nb tables figures lab clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
-	@echo "  SCALE=smoke|cpu|paper (now: $(SCALE)); MMUE_DATA=$(MMUE_DATA)"
+	@echo "  SCALE=smoke|cpu|paper (now: $(SCALE)); PART=paper|extensions (01-09 or 10-12; default all); MMUE_DATA=$(MMUE_DATA)"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	# Saved notebooks keep their outputs on disk, but git sees notebooks/*.ipynb without them (.gitattributes).
+	if git rev-parse --git-dir > /dev/null 2>&1; then \
+	  git config filter.nbstripout.clean '"$(abspath $(VENV))/bin/python" -m nbstripout'; \
+	  git config filter.nbstripout.smudge cat; \
+	  git config filter.nbstripout.required true; fi
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install the package with its test tools
@@ -27,8 +34,14 @@ test: $(STAMP) ## run the test suite (unit tests + every notebook at smoke scale
 smoke: $(STAMP) ## execute every notebook at smoke scale
 	$(PY) -m mmue_lib.notebooks --scale smoke
 
-repro: $(STAMP) ## execute every notebook at SCALE, writing results/SCALE and figures/SCALE
-	$(PY) -m mmue_lib.notebooks --scale $(SCALE)
+repro: $(STAMP) ## execute the notebooks at SCALE (PART=paper: 01-09, PART=extensions: 10-12), writing results/ and figures/
+	$(PY) -m mmue_lib.notebooks --scale $(SCALE) $(if $(PART),--part $(PART))
+
+plan: $(STAMP) ## say what make repro would run and about how long it takes here, without running it
+	$(PY) -m mmue_lib.notebooks --scale $(SCALE) $(if $(PART),--part $(PART)) --plan
+
+executed: $(STAMP) ## re-execute the paper's notebooks at cpu scale into executed/cpu (committed; from the run cache)
+	$(PY) -m mmue_lib.notebooks --scale cpu --part paper
 
 nb: $(STAMP) ## execute one notebook: make nb NB=01_data_overview SCALE=smoke
 	$(PY) -m mmue_lib.notebooks --scale $(SCALE) --only $(NB)
@@ -39,9 +52,9 @@ tables: $(STAMP) ## execute the notebooks that write tables
 figures: $(STAMP) ## execute the notebooks that write figures
 	$(PY) -m mmue_lib.notebooks --scale $(SCALE) --produces figure
 
-lab: $(STAMP) ## start JupyterLab with the project's kernel
-	$(VENV)/bin/jupyter lab notebooks
+lab: $(STAMP) ## start JupyterLab with the project's kernel (as root too: containers, CI runners)
+	$(VENV)/bin/jupyter lab $(ROOT_FLAG) notebooks
 
-clean: ## remove executed notebooks and Python caches (not .venv, not results)
-	rm -rf executed .pytest_cache
+clean: ## remove executed notebooks other than the committed cpu ones, and Python caches (not .venv, not results)
+	rm -rf executed/smoke executed/paper .pytest_cache
 	find . -name __pycache__ -prune -exec rm -rf {} +

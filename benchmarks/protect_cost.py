@@ -2,11 +2,11 @@
 the protection's strength on the validation split.
 
     .venv/bin/python benchmarks/protect_cost.py --scale cpu
-    .venv/bin/python benchmarks/protect_cost.py --scale cpu --max-images 2000 --set trigger_top_k=4 --evaluate
+    .venv/bin/python benchmarks/protect_cost.py --scale cpu --max-images 2000 --set protect.trigger_top_k=4 --evaluate
 
 The data, surrogate, protection schedule and victim training are the scale's shared
-experiment (`params/<scale>/shared.yaml`, as the Table 1 notebook runs them); `--set` changes
-any of its parameters (YAML values, as `python -m mmue_lib.notebooks --set`). Prints the
+experiment (`params/<scale>/`, as the Table 1 notebook runs them); `--set` changes any of its
+settings (dotted keys, YAML values, as `python -m mmue_lib.notebooks --set protect.trigger_top_k=4`). Prints the
 generation time per round and in all, the peak RAM of the process, the noise state's size
 (here and at 224 px), and the time of one victim training run on clean data (with its
 per-epoch retrieval scoring, as the notebooks' victims); their ratio is the cost of protection
@@ -25,9 +25,10 @@ import torch
 from mmue_lib import runs
 from mmue_lib.metrics import random_metrics
 from mmue_lib.models import create_clip
-from mmue_lib.notebooks import PARAMS_DIR, load_params, parse_overrides
+from mmue_lib.notebooks import parse_overrides
 from mmue_lib.protect import generate_protection, protected_dataset
 from mmue_lib.report import protection_closure
+from mmue_lib.settings import load_settings
 from mmue_lib.train import TokenizedPairs, TrainConfig, train_clip
 
 
@@ -37,28 +38,29 @@ def peak_rss_gib() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scale", default="cpu", help="params/<scale>/shared.yaml gives the experiment")
+    parser.add_argument("--scale", default="cpu", help="params/<scale>/ gives the experiment (Table 1's)")
     parser.add_argument("--method", default="mem-3")
     parser.add_argument("--max-images", type=int, help="the first N train images (default: the scale's)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a parameter")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
     parser.add_argument("--evaluate", action="store_true", help="train a victim on the protected set; val metrics")
     args = parser.parse_args()
 
-    params = {**load_params(PARAMS_DIR / args.scale / "shared.yaml"), **parse_overrides(args.set)}
+    overrides = parse_overrides(args.set)
     if args.max_images:
-        params["max_train_images"] = args.max_images
-    data = runs.data_spec(params["data"], params["image_size"], params["max_train_images"], None)
+        overrides["data.max_train_images"] = args.max_images
+    settings = load_settings("02_table1", args.scale, overrides)
+    data = {**settings.data, "max_test_images": None}
     train = runs.load_data(data, "train")
     print(f"data: {train.num_images} images, {train.num_rows} rows at {train.image_size} px; "
           f"torch threads {torch.get_num_threads()}; peak RAM after loading {peak_rss_gib():.2f} GiB")
-    config = runs.protection_config(args.method, runs.protect_schedule(params))
+    config = runs.protection_config(args.method, settings.schedule)
     print(config)
 
     def new_model(name: str, seed: int) -> torch.nn.Module:
-        return create_clip(name, image_size=train.image_size, context_length=params["context_length"], seed=seed)
+        return create_clip(name, image_size=train.image_size, context_length=settings.context_length, seed=seed)
 
     started = time.perf_counter()
-    protection = generate_protection(train, new_model(params["surrogate_model"], config.seed), config)
+    protection = generate_protection(train, new_model(settings.surrogate_model, config.seed), config)
     generation = time.perf_counter() - started
     for record in protection.history:
         print("  " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
@@ -68,17 +70,17 @@ def main() -> None:
           f"peak RAM {peak_rss_gib():.2f} GiB; noise state {noise_mib:.0f} MiB (int8), {at_224_gib:.2f} GiB at 224 px "
           f"(float32 per row as the official code: {train.num_rows * 3 * 224 * 224 * 4 / 2 ** 30:.1f} GiB)")
 
-    victim = TrainConfig(**runs.train_settings(params))
-    length = params["context_length"]
+    victim = TrainConfig(**settings.train)
+    length = settings.context_length
     val = TokenizedPairs.from_dataset(runs.load_data(data, "val"), length)
     started = time.perf_counter()
-    clean = train_clip(new_model(params["victim_model"], victim.seed), TokenizedPairs.from_dataset(train, length),
+    clean = train_clip(new_model(settings.victim_model, victim.seed), TokenizedPairs.from_dataset(train, length),
                        victim, test=val)
     victim_seconds = time.perf_counter() - started
     print(f"victim run ({victim.epochs} epochs, {victim.rows_per_epoch}, val scored every epoch): "
           f"{victim_seconds:.0f} s; generation / victim = {generation / victim_seconds:.2f}")
     if args.evaluate:
-        poisoned = train_clip(new_model(params["victim_model"], victim.seed),
+        poisoned = train_clip(new_model(settings.victim_model, victim.seed),
                               TokenizedPairs.from_dataset(protected_dataset(train, protection), length), victim,
                               test=val)
         chance = random_metrics(val.row_image, val.num_images)

@@ -7,6 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from . import data
+from .protect import METHODS
 from .storage import write_json
 
 
@@ -250,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     protect = sub.add_parser("protect", help="protect your own image,caption CSV (EM, UAP, TAP, MEM)")
     protect.add_argument("--csv", required=True)
     protect.add_argument("--out", required=True, help="folder for images/*.png, protected.csv, report.json")
-    protect.add_argument("--method", default="mem-3", choices=["em", "uap", "tap", "mem-3", "mem-5"])
+    protect.add_argument("--method", default="mem-3", choices=list(METHODS))
     protect.add_argument("--trigger-len", type=int, help="override the method's trigger length (MEM-k)")
     protect.add_argument("--eps", type=int, default=8, help="L-inf bound in 1/255 steps")
     protect.add_argument("--size", type=int, help="image size (default: the surrogate's or the model's)")

@@ -22,8 +22,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from tqdm.auto import tqdm
 
+from .progress import bar as progress_bar
 from .storage import atomic_path, cache_root, expand_path, save_numpy, stable_hash
 
 RESIZE_VERSION = "rgb-white-alpha/short-side-bicubic/center-crop/v1"
@@ -188,10 +188,13 @@ def decode_images(table: CaptionTable, size: int, cache_dir: str | os.PathLike |
     if cache_file.is_file():
         return torch.from_numpy(np.load(cache_file))
     jobs = list(zip(table.image_paths, table.image_lines))
-    with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
-        arrays = list(tqdm(pool.map(lambda job: _decode(job[0], size, table.csv_path, job[1]), jobs),
-                           total=len(jobs), desc=f"decode {table.csv_path.name} @{size}px",
-                           disable=not progress, leave=False))
+    arrays = []
+    with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool, \
+            progress_bar(len(jobs), "image", f"decoding {table.csv_path.name} at {size} px (once; cached)",
+                         enabled=progress) as bar:
+        for array in pool.map(lambda job: _decode(job[0], size, table.csv_path, job[1]), jobs):
+            arrays.append(array)
+            bar.update()
     images = np.stack(arrays) if arrays else np.zeros((0, 3, size, size), np.uint8)
     save_numpy(cache_file, images)
     return torch.from_numpy(images)

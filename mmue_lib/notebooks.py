@@ -1,12 +1,15 @@
-"""Execute the project's notebooks with papermill, one flat YAML params file per notebook and scale.
+"""Execute the project's notebooks with papermill, each with its settings from `params/<scale>/`.
 
-`python -m mmue_lib.notebooks --scale smoke [--only 01_data_overview] [--produces table]
-[--set epochs=2 --set 'methods=[em, mem-3]'] [--output-root DIR]`
-runs `notebooks/<name>.ipynb` with `params/<scale>/shared.yaml` (the experiment that several
-notebooks share) and `params/<scale>/<name>.yaml` into `executed/<scale>/`, and points the
-notebook at `results/<scale>/` and `figures/<scale>/` for its outputs. `--set` overrides a
-parameter (the value is read as YAML) in every notebook that declares it; with overrides,
-write under another `--output-root` so that the committed results stay as they are.
+`python -m mmue_lib.notebooks --scale cpu [--only 02_table1 ...] [--part paper|extensions]
+[--produces table|figure] [--set train.epochs=2 --set 'methods=[em, mem-3]'] [--output-root DIR]
+[--plan]` injects `scale`, `overrides` and `output_root` into each notebook's parameters cell
+(the notebook loads its settings with `settings.load_settings`, exactly as Run All in JupyterLab
+does) and writes the executed notebook to `<output root>/executed/<scale>/`, its tables to
+`results/<scale>/` and figures to `figures/<scale>/`. It first prints what it will run and about
+how long that takes here (from `params/<scale>/run_hours.yaml`, for the runs the cache lacks);
+`--plan` stops there. `--set` overrides a setting (a
+dotted key; the value is read as YAML) in every notebook that has it; with overrides, write
+under another `--output-root` so that the committed results stay as they are.
 """
 from __future__ import annotations
 
@@ -18,92 +21,102 @@ from pathlib import Path
 
 import yaml
 
+from . import progress
+from .settings import PARAMS_DIR, SettingsError, applicable_overrides, load_settings, scales
 from .storage import PROJECT_ROOT
 
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
-PARAMS_DIR = PROJECT_ROOT / "params"
-
-
-def load_params(path: str | Path) -> dict:
-    """A flat YAML mapping of scalars (or lists of scalars); anything nested is an error."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"params file not found: {path}")
-    params = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not isinstance(params, dict):
-        raise ValueError(f"{path}: params must be a mapping of name: value")
-    scalar = (str, int, float, bool, type(None))
-    for key, value in params.items():
-        if isinstance(value, list) and all(isinstance(v, scalar) for v in value):
-            continue
-        if not isinstance(value, scalar):
-            raise ValueError(f"{path}: key '{key}' is nested; params files are flat")
-    return params
+PARTS = {"paper": False, "extensions": True}
+"""`--part`: the paper's artefacts (01-09) or the extensions (10-12), by the notebooks' `mmue.extension` flag."""
 
 
 def notebook_names() -> list[str]:
     return sorted(p.stem for p in NOTEBOOK_DIR.glob("*.ipynb"))
 
 
-def declared_parameters(name: str) -> set[str]:
-    """Names assigned in the notebook's `parameters` cell."""
-    cells = json.loads((NOTEBOOK_DIR / f"{name}.ipynb").read_text(encoding="utf-8"))["cells"]
-    cell = next(c for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))
-    source = cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
-    return {line.split("=", 1)[0].strip() for line in source.splitlines() if "=" in line and not line.startswith("#")}
-
-
-def notebook_params(name: str, scale: str) -> dict:
-    """`params/<scale>/shared.yaml` (the experiment several notebooks share; only the keys this
-    notebook declares) under `params/<scale>/<name>.yaml`."""
-    shared_file = PARAMS_DIR / scale / "shared.yaml"
-    shared = load_params(shared_file) if shared_file.is_file() else {}
-    declared = declared_parameters(name)
-    return {**{k: v for k, v in shared.items() if k in declared}, **load_params(PARAMS_DIR / scale / f"{name}.yaml")}
-
-
-def notebook_produces(name: str) -> list[str]:
-    """What a notebook writes ('table', 'figure'), from its `mmue.produces` metadata."""
-    metadata = json.loads((NOTEBOOK_DIR / f"{name}.ipynb").read_text(encoding="utf-8")).get("metadata", {})
-    return metadata.get("mmue", {}).get("produces", [])
+def notebook_metadata(name: str) -> dict:
+    """A notebook's `mmue` metadata: the files it writes (`outputs`), what it `produces`, `extension`."""
+    return json.loads((NOTEBOOK_DIR / f"{name}.ipynb").read_text(encoding="utf-8")).get("metadata", {}).get("mmue", {})
 
 
 def parse_overrides(items: list[str]) -> dict:
-    """["key=value", ...] (values in YAML: `fractions=[0.5]`) -> {key: value}."""
+    """["key=value", ...] (dotted keys, values in YAML: `fractions=[0.5]`) -> {key: value}."""
     overrides = {}
     for item in items:
         key, separator, value = item.partition("=")
         if not separator or not key.strip():
-            raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
+            raise ValueError(f"--set takes KEY=VALUE (e.g. train.epochs=2), got {item!r}")
         overrides[key.strip()] = yaml.safe_load(value)
     return overrides
+
+
+def measured_hours(scale: str) -> dict[str, float]:
+    """Hours each notebook adds when all run in order from an empty cache (`params/<scale>/run_hours.yaml`)."""
+    path = PARAMS_DIR / scale / "run_hours.yaml"
+    return (yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None) or {}
+
+
+def plan_lines(names: list[str], scale: str, overrides: dict[str, dict], output_root: Path) -> list[tuple[str, float | None]]:
+    """What running `names` in turn will do: per notebook its runs, how many the cache (or an earlier
+    notebook of the list) has, and about how long the rest take here. A run's time is its share of
+    the measured hours of the first notebook (in the order 01, 02, ...) that needs it."""
+    from .experiments import planned_runs
+
+    hours = measured_hours(scale)
+    run_hours, overhead, owned = {}, {}, set()
+    for name in notebook_names():
+        plan = planned_runs(load_settings(name, scale, overrides.get(name), output_root))
+        own = [folder for folder in (plan.runs if plan else []) if folder not in owned]
+        owned.update(own)
+        if name in hours:
+            overhead[name] = 0.0 if own else hours[name]
+            run_hours.update({folder: hours[name] / len(own) for folder in own})
+    lines, planned = [], set()
+    for name in names:
+        plan = planned_runs(load_settings(name, scale, overrides.get(name), output_root))
+        if plan is None or not plan.runs:
+            runs_text, new = "no training runs", []
+        else:
+            new = [folder for folder in plan.todo if folder not in planned]
+            runs_text = f"{len(plan.runs)} runs, {len(plan.runs) - len(new)} in the cache or made by a notebook before it"
+            planned.update(new)
+        if name not in hours or any(folder not in run_hours for folder in new):
+            lines.append((f"{name}: {runs_text}; time not measured at this scale", None))
+            continue
+        left = overhead[name] + sum(run_hours[folder] for folder in new)
+        lines.append((f"{name}: {runs_text}; about {progress.duration(left * 3600)}", left))
+    return lines
+
+
+def notebook_parameters(scale: str, overrides: dict | None = None, output_root: Path = PROJECT_ROOT) -> dict:
+    """What papermill injects into a notebook's parameters cell."""
+    return {"scale": scale, "overrides": overrides or {},
+            "output_root": None if Path(output_root) == PROJECT_ROOT else str(output_root)}
 
 
 def run_notebook(name: str, scale: str, overrides: dict | None = None, output_root: Path = PROJECT_ROOT) -> Path:
     """Execute one notebook at `scale`; returns the executed notebook's path."""
     import papermill
 
-    params = notebook_params(name, scale)
-    params.update({"scale": scale,
-                   "results_dir": str(output_root / "results" / scale),
-                   "figures_dir": str(output_root / "figures" / scale)})
-    params.update({k: v for k, v in (overrides or {}).items() if k in declared_parameters(name)})
     out = output_root / "executed" / scale / f"{name}.ipynb"
     out.parent.mkdir(parents=True, exist_ok=True)
-    papermill.execute_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"), str(out), parameters=params,
+    papermill.execute_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"), str(out),
+                               parameters=notebook_parameters(scale, overrides, output_root),
                                kernel_name="python3", cwd=str(NOTEBOOK_DIR), progress_bar=False)
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scale", required=True, choices=sorted(p.name for p in PARAMS_DIR.iterdir() if p.is_dir()))
+    parser.add_argument("--scale", required=True, choices=scales())
     parser.add_argument("--only", nargs="*", help="notebook names (without .ipynb)")
+    parser.add_argument("--part", choices=sorted(PARTS), help="the paper's artefacts (01-09) or the extensions (10-12)")
     parser.add_argument("--produces", choices=["table", "figure"])
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a parameter (YAML value) in every notebook that declares it")
+                        help="override a setting (dotted key, YAML value) in every notebook that has it")
     parser.add_argument("--output-root", type=Path, default=PROJECT_ROOT,
                         help="folder that receives executed/, results/ and figures/")
+    parser.add_argument("--plan", action="store_true", help="print what would run and how long, and stop")
     args = parser.parse_args(argv)
     try:
         overrides = parse_overrides(args.set)
@@ -113,13 +126,34 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(names) - set(notebook_names()))
     if unknown:
         parser.error(f"unknown notebook(s) {unknown}; known: {notebook_names()}")
+    if args.part:
+        names = [n for n in names if bool(notebook_metadata(n).get("extension")) == PARTS[args.part]]
     if args.produces:
-        names = [n for n in names if args.produces in notebook_produces(n)]
+        names = [n for n in names if args.produces in notebook_metadata(n).get("produces", [])]
+    output_root = args.output_root.resolve()
+    try:
+        per_notebook = {name: applicable_overrides(name, args.scale, overrides) for name in names}
+        unused = sorted(set(overrides) - {key for chosen in per_notebook.values() for key in chosen})
+        if unused:
+            parser.error(f"--set {unused}: no chosen notebook has such a setting at {args.scale}")
+        lines = plan_lines(names, args.scale, per_notebook, output_root)
+    except SettingsError as error:
+        parser.error(str(error))
+    print(f"[{args.scale}] will run {len(names)} notebook(s) into {output_root}:")
+    for line, _ in lines:
+        print(f"  {line}")
+    known = [left for _, left in lines if left is not None]
+    if known:
+        print(f"  in all about {progress.duration(sum(known) * 3600)} on this kind of machine"
+              f"{'' if len(known) == len(lines) else ' for the notebooks with a measured time'}; "
+              "runs are cached, so a stopped run resumes where it was", flush=True)
+    if args.plan:
+        return 0
     for name in names:
         started = time.perf_counter()
         print(f"[{args.scale}] {name} ...", flush=True)
-        out = run_notebook(name, args.scale, overrides, args.output_root.resolve())
-        print(f"[{args.scale}] {name} done in {time.perf_counter() - started:.0f} s -> {out}", flush=True)
+        out = run_notebook(name, args.scale, per_notebook[name], output_root)
+        print(f"[{args.scale}] {name} done in {progress.duration(time.perf_counter() - started)} -> {out}", flush=True)
     return 0
 
 

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Callable, Literal
 
 import torch
-from tqdm.auto import tqdm
 
 from .data import PairDataset, write_dataset_folder
+from .progress import bar as progress_bar
 from .models import Tokenizer, encode_text, model_context_length, normalize_pixels
 from .storage import save_torch, write_json
 from .train import ClipStepper, TrainConfig, clip_loss, row_batches
@@ -74,24 +74,60 @@ class ProtectConfig:
             raise ValueError("eps, alpha and pgd_steps are in whole 1/255 steps: eps >= 0, alpha >= 1, pgd_steps >= 0")
 
 
-METHOD_PRESETS: dict[str, dict] = {
-    "em": {"trigger_len": 0, "shuffle_pgd": False},
-    "uap": {"trigger_len": 0, "direction": "maximize", "noise_per": "universal", "shuffle_pgd": False,
-            "surrogate_steps": 0, "max_rounds": 1, "stop_loss": None},
-    "tap": {"trigger_len": 0, "direction": "maximize", "noise_per": "image", "shuffle_pgd": False,
-            "surrogate_steps": 0, "max_rounds": 1, "stop_loss": None},
-    "mem-3": {"trigger_len": 3},
-    "mem-5": {"trigger_len": 5},
+@dataclass(frozen=True)
+class Method:
+    """A named protection method: its label in tables, its `ProtectConfig` preset, whether it
+    attacks a clean-trained surrogate, and whether the paper reports it (Tables 1-3 rows)."""
+
+    label: str
+    preset: dict
+    needs_trained_surrogate: bool = False
+    in_paper: bool = True
+
+
+METHODS: dict[str, Method] = {
+    "em": Method("EM", {"trigger_len": 0, "shuffle_pgd": False}),
+    "uap": Method("UAP", {"trigger_len": 0, "direction": "maximize", "noise_per": "universal", "shuffle_pgd": False,
+                          "surrogate_steps": 0, "max_rounds": 1, "stop_loss": None}, needs_trained_surrogate=True),
+    "tap": Method("TAP", {"trigger_len": 0, "direction": "maximize", "noise_per": "image", "shuffle_pgd": False,
+                          "surrogate_steps": 0, "max_rounds": 1, "stop_loss": None}, needs_trained_surrogate=True,
+                  in_paper=False),
+    "mem-3": Method("MEM-3", {"trigger_len": 3}),
+    "mem-5": Method("MEM-5", {"trigger_len": 5}),
 }
-"""Named methods as overrides of `ProtectConfig`; UAP and TAP expect a clean-trained surrogate."""
+"""The method registry, read by the runs, the notebooks, the CLI and the paper tables. UAP and
+TAP (the official code's "UAP" script) maximise the loss of a clean-trained surrogate."""
+
+SCHEDULES: dict[str, dict] = {
+    "official": {},
+    "calibrated": {"pgd_steps": 4, "alpha": 2, "reshuffle": "batch", "search_rows": "one_per_image",
+                   "max_rounds": 3, "surrogate_steps": 40, "trigger_search_rounds": 1, "trigger_per": "image",
+                   "trigger_top_k": 8},
+}
+"""Named protection schedules as overrides of `ProtectConfig`. `official`: the official code's
+(the dataclass defaults: 20 rounds x (200 surrogate steps + 8 PGD steps of 1/255), trigger search
+in rounds 1-5, top-16, per-row triggers). `calibrated`: the cpu schedule, chosen on the val split
+(first 2,000 Flickr8k train images at 64 px; `benchmarks/protect_cost.py`): 3 rounds x (40
+surrogate steps + 4 PGD steps of 2/255, captions shuffled once per batch), per-image triggers
+searched once (top-8) on one caption per image."""
+
+
+def schedule_settings(name: str, **overrides) -> dict:
+    """The protection settings of the named schedule under `overrides`, checked against `ProtectConfig`."""
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown protection schedule '{name}'; known: {', '.join(SCHEDULES)}")
+    unknown = sorted(set(overrides) - set(ProtectConfig.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"{unknown} are not protection settings; known: {', '.join(ProtectConfig.__dataclass_fields__)}")
+    return {**SCHEDULES[name], **overrides}
 
 
 def method_config(method: str, **overrides) -> ProtectConfig:
     """`ProtectConfig` of a named method (`em`, `uap`, `tap`, `mem-3`, `mem-5`) with overrides;
     fields the method cannot use are reset to their defaults, so equal runs have equal configs."""
-    if method not in METHOD_PRESETS:
-        raise ValueError(f"unknown method '{method}'; known: {', '.join(METHOD_PRESETS)}")
-    config = ProtectConfig(**{**METHOD_PRESETS[method], **overrides})
+    if method not in METHODS:
+        raise ValueError(f"unknown method '{method}'; known: {', '.join(METHODS)}")
+    config = ProtectConfig(**{**METHODS[method].preset, **overrides})
     unused = []
     if not config.trigger_len:
         unused += ["trigger_per", "trigger_init", "trigger_vocab", "mlm_path", "trigger_top_k", "beam_size",
@@ -228,6 +264,14 @@ def mlm_proposals(mlm_path: str | os.PathLike, captions: list[str], trigger_len:
     return words
 
 
+def converged(config: ProtectConfig, history: list[dict]) -> bool | None:
+    """Whether the last round's PGD loss fell below `stop_loss`; None where no loss threshold
+    applies (maximising methods, or `stop_loss` None: a fixed schedule). The one stopping rule."""
+    if config.stop_loss is None or config.direction != "minimize":
+        return None
+    return bool(history) and history[-1]["noise_loss"] < config.stop_loss
+
+
 @dataclass
 class Protection:
     """The outcome of a protection run: int8 noise [G, 3, S, S], trigger ids [T, k], the log."""
@@ -240,11 +284,8 @@ class Protection:
 
     @property
     def converged(self) -> bool | None:
-        """Whether the last round's PGD loss fell below `stop_loss`; None where no loss
-        threshold applies (maximising methods, or `stop_loss` None: a fixed schedule)."""
-        if self.config.stop_loss is None or self.config.direction != "minimize":
-            return None
-        return bool(self.history) and self.history[-1]["noise_loss"] < self.config.stop_loss
+        """`converged(config, history)` of this protection."""
+        return converged(self.config, self.history)
 
     def noise_index(self, row_image: torch.Tensor) -> torch.Tensor:
         """Which noise each row uses."""
@@ -412,14 +453,23 @@ def generate_protection(dataset: PairDataset, surrogate: torch.nn.Module, config
         if state["stopped"]:
             return protection
     batch = _ProtectedRows(dataset, protection, model_context_length(surrogate), device)
+    steps = _round_steps(dataset, config)
+    bar = progress_bar(sum(steps[:config.max_rounds]), "step", "protection", enabled=progress,
+                       initial=sum(steps[:start_round]))
+
+    def stage(name: str, items):
+        for item in items:
+            bar.set_postfix_str(f"round {round_index + 1}/{config.max_rounds} {name}", refresh=False)
+            yield item
+            bar.update()
+
     for round_index in range(start_round, config.max_rounds):
         started = time.perf_counter()
         record: dict = {"round": round_index + 1}
         if config.surrogate_steps:
             generator = _round_generator(config, round_index, 0)
             losses = []
-            for _ in tqdm(range(config.surrogate_steps), desc=f"round {round_index + 1}: surrogate",
-                          disable=not progress, leave=False):
+            for _ in stage("surrogate", range(config.surrogate_steps)):
                 rows = torch.randperm(dataset.num_rows, generator=generator)[:config.batch_size]
                 losses.append(stepper.step(batch.pixels(rows), batch.token_batch(rows)))
             record["surrogate_loss"] = sum(losses) / len(losses)
@@ -428,9 +478,8 @@ def generate_protection(dataset: PairDataset, surrogate: torch.nn.Module, config
             generator = _round_generator(config, round_index, 1)
             before = protection.triggers.clone()
             losses = []
-            for rows in tqdm(row_batches(dataset.row_image, dataset.num_images, config.batch_size, config.search_rows,
-                                         generator, drop_last=False), desc=f"round {round_index + 1}: triggers",
-                             disable=not progress, leave=False):
+            for rows in stage("triggers", row_batches(dataset.row_image, dataset.num_images, config.batch_size,
+                                                      config.search_rows, generator, drop_last=False)):
                 best, loss = _search_batch(surrogate, batch, rows, allowed, config, generator)
                 protection.triggers[batch.trigger_index[rows]] = best
                 losses.append(loss)
@@ -438,9 +487,8 @@ def generate_protection(dataset: PairDataset, surrogate: torch.nn.Module, config
             record["triggers_changed"] = float((protection.triggers != before).any(dim=1).float().mean())
         generator = _round_generator(config, round_index, 2)
         losses = [_pgd_batch(surrogate, batch, rows, config, generator)
-                  for rows in tqdm(row_batches(dataset.row_image, dataset.num_images, config.batch_size,
-                                               config.pgd_rows, generator, drop_last=False),
-                                   desc=f"round {round_index + 1}: noise", disable=not progress, leave=False)]
+                  for rows in stage("noise", row_batches(dataset.row_image, dataset.num_images, config.batch_size,
+                                                         config.pgd_rows, generator, drop_last=False))]
         record["noise_loss"] = sum(losses) / max(1, len(losses))
         record["seconds"] = time.perf_counter() - started
         protection.seconds += record["seconds"]
@@ -453,8 +501,20 @@ def generate_protection(dataset: PairDataset, surrogate: torch.nn.Module, config
                                          "surrogate": surrogate.state_dict(), "stepper": stepper.state_dict(),
                                          "stopped": stopped})
         if stopped:
+            bar.set_postfix_str(f"stopped after round {round_index + 1}: loss below stop_loss", refresh=True)
             break
+    bar.close()
     return protection
+
+
+def _round_steps(dataset: PairDataset, config: ProtectConfig) -> list[int]:
+    """Progress steps of each round: surrogate steps, trigger-search batches (in search rounds), PGD batches."""
+    def batches(rows: str) -> int:
+        return math.ceil((dataset.num_rows if rows == "all" else dataset.num_images) / config.batch_size)
+
+    search = batches(config.search_rows) if config.trigger_len else 0
+    return [config.surrogate_steps + (search if index < config.trigger_search_rounds else 0) + batches(config.pgd_rows)
+            for index in range(config.max_rounds)]
 
 
 def protected_dataset(dataset: PairDataset, protection: Protection, fraction: float = 1.0,

@@ -9,13 +9,14 @@ import matplotlib.pyplot as plt
 import matplotlib.ticker
 import numpy as np
 import pandas as pd
+import seaborn
 import torch
 from scipy import stats
 
 from . import defenses
 from .data import PairDataset
 from .models import Tokenizer
-from .protect import Protection
+from .protect import Protection, ProtectConfig, converged
 from .storage import atomic_path, write_text
 
 
@@ -23,40 +24,45 @@ def markdown_table(frame: pd.DataFrame) -> str:
     """A GitHub Markdown table of a DataFrame. Integer-valued floats print without decimals; other
     floats with two decimals in a column whose floats all lie below 10 in size (closure C,
     losses) and one decimal elsewhere (Hit@10 %, MedR)."""
-    def column_digits(column: pd.Series) -> int:
-        sizes = [abs(v) for v in column if isinstance(v, float) and math.isfinite(v)]
-        return 2 if sizes and max(sizes) < 10 else 1
-
-    def cell(value, digits: int) -> str:
-        if isinstance(value, float):
-            return "" if math.isnan(value) else (f"{value:.0f}" if value.is_integer() else f"{value:.{digits}f}")
-        return str(value)
-
-    digits = [column_digits(frame.iloc[:, i]) for i in range(frame.shape[1])]
+    digits = [_column_digits(frame.iloc[:, i]) for i in range(frame.shape[1])]
     header = [str(c) for c in frame.columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(cell(v, d) for v, d in zip(row, digits)) + " |" for row in frame.itertuples(index=False)]
+    lines += ["| " + " | ".join(_cell(v, d) for v, d in zip(row, digits)) + " |" for row in frame.itertuples(index=False)]
     return "\n".join(lines) + "\n"
 
 
-def write_table(frame: pd.DataFrame, results_dir: str | os.PathLike, name: str) -> tuple[Path, Path]:
-    """Write `name.csv` and `name.md` under `results_dir`."""
+def _column_digits(column: pd.Series) -> int:
+    sizes = [abs(v) for v in column if isinstance(v, float) and math.isfinite(v)]
+    return 2 if sizes and max(sizes) < 10 else 1
+
+
+def _cell(value, digits: int) -> str:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else (f"{value:.0f}" if value.is_integer() else f"{value:.{digits}f}")
+    return str(value)
+
+
+def display_table(frame: pd.DataFrame) -> "pd.io.formats.style.Styler":
+    """`frame` as a notebook shows it: rounded as `markdown_table` rounds, without the row index."""
+    formats = {column: (lambda value, digits=_column_digits(frame.iloc[:, i]): _cell(value, digits))
+               for i, column in enumerate(frame.columns)}
+    return frame.style.format(formats).hide(axis="index")
+
+
+def write_table(frame: pd.DataFrame, results_dir: str | os.PathLike, name: str) -> "pd.io.formats.style.Styler":
+    """Write `name.csv` and `name.md` under `results_dir`; return the table styled for display."""
     results_dir = Path(results_dir)
-    csv_path, md_path = results_dir / f"{name}.csv", results_dir / f"{name}.md"
-    with atomic_path(csv_path) as tmp:
+    with atomic_path(results_dir / f"{name}.csv") as tmp:
         frame.to_csv(tmp, index=False)
-    write_text(md_path, markdown_table(frame))
-    return csv_path, md_path
+    write_text(results_dir / f"{name}.md", markdown_table(frame))
+    return display_table(frame)
 
 
-def save_figure(figure: plt.Figure, figures_dir: str | os.PathLike, name: str, dpi: int = 120) -> tuple[Path, Path]:
+def save_figure(figure: plt.Figure, figures_dir: str | os.PathLike, name: str, dpi: int = 120) -> None:
     """Write `name.png` and `name.pdf` under `figures_dir`."""
-    figures_dir = Path(figures_dir)
-    paths = (figures_dir / f"{name}.png", figures_dir / f"{name}.pdf")
-    for path in paths:
-        with atomic_path(path) as tmp:
-            figure.savefig(tmp, format=path.suffix[1:], dpi=dpi, bbox_inches="tight")
-    return paths
+    for suffix in ("png", "pdf"):
+        with atomic_path(Path(figures_dir) / f"{name}.{suffix}") as tmp:
+            figure.savefig(tmp, format=suffix, dpi=dpi, bbox_inches="tight")
 
 
 def beside_paper(ours: dict[str, float], paper: dict[str, float], keys: list[str]) -> dict[str, float]:
@@ -91,6 +97,24 @@ def retrieval_table(finals: dict[str, dict], chance: dict, paper_rows: dict[str,
             for direction in ("i2t", "t2i"):
                 row[f"{direction} C"] = protection_closure(final, finals["Clean"], chance, direction)
         rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def protection_costs(experiment: dict[str, dict]) -> pd.DataFrame:
+    """Table 1's cost of each protection: seconds, rounds, final PGD loss (and whether it reached
+    `stop_loss`), its victim's seconds, and the protection in units of one clean victim run."""
+    clean_seconds = experiment["Clean"]["victim"]["seconds"]
+    rows = []
+    for label, entry in experiment.items():
+        protection = entry["protection"]
+        if not protection:
+            continue
+        reached = converged(ProtectConfig(**protection["spec"]["config"]), protection["history"])
+        rows.append({"method": label, "protection s": protection["seconds"], "rounds": len(protection["history"]),
+                     "final noise loss": protection["history"][-1]["noise_loss"],
+                     "reached stop_loss": {None: "n/a", True: "yes", False: "no"}[reached],
+                     "victim s": entry["victim"]["seconds"],
+                     "protection / clean victim": protection["seconds"] / clean_seconds})
     return pd.DataFrame(rows)
 
 
@@ -462,28 +486,35 @@ def plot_tsne(panels: dict[str, tuple[np.ndarray, np.ndarray, int]]) -> plt.Figu
         axis.set_title(title)
         axis.set_xticks([])
         axis.set_yticks([])
-    figure.tight_layout()
+    marker = {"color": "grey", "linestyle": "none"}
+    handles = [plt.Line2D([], [], marker="^", markersize=9, markeredgecolor="black", label="image", **marker),
+               plt.Line2D([], [], marker="o", markersize=6, label="caption", **marker)]
+    figure.legend(handles=handles, loc="lower center", ncol=2, frameon=False,
+                  title="one colour = one image and its captions")
+    figure.tight_layout(rect=(0, 0.1, 1, 1))
     return figure
 
 
 def plot_grad_cam(images: np.ndarray, captions: list[str], maps: dict[str, np.ndarray]) -> plt.Figure:
     """Figure 5 (image side): one row per example (uint8 [B, 3, S, S] images), the image and then
     each model's Grad-CAM map laid over it."""
-    figure, axes = plt.subplots(len(images), 1 + len(maps), figsize=(2.3 * (1 + len(maps)), 2.5 * len(images)),
-                                squeeze=False)
+    figure, axes = plt.subplots(len(images), 1 + len(maps), figsize=(2.3 * (1 + len(maps)) + 1, 2.5 * len(images)),
+                                squeeze=False, layout="constrained")
     for row, (line, image) in enumerate(zip(axes, images)):
         picture = np.asarray(image).transpose(1, 2, 0)
         line[0].imshow(picture)
         line[0].set_ylabel("\n".join(_wrap(captions[row], 28)), fontsize=7, rotation=0, ha="right", va="center")
         for axis, (label, cams) in zip(line[1:], maps.items()):
             axis.imshow(picture)
-            axis.imshow(cams[row], cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            heat = axis.imshow(cams[row], cmap="jet", alpha=0.45, vmin=0, vmax=1)
             if row == 0:
                 axis.set_title(label, fontsize=10)
         for axis in line:
             axis.set_xticks([])
             axis.set_yticks([])
-    figure.tight_layout()
+    if maps:
+        figure.colorbar(heat, ax=axes[:, 1:].ravel().tolist(), shrink=0.5,
+                        label="Grad-CAM, scaled per map: 0 = ignored, 1 = drives the image-caption similarity most")
     return figure
 
 
@@ -492,15 +523,19 @@ def plot_token_attributions(attributions: dict[str, list[list[tuple[str, float]]
     tokens (columns), one row per model; each row is scaled by its largest magnitude."""
     labels = list(attributions)
     count = len(next(iter(attributions.values())))
-    figure, axes = plt.subplots(count, 1, figsize=(10, 0.45 * len(labels) * count + 0.9 * count), squeeze=False)
+    figure, axes = plt.subplots(count, 1, figsize=(11, 0.45 * len(labels) * count + 0.9 * count), squeeze=False,
+                                layout="constrained")
     for example, axis in enumerate(axes[:, 0]):
         words = [word for word, _ in attributions[labels[0]][example]]
         scores = np.array([[score for _, score in attributions[label][example]] for label in labels])
         scores = scores / np.maximum(np.abs(scores).max(axis=1, keepdims=True), 1e-12)
-        axis.imshow(scores, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
-        axis.set_xticks(range(len(words)), words, rotation=45, ha="right", fontsize=8)
-        axis.set_yticks(range(len(labels)), labels, fontsize=8)
-    figure.tight_layout()
+        seaborn.heatmap(pd.DataFrame(scores, index=labels, columns=range(len(words))), ax=axis, cmap="RdBu_r",
+                        vmin=-1, vmax=1, cbar=False)
+        axis.set_xticks(np.arange(len(words)) + 0.5, words, rotation=45, ha="right", fontsize=8)
+        axis.set_yticks(np.arange(len(labels)) + 0.5, labels, fontsize=8, rotation=0)
+    figure.colorbar(plt.cm.ScalarMappable(plt.Normalize(-1, 1), "RdBu_r"), ax=axes[:, 0].tolist(), shrink=0.6,
+                    label="Integrated Gradients, scaled per row: red raises the image-caption "
+                          "similarity, blue lowers it")
     return figure
 
 

@@ -10,53 +10,29 @@ from its own checkpoint.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+import sys
+import time
+from contextvars import ContextVar
+from dataclasses import asdict, dataclass, field
+from functools import wraps
 from pathlib import Path
 from typing import Callable, Mapping
 
 import torch
 
+from . import progress
+
 from .data import PairDataset, load_split
 from .defenses import apply_defenses, defense_label, parse_defenses, parse_settings, settings_label
 from .faces import load_named_faces
 from .models import create_clip, load_clip, model_context_length, save_clip
-from .protect import (METHOD_PRESETS, Protection, ProtectConfig, generate_protection, method_config,
+from .protect import (METHODS, Protection, ProtectConfig, converged, generate_protection, method_config,
                       protected_dataset)
-from .storage import cache_root, expand_path, save_torch, stable_hash, write_json
+from .storage import cache_root, expand_path, provenance, save_torch, stable_hash, write_json
 from .train import TokenizedPairs, TrainConfig, train_clip
 
 CODE_VERSION = 1
 """Bump when a library change makes cached results stale."""
-
-
-TRAIN_PARAMS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "weight_decay": "weight_decay",
-                "warmup_steps": "warmup_steps", "rows_per_epoch": "rows_per_epoch", "seed": "seed", "device": "device"}
-"""Training setting <- notebook parameter of the same meaning."""
-
-SCHEDULE_PARAMS = {"eps": "eps", "pgd_steps": "pgd_steps", "max_rounds": "protect_rounds",
-                   "surrogate_steps": "surrogate_steps", "alpha": "pgd_alpha", "reshuffle": "reshuffle",
-                   "search_rows": "search_rows", "surrogate_lr": "surrogate_lr",
-                   "trigger_search_rounds": "trigger_search_rounds", "trigger_per": "trigger_per",
-                   "trigger_top_k": "trigger_top_k", "batch_size": "protect_batch_size", "stop_loss": "stop_loss",
-                   "seed": "seed", "device": "device"}
-"""Protection setting (`ProtectConfig` field) <- notebook parameter."""
-
-
-def _settings(names: Mapping[str, str], params: Mapping, overrides: dict) -> dict:
-    missing = sorted(param for setting, param in names.items() if param not in params and setting not in overrides)
-    if missing:
-        raise KeyError(f"notebook parameters missing: {missing}")
-    return {**{setting: params[param] for setting, param in names.items() if setting not in overrides}, **overrides}
-
-
-def train_settings(params: Mapping, **overrides) -> dict:
-    """A `training_run`'s `train` dict from a notebook's parameters (pass `globals()`)."""
-    return _settings(TRAIN_PARAMS, params, overrides)
-
-
-def protect_schedule(params: Mapping, **overrides) -> dict:
-    """A `protection_run`'s `schedule` dict from a notebook's parameters (pass `globals()`)."""
-    return _settings(SCHEDULE_PARAMS, params, overrides)
 
 
 CHECKPOINT_FILES = {"train": "train_state.ckpt", "protect": "state.ckpt"}
@@ -67,15 +43,117 @@ def run_folder(kind: str, spec: dict) -> Path:
     return cache_root() / "runs" / kind / stable_hash({"kind": kind, "spec": spec, "version": CODE_VERSION})
 
 
+@dataclass
+class Plan:
+    """The runs an experiment needs, listed by a dry pass (`planning`) before any compute, so that
+    progress can say "run 3 of 5" and how long the rest may take."""
+
+    dry: bool = True
+    runs: dict = field(default_factory=dict)
+    """folder -> (kind, spec), in the order the experiment asks for them."""
+    todo: list = field(default_factory=list)
+    """Folders of the runs not yet in the cache."""
+    results: dict = field(default_factory=dict)
+    seconds_done: list = field(default_factory=list)
+
+    def label(self, folder: Path, description: str) -> str:
+        """"run k of n: <what it is>", printing an estimate of the time the plan has left."""
+        index = self.todo.index(folder) + 1 if folder in self.todo else 0
+        if not index:
+            return description
+        left = len(self.todo) - index + 1
+        done = self.seconds_done
+        estimate = (f"; about {progress.duration(sum(done) / len(done) * left)} left for these {left} runs "
+                    "(from the runs done so far)") if done else ""
+        print(f"run {index} of {len(self.todo)} to compute{estimate}", flush=True)
+        return f"run {index}/{len(self.todo)}: {description}"
+
+
+_PLAN: ContextVar[Plan | None] = ContextVar("mmue run plan", default=None)
+
+
 def cached(kind: str, spec: dict, compute: Callable[[Path], dict]) -> dict:
-    """`result.json` of the run of `kind` with `spec`, computing it (into its folder) if needed."""
+    """`result.json` of the run of `kind` with `spec`, computing it (into its folder) if needed.
+    In a dry pass (`planning`) nothing is computed: the run is noted, and returned as its spec and folder."""
     folder = run_folder(kind, spec)
     result_file = folder / "result.json"
+    plan = _PLAN.get()
+    if plan is not None and plan.dry:
+        if folder not in plan.runs:
+            plan.runs[folder] = (kind, spec)
+            if not result_file.is_file():
+                plan.todo.append(folder)
+        return {"kind": kind, "spec": spec, "folder": str(folder), "planned": True}
     if not result_file.is_file():
         folder.mkdir(parents=True, exist_ok=True)
         write_json(folder / "spec.json", spec)
-        write_json(result_file, {"kind": kind, "spec": spec, **compute(folder)})
-    return {**json.loads(result_file.read_text(encoding="utf-8")), "folder": str(folder)}
+        description = describe_run(kind, spec)
+        label = plan.label(folder, description) if plan else description
+        started = time.perf_counter()
+        with progress.labelled(label):
+            computed = compute(folder)
+        write_json(result_file, {"kind": kind, "spec": spec, **computed,
+                                 "provenance": provenance(spec.get("train", spec.get("config", {})).get("device"))})
+        if plan:
+            plan.seconds_done.append(time.perf_counter() - started)
+    result = {**json.loads(result_file.read_text(encoding="utf-8")), "folder": str(folder)}
+    if plan:
+        plan.results[folder] = result
+    return result
+
+
+def planning(function: Callable, *args, **kwargs) -> Plan:
+    """The runs `function(*args, **kwargs)` would use, listed without computing any."""
+    plan = Plan()
+    token = _PLAN.set(plan)
+    try:
+        function(*args, **kwargs)
+    finally:
+        _PLAN.reset(token)
+    return plan
+
+
+def planned(function: Callable) -> Callable:
+    """Make an experiment function list its runs first (a dry pass) and say what it will compute,
+    then run, numbering the runs it computes; afterwards warn about protections that did not
+    converge. Nested experiment calls join the outer plan."""
+
+    @wraps(function)
+    def run(*args, **kwargs):
+        if _PLAN.get() is not None:
+            return function(*args, **kwargs)
+        plan = planning(function, *args, **kwargs)
+        kinds = [plan.runs[folder][0] for folder in plan.todo]
+        if plan.todo:
+            print(f"{len(plan.runs)} runs: {len(plan.runs) - len(plan.todo)} from the cache, "
+                  f"{kinds.count('protect')} protection(s) and {kinds.count('train')} training run(s) to compute "
+                  f"(cache: {cache_root() / 'runs'})", flush=True)
+        plan.dry = False
+        token = _PLAN.set(plan)
+        try:
+            result = function(*args, **kwargs)
+        finally:
+            _PLAN.reset(token)
+        if not plan.todo:
+            print(f"all {len(plan.runs)} runs from the cache ({cache_root() / 'runs'})", flush=True)
+        for folder, (kind, spec) in plan.runs.items():
+            if kind == "protect":
+                warning = convergence_warning(spec, plan.results[folder]["history"])
+                if warning:
+                    print(f"warning: {warning}", file=sys.stderr, flush=True)
+        return result
+
+    return run
+
+
+def convergence_warning(spec: dict, history: list[dict]) -> str | None:
+    """Why a protection run did not reach its `stop_loss`, or None when it did (or has none)."""
+    config = ProtectConfig(**spec["config"])
+    if converged(config, history) is not False:
+        return None
+    return (f"{describe_run('protect', spec)} did not converge: its PGD loss is {history[-1]['noise_loss']:.3g} "
+            f"after {len(history)} round(s), above stop_loss {config.stop_loss:g}; such noise protects less "
+            "(more rounds: protect.max_rounds)")
 
 
 def describe_run(kind: str, spec: dict) -> str:
@@ -86,7 +164,7 @@ def describe_run(kind: str, spec: dict) -> str:
     if data["max_train_images"]:
         on += f" ({data['max_train_images']} train images)"
     if kind == "protect":
-        method = METHOD_LABELS.get(spec["method"], spec["method"])
+        method = METHODS[spec["method"]].label
         surrogate = f"a trained {spec['surrogate_model']}" if spec["surrogate"] else spec["surrogate_model"]
         return f"{method} seed {spec['config']['seed']} against {surrogate}, {on}"
     epochs = spec["train"]["epochs"]
@@ -96,7 +174,7 @@ def describe_run(kind: str, spec: dict) -> str:
     if spec["protection"]:
         protection = spec["protection"]
         share = "" if spec["fraction"] == 1 else f" {spec['fraction']:.0%}"
-        parts.append(f"on {METHOD_LABELS.get(protection['method'], protection['method'])}{share} data "
+        parts.append(f"on {METHODS[protection['method']].label}{share} data "
                      f"(seed {protection['config']['seed']})")
     if spec.get("defenses"):
         parts.append(defense_label(spec["defenses"]))
@@ -138,7 +216,7 @@ def run_record(run: dict) -> dict:
     seconds, log and final metrics. A local checkpoint standing in for a run has only its spec."""
     record = {"kind": run.get("kind", "checkpoint"), "key": Path(run["folder"]).name if "folder" in run else None,
               "spec": run["spec"]}
-    return {**record, **{k: run[k] for k in ("seconds", "final", "history") if k in run}}
+    return {**record, **{k: run[k] for k in ("seconds", "final", "history", "provenance") if k in run}}
 
 
 def flatten_runs(runs: Mapping, prefix: str = "") -> dict[str, dict]:
@@ -179,6 +257,7 @@ def load_data(spec: dict, split: str) -> PairDataset:
     return load_split(spec["data"], split, spec["image_size"], max_images=limit, progress=False)
 
 
+@planned
 def training_run(data: dict, model: str, context_length: int, train: dict, *, protection: dict | None = None,
                  fraction: float = 1.0, pretrained: dict | None = None, seed: int | None = None,
                  defenses: list | None = None, progress: bool = True) -> dict:
@@ -242,10 +321,11 @@ def run_model(run: dict) -> torch.nn.Module:
 
 def protection_config(method: str, schedule: dict | None = None, **overrides) -> ProtectConfig:
     """`method`'s preset over the `schedule` shared by all methods, under `overrides`."""
-    shared = {k: v for k, v in (schedule or {}).items() if k not in METHOD_PRESETS[method]}
+    shared = {k: v for k, v in (schedule or {}).items() if k not in METHODS[method].preset}
     return method_config(method, **{**shared, **overrides})
 
 
+@planned
 def protection_run(data: dict, method: str, surrogate_model: str, context_length: int, *,
                    schedule: dict | None = None, surrogate: dict | None = None, progress: bool = True,
                    **overrides) -> dict:
@@ -279,28 +359,76 @@ def load_protection(run: dict) -> Protection:
                       state["seconds"])
 
 
-METHOD_LABELS = {"em": "EM", "uap": "UAP", "tap": "TAP", "mem-3": "MEM-3", "mem-5": "MEM-5"}
-
-
+@planned
 def method_runs(data: dict, victim_model: str, surrogate_model: str, context_length: int, train: dict,
                 methods: list[str], schedule: dict, progress: bool = True) -> dict[str, dict]:
     """Table 1's rows: the clean victim, and per method its protection and the victim trained on it.
     Error-maximising methods (UAP, TAP) attack the clean victim itself as their surrogate."""
-    unknown = [m for m in methods if m not in METHOD_PRESETS] if isinstance(methods, list) else [methods]
+    unknown = [m for m in methods if m not in METHODS] if isinstance(methods, list) else [methods]
     if unknown:
-        raise ValueError(f"methods must be a list of {list(METHOD_PRESETS)}; got {methods!r} "
-                         "(with papermill, pass lists as YAML: -y 'methods: [em, mem-3]')")
+        raise ValueError(f"methods must be a list of {list(METHODS)}; got {methods!r}")
     clean = training_run(data, victim_model, context_length, train, progress=progress)
     experiment = {"Clean": {"protection": None, "victim": clean}}
     for method in methods:
-        surrogate = clean if METHOD_PRESETS[method].get("direction") == "maximize" else None
+        surrogate = clean if METHODS[method].needs_trained_surrogate else None
         protection = protection_run(data, method, surrogate_model, context_length, schedule=schedule,
                                     surrogate=surrogate, progress=progress)
         victim = training_run(data, victim_model, context_length, train, protection=protection, progress=progress)
-        experiment[METHOD_LABELS[method]] = {"protection": protection, "victim": victim}
+        experiment[METHODS[method].label] = {"protection": protection, "victim": victim}
     return experiment
 
 
+@planned
+def transfer_runs(data: dict, surrogate_model: str, context_length: int, train: dict, method: str, schedule: dict,
+                  victim_models: list[str], progress: bool = True) -> dict:
+    """Table 2's runs: `method`'s protection made on `surrogate_model`, and per victim architecture
+    a victim trained on clean and one on protected data, as {"protection": run,
+    architecture: {"clean": run, "protected": run}}."""
+    protection = protection_run(data, method, surrogate_model, context_length, schedule=schedule, progress=progress)
+    return {"protection": protection,
+            **{victim: {"clean": training_run(data, victim, context_length, train, progress=progress),
+                        "protected": training_run(data, victim, context_length, train, protection=protection,
+                                                  progress=progress)}
+               for victim in victim_models}}
+
+
+@planned
+def vocabulary_runs(data: dict, victim_model: str, surrogate_model: str, context_length: int, train: dict,
+                    methods: list[str], schedule: dict, method: str, mlm_path: str | None = None,
+                    progress: bool = True) -> dict:
+    """Table 3's runs: `method` with the free trigger vocabulary (Table 1's run) and with a
+    semantic one (a local masked LM at `mlm_path`, else the training captions' words), each with
+    its victim, beside Table 1's clean victim: {"Clean": run, "protection": {name: run},
+    "victim": {name: run}}."""
+    experiment = method_runs(data, victim_model, surrogate_model, context_length, train, methods, schedule, progress)
+    label, restricted = METHODS[method].label, "mlm" if mlm_path else "captions"
+    protections = {f"{label} free": experiment[label]["protection"],
+                   f"{label} semantic ({restricted})": protection_run(
+                       data, method, surrogate_model, context_length, schedule=schedule, progress=progress,
+                       trigger_vocab=restricted, mlm_path=mlm_path)}
+    return {"Clean": experiment["Clean"]["victim"], "protection": protections,
+            "victim": {name: training_run(data, victim_model, context_length, train, protection=protection,
+                                          progress=progress)
+                       for name, protection in protections.items()}}
+
+
+@planned
+def fraction_runs(data: dict, victim_model: str, surrogate_model: str, context_length: int, train: dict,
+                  methods: list[str], schedule: dict, fraction_methods: list[str], fractions: list[float],
+                  progress: bool = True) -> dict:
+    """The poisoning-fraction runs: Table 1's clean victim, and per method in `fraction_methods`
+    and fraction p a victim trained when a seeded p of the images carry Table 1's protection,
+    as {"Clean": run, (label, p): run}."""
+    experiment = method_runs(data, victim_model, surrogate_model, context_length, train, methods, schedule, progress)
+    seed = TrainConfig(**train).seed
+    return {"Clean": experiment["Clean"]["victim"],
+            **{(METHODS[method].label, fraction): training_run(
+                data, victim_model, context_length, train, protection=experiment[METHODS[method].label]["protection"],
+                fraction=fraction, seed=seed, progress=progress)
+               for method in fraction_methods for fraction in fractions}}
+
+
+@planned
 def defense_runs(data: dict, victim_model: str, surrogate_model: str, context_length: int, train: dict,
                  methods: list[str], schedule: dict, released: list[str], training: list[str],
                  progress: bool = True) -> dict[str, dict[str, dict]]:
@@ -339,6 +467,7 @@ def protection_overrides(text: str) -> dict:
     return overrides
 
 
+@planned
 def ablation_runs(data: dict, victim_model: str, surrogate_model: str, context_length: int, train: dict,
                   method: str, schedule: dict, flips: list[str], progress: bool = True) -> dict[str, dict]:
     """One protection of `method` per setting, each with the victim trained on it, as
@@ -356,6 +485,7 @@ def ablation_runs(data: dict, victim_model: str, surrogate_model: str, context_l
     return experiment
 
 
+@planned
 def seed_runs(data: dict, victim_model: str, surrogate_model: str, context_length: int, train: dict,
               methods: list[str], schedule: dict, transfer_method: str, transfer_victims: list[str],
               seeds: list[int], progress: bool = True) -> dict[str, dict]:
@@ -369,7 +499,7 @@ def seed_runs(data: dict, victim_model: str, surrogate_model: str, context_lengt
                              seeded_schedule, progress)
         protections = {label: entry["protection"] for label, entry in table1.items() if entry["protection"]}
         victims = {victim_model: {label: entry["victim"] for label, entry in table1.items()}}
-        transfer_label = METHOD_LABELS[transfer_method]
+        transfer_label = METHODS[transfer_method].label
         if transfer_label not in protections:
             protections[transfer_label] = protection_run(data, transfer_method, surrogate_model, context_length,
                                                          schedule=seeded_schedule, progress=progress)
@@ -383,6 +513,7 @@ def seed_runs(data: dict, victim_model: str, surrogate_model: str, context_lengt
     return experiment
 
 
+@planned
 def face_study_runs(pretrain_data: dict, face_data: dict, victim_models: list[str], surrogate_model: str,
                     context_length: int, pretrain: dict, finetune: dict, methods: list[str], schedule: dict,
                     checkpoints: dict[str, str] | None = None,
@@ -399,7 +530,7 @@ def face_study_runs(pretrain_data: dict, face_data: dict, victim_models: list[st
         return training_run(pretrain_data, model, context_length, pretrain, progress=progress)
 
     bases = {model: base(model) for model in dict.fromkeys([surrogate_model, *victim_models])}
-    protections = {METHOD_LABELS[method]: protection_run(face_data, method, surrogate_model, context_length,
+    protections = {METHODS[method].label: protection_run(face_data, method, surrogate_model, context_length,
                                                          schedule=schedule, surrogate=bases[surrogate_model],
                                                          progress=progress)
                    for method in methods}

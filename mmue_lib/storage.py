@@ -78,3 +78,32 @@ def save_numpy(path: str | os.PathLike, array: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, array)
+
+
+def provenance(device: str | None = "auto") -> dict:
+    """Where a result came from: the project's git commit (and whether tracked files had local
+    changes), package, torch and Python versions, the device a `device` setting resolves to, the
+    thread count and the process count."""
+    import platform
+    import subprocess
+    from importlib.metadata import PackageNotFoundError, version
+
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10,
+                                  check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    commit = git("rev-parse", "HEAD")
+    changes = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    try:
+        package = version("mmue")
+    except PackageNotFoundError:
+        package = None
+    resolved = ("cuda" if torch.cuda.is_available() else "cpu") if device in (None, "auto") else device
+    return {"git_commit": commit, "git_dirty": None if changes is None else bool(changes), "mmue": package,
+            "torch": torch.__version__, "python": platform.python_version(), "device": resolved,
+            "device_name": torch.cuda.get_device_name(resolved) if resolved.startswith("cuda") else platform.processor()
+            or platform.machine(), "threads": torch.get_num_threads(),
+            "processes": int(os.environ.get("WORLD_SIZE", "1"))}

@@ -17,10 +17,10 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from .data import PairDataset
 from .defenses import augment_batch
+from .progress import bar as progress_bar
 from .metrics import retrieval_metrics
 from .models import (Tokenizer, encode_images, encode_text, encode_texts, model_context_length,
                      normalize_pixels)
@@ -240,12 +240,15 @@ def train_clip(model: torch.nn.Module, train: TokenizedPairs, config: TrainConfi
         stepper.load_state_dict(state["stepper"])
         result.history, result.seconds, start_epoch = state["history"], state["seconds"], state["epoch"] + 1
     images = train.images.to(device)
+    bar = progress_bar(steps_per_epoch * config.epochs, "step", "training", enabled=progress,
+                       initial=steps_per_epoch * start_epoch)
     for epoch in range(start_epoch, config.epochs):
         started = time.perf_counter()
         losses = []
-        batches = epoch_batches(train, config, epoch)
-        for rows in tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False):
+        for rows in epoch_batches(train, config, epoch):
             losses.append(stepper.step(images[train.row_image[rows].to(device)], train.tokens[rows]))
+            bar.set_postfix_str(f"epoch {epoch + 1}/{config.epochs}, loss {losses[-1]:.3f}", refresh=False)
+            bar.update()
         record = {"epoch": epoch + 1, "train_loss": sum(losses) / max(1, len(losses)),
                   "lr": stepper.lr_at(stepper.step_count - 1), "steps": stepper.step_count,
                   "train_seconds": time.perf_counter() - started}
@@ -257,4 +260,5 @@ def train_clip(model: torch.nn.Module, train: TokenizedPairs, config: TrainConfi
             save_torch(checkpoint_path, {"config": asdict(config), "model": model.state_dict(),
                                          "stepper": stepper.state_dict(), "history": result.history,
                                          "seconds": result.seconds, "epoch": epoch})
+    bar.close()
     return result

@@ -1,40 +1,50 @@
-"""Every notebook runs at smoke scale through papermill and writes the files it declares."""
+"""Every notebook runs at smoke scale through papermill and writes the files it declares; Run All
+in JupyterLab and the papermill runner resolve the same settings and the same runs."""
 import ast
 import json
 
 import numpy as np
 import pandas as pd
 import pytest
+from papermill.iorw import load_notebook_node
+from papermill.parameterize import parameterize_notebook
 
-from mmue_lib.notebooks import (NOTEBOOK_DIR, PARAMS_DIR, declared_parameters, load_params, notebook_names,
-                                notebook_params, run_notebook)
+from mmue_lib.experiments import planned_runs
+from mmue_lib.notebooks import NOTEBOOK_DIR, notebook_metadata, notebook_names, notebook_parameters, run_notebook
+from mmue_lib.settings import load_settings, scales
 from mmue_lib.storage import expand_path
 
-SCALES = ("smoke", "cpu", "paper")
+PARAMETER_NAMES = ["scale", "overrides", "output_root"]
 
 
-def test_there_are_notebooks():
-    assert notebook_names()
+def code_cells(notebook: dict) -> list[str]:
+    return ["".join(c["source"]) for c in notebook["cells"] if c["cell_type"] == "code"]
+
+
+def read(name: str) -> dict:
+    """The notebook as papermill reads it."""
+    return load_notebook_node(str(NOTEBOOK_DIR / f"{name}.ipynb"))
+
+
+def test_there_are_notebooks_and_every_scale_has_their_params():
+    assert notebook_names() and scales() == ["cpu", "paper", "smoke"]
 
 
 @pytest.mark.parametrize("name", notebook_names())
-def test_source_notebook_is_clean_and_has_params_at_every_scale(name):
-    notebook = json.loads((NOTEBOOK_DIR / f"{name}.ipynb").read_text())
+def test_source_notebook_is_clean_and_its_parameters_cell_holds_only_what_papermill_injects(name):
+    notebook = read(name)
     code = [c for c in notebook["cells"] if c["cell_type"] == "code"]
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), "commit notebooks without outputs"
     assert "parameters" in code[0]["metadata"].get("tags", []), "the first code cell must be tagged 'parameters'"
+    assigned = [node.targets[0].id for node in ast.parse("".join(code[0]["source"])).body]
+    assert assigned == PARAMETER_NAMES
+    assert f'load_settings("{name}", scale, overrides, output_root)' in "".join(code[1]["source"])
     assert notebook["metadata"]["mmue"]["outputs"], "declare the files the notebook writes"
-    declared = declared_parameters(name)
-    for scale in SCALES:
-        own = load_params(PARAMS_DIR / scale / f"{name}.yaml")
-        assert set(own) <= declared, f"{scale}/{name}.yaml sets {sorted(set(own) - declared)}, not declared"
-        assert set(notebook_params(name, scale)) <= declared
 
 
 @pytest.mark.parametrize("name", notebook_names())
 def test_source_notebook_imports_each_name_once_and_uses_it(name):
-    notebook = json.loads((NOTEBOOK_DIR / f"{name}.ipynb").read_text())
-    tree = ast.parse("\n".join("".join(c["source"]) for c in notebook["cells"] if c["cell_type"] == "code"))
+    tree = ast.parse("\n".join(code_cells(read(name))))
     imported = [(alias.asname or alias.name).split(".")[0] for node in ast.walk(tree)
                 if isinstance(node, (ast.Import, ast.ImportFrom)) for alias in node.names]
     used = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
@@ -42,30 +52,59 @@ def test_source_notebook_imports_each_name_once_and_uses_it(name):
     assert len(imported) == len(set(imported)), "a name is imported twice"
 
 
-def test_shared_params_have_the_same_keys_at_every_scale():
-    keys = [set(load_params(PARAMS_DIR / scale / "shared.yaml")) for scale in SCALES]
-    assert keys[0] == keys[1] == keys[2]
+def settings_as_notebook_resolves_them(notebook: dict) -> object:
+    """Execute the parameters cell (and any injected one) and the settings cell, as Run All does."""
+    namespace = {}
+    cells = [c for c in notebook["cells"] if c["cell_type"] == "code"]
+    settings_cell = next(i for i, c in enumerate(cells) if "load_settings(" in "".join(c["source"]))
+    for cell in cells[:settings_cell + 1]:
+        exec("".join(cell["source"]), namespace)
+    return namespace["settings"]
 
 
-def test_params_must_be_flat(tmp_path):
-    (tmp_path / "p.yaml").write_text("a: 1\nb:\n  c: 2\n")
-    with pytest.raises(ValueError, match="key 'b' is nested"):
-        load_params(tmp_path / "p.yaml")
+@pytest.mark.parametrize("scale", ["smoke", "cpu", "paper"])
+@pytest.mark.parametrize("name", notebook_names())
+def test_run_all_in_jupyterlab_and_the_runner_give_the_same_settings_and_run_keys(name, scale):
+    in_lab = read(name)
+    parameters = in_lab["cells"][[c["cell_type"] for c in in_lab["cells"]].index("code")]
+    source = "".join(parameters["source"])
+    assert source.startswith('scale = "smoke"')
+    parameters["source"] = source.replace('scale = "smoke"', f'scale = "{scale}"', 1)
+    by_runner = parameterize_notebook(read(name), notebook_parameters(scale, {}))
+    lab, runner = settings_as_notebook_resolves_them(in_lab), settings_as_notebook_resolves_them(by_runner)
+    assert lab == runner == load_settings(name, scale)
+    lab_plan, runner_plan = planned_runs(lab), planned_runs(runner)
+    assert (lab_plan is None) == (runner_plan is None)
+    if lab_plan is not None:
+        assert list(lab_plan.runs) == list(runner_plan.runs) and lab_plan.runs
+
+
+def test_runner_overrides_reach_the_notebook_as_in_jupyterlab(tmp_path):
+    overrides = {"train.epochs": 1, "data.max_train_images": 40}
+    by_runner = parameterize_notebook(read("02_table1"), notebook_parameters("smoke", overrides, tmp_path))
+    settings = settings_as_notebook_resolves_them(by_runner)
+    assert settings == load_settings("02_table1", "smoke", overrides, tmp_path)
+    assert settings.train["epochs"] == 1 and settings.data["max_train_images"] == 40
+    assert settings.results_dir == tmp_path / "results" / "smoke"
 
 
 @pytest.mark.notebook
 @pytest.mark.parametrize("name", notebook_names())
 def test_notebook_runs_at_smoke_scale(name, tmp_path):
-    needed = [expand_path(v) for v in notebook_params(name, "smoke").values()
+    settings = load_settings(name, "smoke")
+    needed = [expand_path(v) for v in (settings.data["data"], *settings.options.values())
               if isinstance(v, str) and "MMUE_DATA" in v]
     missing = [str(path) for path in needed if not path.exists()]
     if missing:
         pytest.skip(f"{name} at smoke scale reads real data not found at {', '.join(missing)} "
                     "(set MMUE_DATA to the folder holding flickr8k/ and faces20/)")
     executed = run_notebook(name, "smoke", output_root=tmp_path)
-    assert executed.is_file()
-    outputs = json.loads((NOTEBOOK_DIR / f"{name}.ipynb").read_text())["metadata"]["mmue"]["outputs"]
-    for relative in outputs:
+    outputs = [output for cell in json.loads(executed.read_text())["cells"] for output in cell.get("outputs", [])]
+    assert not [o for o in outputs if o["output_type"] == "error"]
+    shown = "".join(o.get("text", "") if isinstance(o.get("text"), str) else "".join(o.get("text", []))
+                    for o in outputs)
+    assert "PosixPath" not in shown and "TqdmWarning" not in shown and "IProgress" not in shown
+    for relative in notebook_metadata(name)["outputs"]:
         folder, file_name = relative.split("/", 1)
         path = tmp_path / folder / "smoke" / file_name
         assert path.is_file() and path.stat().st_size > 0, f"{name} did not write {relative}"
@@ -76,7 +115,7 @@ def test_notebook_runs_at_smoke_scale(name, tmp_path):
             assert len(table) and numbers.size and np.isfinite(numbers).all(), f"{relative} has missing or non-finite numbers"
 
 
-def test_overrides_reach_only_the_notebooks_that_declare_them(tmp_path, monkeypatch):
+def test_set_reaches_only_the_notebooks_that_have_the_setting(tmp_path, monkeypatch, capsys):
     import papermill
 
     from mmue_lib import notebooks
@@ -85,24 +124,28 @@ def test_overrides_reach_only_the_notebooks_that_declare_them(tmp_path, monkeypa
     monkeypatch.setattr(papermill, "execute_notebook",
                         lambda source, out, parameters, **kwargs: seen.__setitem__(source, parameters))
     assert notebooks.main(["--scale", "smoke", "--only", "01_data_overview", "08_poisoning_fraction",
-                           "--set", "fractions=[0.5]", "--set", "example_count=2",
+                           "--set", "fractions=[0.5]", "--set", "example_count=2", "--set", "train.epochs=1",
                            "--output-root", str(tmp_path)]) == 0
     first, fraction = (seen[str(NOTEBOOK_DIR / f"{n}.ipynb")] for n in ("01_data_overview", "08_poisoning_fraction"))
-    assert fraction["fractions"] == [0.5] and "fractions" not in first
-    assert first["example_count"] == 2 and first["results_dir"] == str(tmp_path / "results" / "smoke")
-    with pytest.raises(SystemExit):
-        notebooks.main(["--scale", "smoke", "--set", "no-equals-sign"])
+    assert fraction["overrides"] == {"fractions": [0.5], "train.epochs": 1}
+    assert first["overrides"] == {"example_count": 2, "train.epochs": 1}
+    assert first["output_root"] == str(tmp_path) and first["scale"] == "smoke"
+    printed = capsys.readouterr().out
+    assert "08_poisoning_fraction: 11 runs, 0 in the cache or made by a notebook before it" in printed and "in all about" in printed
+    for bad in (["--set", "no-equals-sign"], ["--set", "train.epoch=2"], ["--only", "01_data_overview", "--set", "fractions=[1]"]):
+        with pytest.raises(SystemExit):
+            notebooks.main(["--scale", "smoke", *bad])
 
 
-@pytest.mark.parametrize("scale", SCALES)
-def test_setting_strings_in_params_parse_at_every_scale(scale):
-    """Ablation flips and countermeasures are strings in params: a typo must fail here, not hours into a run."""
-    from mmue_lib import defenses, runs
+def test_plan_lists_the_parts_without_running_anything(monkeypatch, capsys):
+    import papermill
 
-    ablation = notebook_params("11_ablation", scale)
-    for flip in ablation["ablation_flips"]:
-        runs.protection_overrides(flip)
-    countermeasures = notebook_params("10_defenses", scale)
-    defenses.parse_defenses(countermeasures["released_defenses"])
-    for setting in countermeasures["training_defenses"]:
-        defenses.parse_settings(setting)
+    from mmue_lib import notebooks
+
+    monkeypatch.setattr(papermill, "execute_notebook", lambda *args, **kwargs: pytest.fail("--plan ran a notebook"))
+    assert notebooks.main(["--scale", "cpu", "--part", "extensions", "--plan"]) == 0
+    printed = capsys.readouterr().out
+    assert "will run 3 notebook(s)" in printed and "12_seeds: 33 runs" in printed and "02_table1" not in printed
+    assert notebooks.main(["--scale", "cpu", "--part", "paper", "--plan"]) == 0
+    printed = capsys.readouterr().out
+    assert "will run 9 notebook(s)" in printed and "10_defenses" not in printed and "about 5.2 h" in printed

@@ -58,7 +58,7 @@ def test_fine_tuning_starts_from_a_cached_model(fresh_cache):
 
 def test_method_list_is_checked_before_any_run(fresh_cache):
     data = runs.data_spec("synthetic", 32, max_train_images=24, max_test_images=10)
-    with pytest.raises(ValueError, match="-y 'methods"):
+    with pytest.raises(ValueError, match="methods must be a list of"):
         runs.method_runs(data, "RN-tiny", "RN-tiny", 32, {}, "[em, mem-3]", {})
     with pytest.raises(ValueError, match="mem-9"):
         runs.method_runs(data, "RN-tiny", "RN-tiny", 32, {}, ["em", "mem-9"], {})
@@ -82,25 +82,31 @@ def test_a_local_state_dict_stands_in_for_a_pretraining_run(fresh_cache, tmp_pat
         runs.checkpoint_run(str(tmp_path / "missing.pt"), "RN-tiny", 32, 32)
 
 
-NOTEBOOK_PARAMS = dict(epochs=8, batch_size=128, lr=5e-4, weight_decay=0.2, warmup_steps=50,
-                       rows_per_epoch="one_per_image", seed=0, device="auto", eps=8, pgd_steps=4, protect_rounds=3,
-                       surrogate_steps=40, pgd_alpha=2, reshuffle="batch", search_rows="one_per_image",
-                       surrogate_lr=1e-4, trigger_search_rounds=1, trigger_per="image", trigger_top_k=8,
-                       protect_batch_size=64, stop_loss=0.01, victim_model="RN-small")
+def test_a_run_records_where_it_came_from(fresh_cache):
+    _, victim = small_runs()
+    provenance = victim["provenance"]
+    assert len(provenance["git_commit"]) == 40 and isinstance(provenance["git_dirty"], bool)
+    assert provenance["torch"] == torch.__version__ and provenance["device"] == "cpu"
+    assert provenance["threads"] == torch.get_num_threads() and provenance["processes"] == 1
+    assert runs.run_record(victim)["provenance"] == provenance
 
 
-def test_settings_from_notebook_parameters_name_every_protect_field():
-    train = runs.train_settings(NOTEBOOK_PARAMS)
-    assert train == dict(epochs=8, batch_size=128, lr=5e-4, weight_decay=0.2, warmup_steps=50,
-                         rows_per_epoch="one_per_image", seed=0, device="auto")
-    TrainConfig(**train)
-    schedule = runs.protect_schedule(NOTEBOOK_PARAMS, max_rounds=5)
-    assert schedule["max_rounds"] == 5 and schedule["alpha"] == 2 and schedule["batch_size"] == 64
-    runs.method_config("mem-3", **schedule)
-    without_rounds = {k: v for k, v in NOTEBOOK_PARAMS.items() if k != "protect_rounds"}
-    assert runs.protect_schedule(without_rounds, max_rounds=2)["max_rounds"] == 2
-    with pytest.raises(KeyError, match="pgd_alpha"):
-        runs.protect_schedule({k: v for k, v in NOTEBOOK_PARAMS.items() if k != "pgd_alpha"})
+def test_an_experiment_lists_its_runs_first_numbers_them_and_warns_when_a_protection_did_not_converge(
+        fresh_cache, capsys):
+    data = runs.data_spec("synthetic", 32, max_train_images=24, max_test_images=10)
+    train = vars(TrainConfig(epochs=1, batch_size=12, device="cpu"))
+    schedule = dict(max_rounds=1, surrogate_steps=2, batch_size=12, trigger_top_k=2, device="cpu")
+    plan = runs.planning(runs.method_runs, data, "RN-tiny", "RN-tiny", 32, train, ["mem-3"], schedule)
+    assert [kind for kind, _ in plan.runs.values()] == ["train", "protect", "train"] and len(plan.todo) == 3
+    assert not (fresh_cache / "runs").exists(), "planning computes nothing"
+    runs.method_runs(data, "RN-tiny", "RN-tiny", 32, train, ["mem-3"], schedule)
+    out, err = capsys.readouterr()
+    assert "3 runs: 0 from the cache, 1 protection(s) and 2 training run(s) to compute" in out
+    assert "run 3/3: RN-tiny seed 0, 1 epoch, synthetic 32 px (24 train images), on MEM-3 data (seed 0)" in out
+    assert "MEM-3 seed 0 against RN-tiny" in err and "did not converge" in err and "stop_loss 0.01" in err
+    runs.method_runs(data, "RN-tiny", "RN-tiny", 32, train, ["mem-3"], schedule)
+    out, err = capsys.readouterr()
+    assert "all 3 runs from the cache" in out and "did not converge" in err
 
 
 def test_run_records_keep_spec_times_and_metrics_of_nested_runs(fresh_cache, tmp_path):
@@ -181,6 +187,7 @@ def test_cache_status_lists_done_and_interrupted_runs(fresh_cache, monkeypatch, 
     assert status[1]["seconds"] == victim["seconds"] and status[2]["seconds"] is None
     assert [row["key"] for row in runs.cache_status("protect")] == [status[0]["key"]]
 
+    capsys.readouterr()
     assert main(["runs"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 5 and "epoch 1 of 3 saved" in lines[3]

@@ -1,0 +1,91 @@
+"""Each notebook's runs, built from its `Settings`: the one call a notebook makes to get them.
+
+`BY_NOTEBOOK` maps a notebook to its function, so that the runner can list a notebook's runs
+before it starts (`runs.planning`) and the tests can check their cache keys.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from . import runs
+from .settings import Settings
+
+
+def table1(settings: Settings) -> dict:
+    """Table 1 (and Figures 4-6): the clean victim, and per method its protection and the victim
+    trained on it (`runs.method_runs`)."""
+    s = settings
+    return runs.method_runs(s.data, s.victim_model, s.surrogate_model, s.context_length, s.train, s.methods, s.schedule)
+
+
+def table2(settings: Settings) -> dict:
+    """Table 2: one protection made on the surrogate, victims of several architectures on clean
+    and protected data (`runs.transfer_runs`)."""
+    s, o = settings, settings.options
+    return runs.transfer_runs(s.data, s.surrogate_model, s.context_length, s.train, o.transfer_method, s.schedule,
+                              o.victim_models)
+
+
+def semantic_triggers(settings: Settings) -> dict:
+    """Table 3: free against semantic trigger vocabulary (`runs.vocabulary_runs`)."""
+    s, o = settings, settings.options
+    return runs.vocabulary_runs(s.data, s.victim_model, s.surrogate_model, s.context_length, s.train, s.methods,
+                                s.schedule, o.semantic_method, o.semantic_mlm_path)
+
+
+def poisoning_fraction(settings: Settings) -> dict:
+    """Victims trained when only a fraction of the images is protected (`runs.fraction_runs`)."""
+    s, o = settings, settings.options
+    return runs.fraction_runs(s.data, s.victim_model, s.surrogate_model, s.context_length, s.train, s.methods,
+                              s.schedule, o.fraction_methods, o.fractions)
+
+
+def face_data(settings: Settings) -> dict:
+    """The face study's data: the face folder at the shared image size, captioned from names."""
+    o = settings.options
+    return runs.data_spec(o.face_data, settings.data["image_size"], named_faces=dict(
+        people=o.face_people, captions_per_image=o.face_captions_per_image, seed=settings.seed))
+
+
+def faces(settings: Settings) -> tuple[dict, dict]:
+    """Table 4: pretrained victims fine-tuned on clean and protected face pairs (`runs.face_study_runs`)."""
+    s, o = settings, settings.options
+    checkpoints = {model: path for model, path in zip(o.face_victims, o.face_pretrained_paths) if path}
+    return runs.face_study_runs(s.data, face_data(s), o.face_victims, o.face_surrogate, s.context_length, s.train,
+                                s.train_with(o.face_finetune), o.face_methods, s.schedule_with(o.face_protect),
+                                checkpoints)
+
+
+def defenses(settings: Settings) -> dict:
+    """Countermeasures against each method (`runs.defense_runs`)."""
+    s, o = settings, settings.options
+    return runs.defense_runs(s.data, s.victim_model, s.surrogate_model, s.context_length, s.train, o.defense_methods,
+                             s.schedule, o.released_defenses, o.training_defenses)
+
+
+def ablation(settings: Settings) -> dict:
+    """Paper-vs-code settings flipped one at a time (`runs.ablation_runs`)."""
+    s, o = settings, settings.options
+    return runs.ablation_runs(s.data, s.victim_model, s.surrogate_model, s.context_length, s.train, o.ablation_method,
+                              s.schedule, o.ablation_flips)
+
+
+def seeds(settings: Settings) -> dict:
+    """Tables 1 and 2 once per seed (`runs.seed_runs`)."""
+    s, o = settings, settings.options
+    return runs.seed_runs(s.data, s.victim_model, s.surrogate_model, s.context_length, s.train, o.seed_methods,
+                          s.schedule, o.transfer_method, o.victim_models, o.seeds)
+
+
+BY_NOTEBOOK: dict[str, Callable[[Settings], object] | None] = {
+    "01_data_overview": None, "02_table1": table1, "03_table2": table2, "04_figure4": table1, "05_figure5": table1,
+    "06_figure6": table1, "07_semantic_triggers": semantic_triggers, "08_poisoning_fraction": poisoning_fraction,
+    "09_faces": faces, "10_defenses": defenses, "11_ablation": ablation, "12_seeds": seeds,
+}
+"""The experiment function of every notebook (None: it trains nothing)."""
+
+
+def planned_runs(settings: Settings) -> runs.Plan | None:
+    """The runs a notebook's experiment needs and which of them the cache lacks, computing nothing."""
+    function = BY_NOTEBOOK[settings.notebook]
+    return None if function is None else runs.planning(function, settings)
