@@ -7,12 +7,14 @@ export MMUE_DATA ?= $(abspath ../shared/data)
 SCALE ?= $(if $(wildcard $(MMUE_DATA)/flickr8k/train.csv),cpu,smoke)
 NB ?=
 PART ?=
+LAB_FLAGS ?=
+BROWSER_VENV := .venv-browser
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: help install test smoke repro plan executed nb tables figures lab clean
+.PHONY: help install test browser-test smoke repro plan executed nb tables figures lab clean
 
 help: ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 	@echo "  SCALE=smoke|cpu|paper (now: $(SCALE)); PART=paper|extensions (01-09 or 10-12; default all); MMUE_DATA=$(MMUE_DATA)"
 
 $(STAMP): pyproject.toml
@@ -30,6 +32,12 @@ install: $(STAMP) ## create .venv and install the package with its test tools
 
 test: $(STAMP) ## run the test suite (unit tests + every notebook at smoke scale)
 	$(PY) -m pytest -q
+
+browser-test: $(STAMP) ## Run All of 01 and 02 (smoke) in JupyterLab, in headless Chromium with selenium (a few minutes)
+	@test -x /usr/bin/chromedriver || { echo "needs Debian's browser: apt-get install -y chromium chromium-driver"; exit 2; }
+	test -x $(BROWSER_VENV)/bin/python || $(PYTHON) -m venv $(BROWSER_VENV)
+	$(BROWSER_VENV)/bin/python -m pip install -q selenium
+	$(BROWSER_VENV)/bin/python tests/browser/lab_run_all.py
 
 smoke: $(STAMP) ## execute every notebook at smoke scale
 	$(PY) -m mmue_lib.notebooks --scale smoke
@@ -53,7 +61,7 @@ figures: $(STAMP) ## execute the notebooks that write figures
 	$(PY) -m mmue_lib.notebooks --scale $(SCALE) --produces figure
 
 lab: $(STAMP) ## start JupyterLab with the project's kernel (as root too: containers, CI runners)
-	$(VENV)/bin/jupyter lab $(ROOT_FLAG) notebooks
+	$(VENV)/bin/jupyter lab $(ROOT_FLAG) $(LAB_FLAGS) notebooks
 
 clean: ## remove executed notebooks other than the committed cpu ones, and Python caches (not .venv, not results)
 	rm -rf executed/smoke executed/paper .pytest_cache

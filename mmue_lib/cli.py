@@ -7,7 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from . import data
-from .protect import METHODS
+from .protect import METHODS, SCHEDULES
 from .storage import write_json
 
 
@@ -114,7 +114,8 @@ def _protect(args: argparse.Namespace) -> None:
     import time
 
     from .models import create_clip, load_clip, model_image_size
-    from .protect import export_protected, generate_protection, method_config, protected_dataset
+    from .protect import export_protected, generate_protection, protected_dataset
+    from .runs import protection_config
 
     out = Path(args.out)
     state = out / "protect_state.ckpt"
@@ -125,7 +126,7 @@ def _protect(args: argparse.Namespace) -> None:
     for key in ("trigger_len", "max_rounds", "surrogate_steps", "pgd_steps", "trigger_per", "noise_per"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
-    config = method_config(args.method, **overrides)
+    config = protection_config(args.method, SCHEDULES[args.schedule], **overrides)
     if config.direction == "maximize" and not args.surrogate:
         raise ValueError(f"--method {args.method} attacks a clean-trained surrogate: pass --surrogate PATH")
     if args.surrogate:
@@ -252,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     protect.add_argument("--csv", required=True)
     protect.add_argument("--out", required=True, help="folder for images/*.png, protected.csv, report.json")
     protect.add_argument("--method", default="mem-3", choices=list(METHODS))
+    protect.add_argument("--schedule", default="official", choices=list(SCHEDULES),
+                         help="protection schedule (mmue_lib.protect.SCHEDULES): official = the official code's "
+                              "20 rounds x 200 surrogate steps; calibrated = the cpu schedule chosen on Flickr8k val "
+                              "(3 rounds x 40 steps, per-image triggers); the options below override it")
     protect.add_argument("--trigger-len", type=int, help="override the method's trigger length (MEM-k)")
     protect.add_argument("--eps", type=int, default=8, help="L-inf bound in 1/255 steps")
     protect.add_argument("--size", type=int, help="image size (default: the surrogate's or the model's)")

@@ -324,6 +324,8 @@ def test_protect_command_writes_publishable_data(tmp_path, capsys):
     assert published.num_images == 13 and all(len(c.split()) > 3 for c in published.captions)
     assert not (out / "protect_state.ckpt").exists()
     assert main(args) == 2 and "not empty" in capsys.readouterr().err
-    assert main(args + ["--force"]) == 0
+    assert main(args + ["--force", "--schedule", "calibrated"]) == 0
+    config = json.loads((out / "report.json").read_text())["config"]
+    assert (config["alpha"], config["trigger_per"], config["max_rounds"]) == (2, "image", 1), "options win over the schedule"
     assert main(["protect", "--csv", str(csv_path), "--out", str(tmp_path / "o2"), "--method", "uap"]) == 2
     assert "--surrogate" in capsys.readouterr().err

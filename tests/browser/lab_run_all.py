@@ -1,0 +1,164 @@
+"""A reader's Run All, in a real browser: JupyterLab started as `make lab` starts it, headless
+Chromium (Debian's `chromium` and `chromium-driver`) driven by selenium, opens notebooks at
+smoke scale, runs all their cells from the Run menu, and checks that no cell shows an error,
+that every cell ran, and that Table 1 rendered. Screenshots go to --screenshots.
+
+    make browser-test          # or: python tests/browser/lab_run_all.py --notebooks 01_data_overview 02_table1
+
+Not collected by pytest (it takes minutes and needs a browser); `make browser-test` runs it.
+It leaves the source notebooks as they were (autosave is off, nothing is saved) and keeps its
+runs in a temporary cache.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
+
+PROJECT = Path(__file__).resolve().parents[2]
+CHECKS = {"02_table1": ("Table 1", ["MEM-3", "i2t_MedR", "Random"])}
+"""Per notebook: a table that must render, and words it must contain."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_lab(port: int, token: str, workdir: Path) -> subprocess.Popen:
+    """`make lab` with a fixed port and token, no browser, autosave off, a temporary run cache."""
+    settings = workdir / "lab-settings" / "@jupyterlab"
+    for extension, file, values in (("docmanager-extension", "plugin", {"autosave": False}),
+                                    ("notebook-extension", "tracker", {"windowingMode": "none"}),
+                                    ("apputils-extension", "notification", {"fetchNews": "false"})):
+        (settings / extension).mkdir(parents=True)
+        (settings / extension / f"{file}.jupyterlab-settings").write_text(json.dumps(values))
+    env = {**os.environ, "JUPYTERLAB_SETTINGS_DIR": str(workdir / "lab-settings"),
+           "MMUE_CACHE": str(workdir / "cache"), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    flags = (f"--no-browser --ServerApp.ip=127.0.0.1 --ServerApp.port={port} "
+             f"--IdentityProvider.token={token} --ServerApp.port_retries=0")
+    return subprocess.Popen(["make", "-s", "lab", f"LAB_FLAGS={flags}"], cwd=PROJECT, env=env,
+                            stdout=open(workdir / "lab.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_for_server(port: int, process: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"JupyterLab exited ({process.returncode}):\n{log.read_text()[-3000:]}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(1)
+    raise TimeoutError(f"JupyterLab did not listen on {port} within {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def browser() -> webdriver.Chrome:
+    options = webdriver.ChromeOptions()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1500,1100"):
+        options.add_argument(flag)
+    options.binary_location = "/usr/bin/chromium"
+    return webdriver.Chrome(service=webdriver.ChromeService("/usr/bin/chromedriver"), options=options)
+
+
+def click_menu(driver: webdriver.Chrome, menu: str, item: str) -> None:
+    wait = WebDriverWait(driver, 30)
+    wait.until(expected_conditions.element_to_be_clickable(
+        (By.XPATH, f"//li[contains(@class,'lm-MenuBar-item')][.//div[text()='{menu}']]"))).click()
+    wait.until(expected_conditions.element_to_be_clickable(
+        (By.XPATH, f"//li[contains(@class,'lm-Menu-item')][.//div[text()='{item}']]"))).click()
+
+
+def run_all(driver: webdriver.Chrome, base: str, token: str, name: str, timeout: float, shots: Path) -> dict:
+    """Open `name`, Run All Cells, wait until every code cell has run; what the page shows."""
+    driver.get(f"{base}/lab/tree/{name}.ipynb?token={token}")
+    wait = WebDriverWait(driver, 120)
+    wait.until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, ".jp-Notebook .jp-CodeCell")))
+    wait.until(lambda d: "Idle" in d.find_element(By.CSS_SELECTOR, ".jp-Notebook-ExecutionIndicator").get_attribute(
+        "data-status").capitalize() if d.find_elements(By.CSS_SELECTOR, ".jp-Notebook-ExecutionIndicator") else True)
+    time.sleep(2)
+    started = time.time()
+    click_menu(driver, "Run", "Run All Cells")
+
+    def prompts() -> list[str]:
+        return [p.text.strip() for p in driver.find_elements(By.CSS_SELECTOR, ".jp-CodeCell .jp-InputPrompt")]
+
+    def finished(_) -> bool:
+        shown = prompts()
+        return bool(shown) and all(p.startswith("[") and p not in ("[ ]:", "[*]:", "[]:") for p in shown)
+
+    WebDriverWait(driver, timeout, poll_frequency=2).until(finished)
+    seconds = time.time() - started
+    time.sleep(2)
+    outputs = driver.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output")
+    errors = [o.text[:500] for o in outputs
+              if "Traceback" in o.text or o.get_attribute("data-mime-type") == "application/vnd.jupyter.error"]
+    tables = [t.text for t in driver.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output table")]
+    stderr = [o.text[:300] for o in outputs if o.get_attribute("data-mime-type") == "application/vnd.jupyter.stderr"]
+    images = driver.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output img")
+    cells = driver.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-Cell")
+    for index, cell in enumerate(cells):
+        driver.execute_script("arguments[0].scrollIntoView({block: 'start'})", cell)
+        time.sleep(0.5)
+        driver.save_screenshot(str(shots / f"{name}-cell{index:02d}.png"))
+    return {"notebook": name, "seconds": round(seconds), "cells": len(prompts()), "prompts": prompts(),
+            "errors": errors, "tables": len(tables), "table_text": tables, "images": len(images),
+            "stderr": stderr}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--notebooks", nargs="+", default=["01_data_overview", "02_table1"])
+    parser.add_argument("--timeout", type=float, default=1200, help="seconds per notebook's Run All")
+    parser.add_argument("--screenshots", type=Path, default=Path(tempfile.gettempdir()) / "mmue-browser-test")
+    args = parser.parse_args()
+    args.screenshots.mkdir(parents=True, exist_ok=True)
+    port, token = free_port(), secrets.token_hex(16)
+    failures = []
+    with tempfile.TemporaryDirectory(prefix="mmue-lab-") as folder:
+        workdir = Path(folder)
+        lab = start_lab(port, token, workdir)
+        driver = None
+        try:
+            wait_for_server(port, lab, workdir / "lab.log")
+            driver = browser()
+            for name in args.notebooks:
+                seen = run_all(driver, f"http://127.0.0.1:{port}", token, name, args.timeout, args.screenshots)
+                print(json.dumps({k: v for k, v in seen.items() if k not in ("table_text", "prompts")}), flush=True)
+                if seen["errors"]:
+                    failures.append(f"{name}: error output: {seen['errors']}")
+                if name in CHECKS:
+                    title, words = CHECKS[name]
+                    if not any(all(word in text for word in words) for text in seen["table_text"]):
+                        failures.append(f"{name}: {title} did not render (tables: {seen['table_text'][:2]})")
+        except (WebDriverException, TimeoutError, RuntimeError) as error:
+            failures.append(f"{type(error).__name__}: {error}")
+        finally:
+            if driver is not None:
+                driver.quit()
+            os.killpg(lab.pid, 15)
+            lab.wait(timeout=30)
+    print(f"screenshots in {args.screenshots}")
+    for failure in failures:
+        print(f"FAILED {failure}", file=sys.stderr)
+    print(f"{len(args.notebooks) - len({f.split(':')[0] for f in failures if f.split(':')[0] in args.notebooks})} passed, "
+          f"{len({f.split(':')[0] for f in failures})} failed")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
