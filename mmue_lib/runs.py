@@ -61,11 +61,10 @@ class Plan:
         index = self.todo.index(folder) + 1 if folder in self.todo else 0
         if not index:
             return description
-        left = len(self.todo) - index + 1
-        done = self.seconds_done
-        estimate = (f"; about {progress.duration(sum(done) / len(done) * left)} left for these {left} runs "
-                    "(from the runs done so far)") if done else ""
-        print(f"run {index} of {len(self.todo)} to compute{estimate}", flush=True)
+        left, done = len(self.todo) - index + 1, self.seconds_done
+        if done:
+            print(f"run {index} of {len(self.todo)}: about {progress.duration(sum(done) / len(done) * left)} left "
+                  f"for the {left} run(s) still to compute (from the runs done so far)", flush=True)
         return f"run {index}/{len(self.todo)}: {description}"
 
 

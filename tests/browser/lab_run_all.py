@@ -85,12 +85,15 @@ def click_menu(driver: webdriver.Chrome, menu: str, item: str) -> None:
 
 def run_all(driver: webdriver.Chrome, base: str, token: str, name: str, timeout: float, shots: Path) -> dict:
     """Open `name`, Run All Cells, wait until every code cell has run; what the page shows."""
-    driver.get(f"{base}/lab/tree/{name}.ipynb?token={token}")
+    driver.get(f"{base}/lab/workspaces/{name}/tree/{name}.ipynb?reset&token={token}")
     wait = WebDriverWait(driver, 120)
-    wait.until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, ".jp-Notebook .jp-CodeCell")))
-    wait.until(lambda d: "Idle" in d.find_element(By.CSS_SELECTOR, ".jp-Notebook-ExecutionIndicator").get_attribute(
-        "data-status").capitalize() if d.find_elements(By.CSS_SELECTOR, ".jp-Notebook-ExecutionIndicator") else True)
-    time.sleep(2)
+    wait.until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, ".jp-Notebook .jp-CodeCell")),
+               message=f"{name} did not open")
+    wait.until(lambda d: "idle" in d.find_element(By.CSS_SELECTOR, ".jp-Notebook-toolbarKernelStatus, "
+                                                  ".jp-KernelStatus").get_attribute("outerHTML").lower()
+               if d.find_elements(By.CSS_SELECTOR, ".jp-Notebook-toolbarKernelStatus, .jp-KernelStatus") else True,
+               message=f"{name}: the kernel did not start")
+    time.sleep(3)
     started = time.time()
     click_menu(driver, "Run", "Run All Cells")
 
@@ -101,7 +104,8 @@ def run_all(driver: webdriver.Chrome, base: str, token: str, name: str, timeout:
         shown = prompts()
         return bool(shown) and all(p.startswith("[") and p not in ("[ ]:", "[*]:", "[]:") for p in shown)
 
-    WebDriverWait(driver, timeout, poll_frequency=2).until(finished)
+    WebDriverWait(driver, timeout, poll_frequency=2).until(
+        finished, message=f"{name}: Run All did not finish within {timeout:.0f} s; prompts {prompts()}")
     seconds = time.time() - started
     time.sleep(2)
     outputs = driver.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output")
@@ -135,9 +139,11 @@ def main() -> int:
         driver = None
         try:
             wait_for_server(port, lab, workdir / "lab.log")
-            driver = browser()
             for name in args.notebooks:
+                driver = browser()
                 seen = run_all(driver, f"http://127.0.0.1:{port}", token, name, args.timeout, args.screenshots)
+                driver.quit()
+                driver = None
                 print(json.dumps({k: v for k, v in seen.items() if k not in ("table_text", "prompts")}), flush=True)
                 if seen["errors"]:
                     failures.append(f"{name}: error output: {seen['errors']}")
@@ -146,6 +152,8 @@ def main() -> int:
                     if not any(all(word in text for word in words) for text in seen["table_text"]):
                         failures.append(f"{name}: {title} did not render (tables: {seen['table_text'][:2]})")
         except (WebDriverException, TimeoutError, RuntimeError) as error:
+            if driver is not None:
+                driver.save_screenshot(str(args.screenshots / "failure.png"))
             failures.append(f"{type(error).__name__}: {error}")
         finally:
             if driver is not None:
@@ -155,8 +163,7 @@ def main() -> int:
     print(f"screenshots in {args.screenshots}")
     for failure in failures:
         print(f"FAILED {failure}", file=sys.stderr)
-    print(f"{len(args.notebooks) - len({f.split(':')[0] for f in failures if f.split(':')[0] in args.notebooks})} passed, "
-          f"{len({f.split(':')[0] for f in failures})} failed")
+    print("browser test: " + ("failed" if failures else f"Run All of {', '.join(args.notebooks)} showed no error"))
     return 1 if failures else 0
 
 
