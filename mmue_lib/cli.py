@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import difflib
+import json
+import math
+import shutil
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -85,6 +89,11 @@ def _check(args: argparse.Namespace) -> None:
 
     victims = {"Clean": (args.clean, _victim_model(args)), "Protected": (args.protected, _victim_model(args))}
     size = model_image_size(victims["Clean"][1])
+    made_at = _protected_size(Path(args.protected))
+    if made_at is not None and made_at != size:
+        print(f"warning: {args.protected} was protected at {made_at} px and is checked at {size} px: its images are "
+              f"rescaled, which may weaken the noise; pass --size {made_at} to check it as it was made",
+              file=sys.stderr)
     sets = {label: data.load_csv_dataset(csv, size, max_images=args.max_images) for label, (csv, _) in victims.items()}
     test = data.load_csv_dataset(args.test_csv, size)
     shared = data.count_shared_images(sets["Clean"], test)
@@ -95,10 +104,46 @@ def _check(args: argparse.Namespace) -> None:
     finals = {label: _train_victim(args, model, csv, sets[label], test, out / label.lower())
               for label, (csv, model) in victims.items()}
     table = retrieval_table(finals, random_metrics(test.row_image)).set_index("method")
+    verdicts = {direction: check_verdict(table, direction) for direction in ("i2t", "t2i")}
+    rows = {label: {key: (None if isinstance(value, float) and math.isnan(value) else value)
+                    for key, value in row.items()} for label, row in table.to_dict(orient="index").items()}
     write_json(out / "check.json", {"clean_csv": args.clean, "protected_csv": args.protected, "test_csv": args.test_csv,
-                                    "model": args.model, "image_size": size, "rows": table.to_dict(orient="index")})
-    print(table.to_string(float_format=lambda value: f"{value:.2f}"))
+                                    "model": args.model, "image_size": size, "rows": rows,
+                                    "verdict": verdicts})
+    print(table.to_string(float_format=lambda value: f"{value:.2f}", na_rep="n/a"))
     print("C: 0 = the protected victim retrieves as well as the clean one, 1 = as badly as random guessing")
+    for text in verdicts.values():
+        print(text)
+
+
+def _protected_size(protected_csv: Path) -> int | None:
+    """The image size a protection was made at, from the report.json beside its CSV (None if absent)."""
+    report = protected_csv.parent / "report.json"
+    try:
+        return json.loads(report.read_text(encoding="utf-8")).get("image_size")
+    except (OSError, ValueError):
+        return None
+
+
+def check_verdict(table, direction: str) -> str:
+    """One sentence on what the protection did to retrieval in `direction` ("i2t" / "t2i"), from
+    the rows Random / Clean / Protected of `report.retrieval_table` (indexed by method)."""
+    name = {"i2t": "image -> text", "t2i": "text -> image"}[direction]
+    key = f"{direction}_MedR"
+    clean, protected, chance = (table.loc[row, key] for row in ("Clean", "Protected", "Random"))
+    closure = table.loc["Protected", f"{direction} C"]
+    if math.isnan(closure):
+        return (f"{name}: no verdict: the victim trained on the clean photos did not learn to retrieve them "
+                f"(MedR {clean:.0f}, chance {chance:.0f}); train it longer (--epochs) or check more photos")
+    if closure >= 0.5:
+        strength = "the protection works"
+    elif closure >= 0.2:
+        strength = "the protection works partly"
+    else:
+        strength = "the protection barely works"
+    return (f"{name}: {strength}: retrieval of your photos fell from MedR {clean:.0f} (victim trained on the clean "
+            f"photos) to {protected:.0f} (trained on the protected ones), {closure:.2f} of the way to chance "
+            f"(MedR {chance:.0f})")
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -119,9 +164,15 @@ def _protect(args: argparse.Namespace) -> None:
 
     out = Path(args.out)
     state = out / "protect_state.ckpt"
+    _check_protect_options(args)
+    table = data.read_caption_csv(args.csv)
+    for line, first in data.duplicate_rows(table):
+        print(f"warning: {args.csv}: line {line} repeats line {first} (same image and caption)", file=sys.stderr)
     leftovers = [p for p in out.iterdir() if p != state] if out.is_dir() else []
     if leftovers and not args.force:
         raise ValueError(f"{out} is not empty; choose another --out or pass --force to overwrite")
+    if leftovers:
+        _empty_protect_output(out, keep=state)
     overrides = {"eps": args.eps, "seed": args.seed, "device": args.device, "batch_size": args.batch_size}
     for key in ("trigger_len", "max_rounds", "surrogate_steps", "pgd_steps", "trigger_per", "noise_per"):
         if getattr(args, key) is not None:
@@ -153,6 +204,55 @@ def _protect(args: argparse.Namespace) -> None:
         print(f"warning: the protection did not converge: after {len(protection.history)} rounds the PGD loss is "
               f"{report['final_loss']:.3g}, above stop_loss {config.stop_loss:g}; such noise protects less. "
               f"Rerun with a larger --max-rounds, and measure it with mmue check.", file=sys.stderr)
+
+
+PROTECT_RANGES = {"eps": (1, 32, "the L-inf bound in 1/255 pixel steps; the paper uses 8"),
+                  "max_rounds": (1, 1000, "rounds of surrogate training + trigger search + PGD"),
+                  "surrogate_steps": (0, 100_000, "surrogate training steps per round"),
+                  "pgd_steps": (1, 1000, "PGD steps per batch"),
+                  "batch_size": (2, 65_536, "a contrastive batch needs at least 2 pairs"),
+                  "trigger_len": (0, 16, "trigger tokens after the start token"),
+                  "size": (16, 1024, "the surrogate's image size in px")}
+"""`mmue protect` options with integer ranges: (lowest, highest, what the option is)."""
+
+
+def _check_protect_options(args: argparse.Namespace) -> None:
+    """Refuse bad `mmue protect` options before anything is read, computed or written."""
+    from .models import list_model_names
+
+    for name, (low, high, meaning) in PROTECT_RANGES.items():
+        value = getattr(args, name)
+        if value is not None and not low <= value <= high:
+            raise ValueError(f"--{name.replace('_', '-')} {value}: allowed {low} to {high} ({meaning})")
+    if not 0 < args.fraction <= 1:
+        raise ValueError(f"--fraction {args.fraction}: allowed above 0 and at most 1 (the share of images to protect)")
+    if args.surrogate and not Path(args.surrogate).is_file():
+        raise ValueError(f"--surrogate {args.surrogate}: file not found (a local CLIP checkpoint; nothing is downloaded)")
+    if not args.surrogate and args.model not in list_model_names():
+        close = difflib.get_close_matches(args.model, list_model_names(), n=3)
+        raise ValueError(f"--model {args.model}: unknown architecture"
+                         f"{'; did you mean ' + ' or '.join(close) + '?' if close else ''} (`mmue models` lists them)")
+
+
+PROTECT_OUTPUTS = ("protected.csv", "report.json")
+"""Files `mmue protect` writes beside its `images/` folder of PNGs."""
+
+
+def _empty_protect_output(out: Path, keep: Path) -> None:
+    """Remove an earlier `mmue protect` output from `out` (for --force); refuse a folder holding anything else."""
+    images = out / "images"
+    ours = [out / name for name in PROTECT_OUTPUTS] + ([images] if images.is_dir() else [])
+    foreign = [p for p in out.iterdir() if p not in ours and p != keep]
+    if images.is_dir():
+        foreign += [p for p in images.iterdir() if p.suffix != ".png" or not p.is_file()]
+    if foreign:
+        raise ValueError(f"--force empties {out} of an earlier mmue protect output, but it also holds "
+                         f"{', '.join(sorted(p.name for p in foreign)[:5])}: choose another --out")
+    for path in ours:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _models(_: argparse.Namespace) -> None:

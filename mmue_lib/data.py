@@ -109,6 +109,8 @@ class CaptionTable:
     image_lines: list[int]
     captions: list[str]
     row_image: list[int]
+    row_lines: list[int] = field(default_factory=list)
+    """The CSV line of every row."""
 
 
 def read_caption_csv(csv_path: str | os.PathLike, caption_column: str = "caption") -> CaptionTable:
@@ -139,6 +141,7 @@ def read_caption_csv(csv_path: str | os.PathLike, caption_column: str = "caption
                 table.image_lines.append(line)
             table.captions.append(caption)
             table.row_image.append(image_ids[path])
+            table.row_lines.append(line)
     if not table.captions:
         raise DataError(f"{csv_path}: no data rows")
     return table
@@ -180,6 +183,8 @@ def decode_images(table: CaptionTable, size: int, cache_dir: str | os.PathLike |
                   progress: bool = True) -> torch.Tensor:
     """Decode every image of `table` at `size` px as uint8 [N, 3, S, S], cached on disk."""
     for path, line in zip(table.image_paths, table.image_lines):
+        if path.is_dir():
+            raise DataError(f"{table.csv_path}: line {line}: {path} is a folder, not an image file")
         if not path.is_file():
             raise DataError(f"{table.csv_path}: line {line}: image file not found: {path}")
     stats = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in table.image_paths]
@@ -200,6 +205,18 @@ def decode_images(table: CaptionTable, size: int, cache_dir: str | os.PathLike |
     return torch.from_numpy(images)
 
 
+def duplicate_rows(table: CaptionTable) -> list[tuple[int, int]]:
+    """(line, line of its first occurrence) for every row that repeats an earlier row's image and caption."""
+    first: dict[tuple[int, str], int] = {}
+    repeats = []
+    for line, image, caption in zip(table.row_lines, table.row_image, table.captions):
+        if (image, caption) in first:
+            repeats.append((line, first[(image, caption)]))
+        else:
+            first[(image, caption)] = line
+    return repeats
+
+
 def load_csv_dataset(csv_path: str | os.PathLike, image_size: int, *, caption_column: str = "caption",
                      max_images: int | None = None, cache_dir: str | os.PathLike | None = None,
                      progress: bool = True) -> PairDataset:
@@ -208,7 +225,8 @@ def load_csv_dataset(csv_path: str | os.PathLike, image_size: int, *, caption_co
     if max_images is not None and max_images < len(table.image_paths):
         keep = [i for i, image in enumerate(table.row_image) if image < max_images]
         table = CaptionTable(table.csv_path, table.image_paths[:max_images], table.image_lines[:max_images],
-                             [table.captions[i] for i in keep], [table.row_image[i] for i in keep])
+                             [table.captions[i] for i in keep], [table.row_image[i] for i in keep],
+                             [table.row_lines[i] for i in keep])
     images = decode_images(table, image_size, cache_dir, progress)
     return PairDataset(images, table.captions, torch.tensor(table.row_image, dtype=torch.long),
                        name=Path(csv_path).stem, image_paths=[str(p) for p in table.image_paths])
@@ -390,6 +408,12 @@ IMAGE_FORMATS = {"png": ("PNG", {}), "jpeg": ("JPEG", {"quality": 95})}
 """Image file formats a dataset folder can be written in: lossless PNG, or JPEG at quality 95."""
 
 
+def image_file_names(dataset: PairDataset, image_dir: str = "images", image_format: str = "png") -> list[str]:
+    """The file of each image that `write_dataset_folder` writes, relative to its folder."""
+    return [f"{image_dir}/{index:06d}{f'_{Path(dataset.image_paths[index]).stem}' if dataset.image_paths else ''}"
+            f".{image_format}" for index in range(dataset.num_images)]
+
+
 def write_dataset_folder(dataset: PairDataset, out_dir: str | os.PathLike, csv_name: str = "data.csv",
                          image_dir: str = "images", image_format: str = "png") -> Path:
     """Save a dataset as 8-bit images (lossless PNG, or JPEG: see `IMAGE_FORMATS`) plus a CSV of
@@ -400,13 +424,10 @@ def write_dataset_folder(dataset: PairDataset, out_dir: str | os.PathLike, csv_n
     pil_format, options = IMAGE_FORMATS[image_format]
     out_dir = Path(out_dir)
     (out_dir / image_dir).mkdir(parents=True, exist_ok=True)
-    names = []
-    for index in range(dataset.num_images):
-        stem = f"_{Path(dataset.image_paths[index]).stem}" if dataset.image_paths else ""
-        name = f"{image_dir}/{index:06d}{stem}.{image_format}"
+    names = image_file_names(dataset, image_dir, image_format)
+    for index, name in enumerate(names):
         with atomic_path(out_dir / name) as tmp:
             Image.fromarray(dataset.images[index].permute(1, 2, 0).numpy()).save(tmp, format=pil_format, **options)
-        names.append(name)
     out_csv = out_dir / csv_name
     write_caption_csv(out_csv, ((names[int(i)], c) for i, c in zip(dataset.row_image, dataset.captions)))
     return out_csv

@@ -24,7 +24,7 @@ from typing import Callable, Literal
 
 import torch
 
-from .data import PairDataset, write_dataset_folder
+from .data import PairDataset, image_file_names, write_dataset_folder
 from .progress import bar as progress_bar
 from .models import Tokenizer, encode_text, model_context_length, normalize_pixels
 from .storage import save_torch, write_json
@@ -553,8 +553,18 @@ def export_protected(clean: PairDataset, protected: PairDataset, out_dir: str | 
     `protected` comes from `protected_dataset(clean, ...)`."""
     csv_path = write_dataset_folder(protected, out_dir, "protected.csv")
     sources = protected.extra["source_image"].tolist()
-    per_image = [psnr(clean.images[source], protected.images[i]) for i, source in enumerate(sources)]
-    finite = [v for v in per_image if v is not None]
-    write_json(Path(out_dir) / "report.json", {**report, "psnr_db": per_image,
-                                               "psnr_db_mean": sum(finite) / len(finite) if finite else None})
+    chosen = protected.extra["protected_images"]
+    images = []
+    for index, (name, source) in enumerate(zip(image_file_names(protected), sources)):
+        delta = (protected.images[index].short() - clean.images[source].short()).abs()
+        images.append({"file": name, "source": clean.image_paths[source] if clean.image_paths else None,
+                       "size": list(protected.images[index].shape[1:][::-1]), "protected": bool(chosen[source]),
+                       "psnr_db": psnr(clean.images[source], protected.images[index]),
+                       "max_abs_delta": int(delta.max())})
+    finite = [entry["psnr_db"] for entry in images if entry["psnr_db"] is not None]
+    write_json(Path(out_dir) / "report.json", {
+        **report, "images": images, "psnr_db_mean": sum(finite) / len(finite) if finite else None,
+        "image_fields": "file: the published image; source: the photo it came from; size: [width, height] px; "
+                        "protected: whether noise was added (--fraction); psnr_db: null where the image is "
+                        "unchanged; max_abs_delta: largest pixel change in 1/255 steps"})
     return csv_path

@@ -80,9 +80,13 @@ def save_numpy(path: str | os.PathLike, array: np.ndarray) -> None:
             np.save(f, array)
 
 
+CODE_PATHS = ("mmue_lib", "params", "pyproject.toml")
+"""What a run's result depends on in the project tree, for `provenance`'s `git_dirty`."""
+
+
 def provenance(device: str | None = "auto") -> dict:
-    """Where a result came from: the project's git commit (and whether tracked files had local
-    changes), package, torch and Python versions, the device a `device` setting resolves to, the
+    """Where a result came from: the project's git commit (and whether the library, params or
+    pyproject had local changes), package, torch and Python versions, the device a `device` setting resolves to, the
     thread count and the process count."""
     import platform
     import subprocess
@@ -96,7 +100,7 @@ def provenance(device: str | None = "auto") -> dict:
             return None
 
     commit = git("rev-parse", "HEAD")
-    changes = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    changes = git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS) if commit else None
     try:
         package = version("mmue")
     except PackageNotFoundError:

@@ -1,8 +1,10 @@
 import json
 
+import pytest
 import torch
+from PIL import Image
 
-from mmue_lib.cli import main
+from mmue_lib.cli import check_verdict, main
 from mmue_lib.data import load_csv_dataset, make_synthetic_dataset
 from mmue_lib.report import RETRIEVAL_KEYS
 
@@ -42,8 +44,10 @@ def test_check_scores_clean_and_protected_victims_on_unseen_test_images(tmp_path
     out = tmp_path / "check"
     assert main(["check", "--clean", str(train_csv), "--protected", str(same_as_clean), "--test-csv", str(test_csv),
                  "--out", str(out), *common]) == 0
-    rows = json.loads((out / "check.json").read_text())["rows"]
-    assert set(rows) == {"Random", "Clean", "Protected"}
+    check = json.loads((out / "check.json").read_text(), parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+    rows = check["rows"]
+    assert set(rows) == {"Random", "Clean", "Protected"} and set(check["verdict"]) == {"i2t", "t2i"}
+    assert all(("of the way to chance" in text) != ("no verdict" in text) for text in check["verdict"].values())
     scores = {name: {key: row[key] for key in RETRIEVAL_KEYS} for name, row in rows.items()}
     assert scores["Protected"] == scores["Clean"], "the same data, seed and settings must give the same victim"
     assert scores["Random"]["t2i_MedR"] == 10, "text->image chance MedR of 20 test images (floor of 9.5, plus one)"
@@ -52,3 +56,76 @@ def test_check_scores_clean_and_protected_victims_on_unseen_test_images(tmp_path
     assert main(["check", "--clean", str(train_csv), "--protected", str(same_as_clean), "--test-csv", str(train_csv),
                  "--out", str(tmp_path / "bad"), *common]) == 2
     assert "40 of the 40 images" in capsys.readouterr().err
+
+
+def test_check_says_in_words_what_the_protection_did():
+    import pandas as pd
+
+    table = pd.DataFrame({"i2t_MedR": [65.0, 12.0, 48.0], "i2t C": [1.0, 0.0, 36 / 53],
+                          "t2i_MedR": [50.0, 60.0, 55.0], "t2i C": [1.0, 0.0, float("nan")]},
+                         index=["Random", "Clean", "Protected"])
+    assert check_verdict(table, "i2t") == (
+        "image -> text: the protection works: retrieval of your photos fell from MedR 12 (victim trained on the "
+        "clean photos) to 48 (trained on the protected ones), 0.68 of the way to chance (MedR 65)")
+    assert check_verdict(table, "t2i").startswith("text -> image: no verdict: the victim trained on the clean photos "
+                                                  "did not learn")
+
+
+def small_photo_csv(folder):
+    """Four 40 px photos p0..p3.png with a caption each, in `folder/photos.csv`."""
+    csv_path = folder / "photos.csv"
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, image in enumerate(make_synthetic_dataset(4, 40, seed=3).images):
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"p{index}.png")
+    csv_path.write_text("image,caption\n" + "".join(f"p{index}.png,photo number {index}\n" for index in range(4)))
+    return csv_path
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--eps", "300"], "--eps 300: allowed 1 to 32"),
+    (["--eps", "0"], "--eps 0: allowed 1 to 32"),
+    (["--fraction", "0"], "--fraction 0.0: allowed above 0"),
+    (["--fraction", "1.5"], "--fraction 1.5: allowed above 0 and at most 1"),
+    (["--max-rounds", "0"], "--max-rounds 0: allowed 1 to"),
+    (["--batch-size", "1"], "--batch-size 1: allowed 2 to"),
+    (["--size", "4"], "--size 4: allowed 16 to"),
+    (["--model", "RN5O"], "--model RN5O: unknown architecture; did you mean RN50"),
+    (["--surrogate", "nowhere.pt"], "--surrogate nowhere.pt: file not found"),
+])
+def test_bad_protect_options_are_refused_before_anything_is_written(tmp_path, capsys, options, message):
+    csv_path = small_photo_csv(tmp_path / "photos")
+    out = tmp_path / "out"
+    assert main(["protect", "--csv", str(csv_path), "--out", str(out), *options]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_protect_names_a_folder_in_the_image_column_and_warns_about_duplicate_rows(tmp_path, capsys):
+    csv_path = small_photo_csv(tmp_path / "photos")
+    (tmp_path / "photos" / "album").mkdir()
+    with open(csv_path, "a") as f:
+        f.write("p1.png,photo number 1\nalbum,a folder\n")
+    assert main(["protect", "--csv", str(csv_path), "--out", str(tmp_path / "out"), "--model", "RN-tiny"]) == 2
+    err = capsys.readouterr().err
+    assert "line 6 repeats line 3 (same image and caption)" in err
+    assert "line 7: " in err and "album is a folder, not an image file" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_force_replaces_an_earlier_output_and_refuses_a_folder_of_other_files(tmp_path, capsys):
+    csv_path = small_photo_csv(tmp_path / "photos")
+    out = tmp_path / "out"
+    (out / "images").mkdir(parents=True)
+    (out / "images" / "000099_stale.png").write_bytes(b"old")
+    (out / "report.json").write_text("{}")
+    args = ["protect", "--csv", str(csv_path), "--out", str(out), "--model", "RN-tiny", "--size", "32",
+            "--max-rounds", "1", "--surrogate-steps", "1", "--batch-size", "4", "--device", "cpu"]
+    assert main(args + ["--force"]) == 0
+    assert sorted(p.name for p in (out / "images").iterdir()) == [f"00000{i}_p{i}.png" for i in range(4)]
+    report = json.loads((out / "report.json").read_text())
+    assert [entry["file"] for entry in report["images"]] == [f"images/00000{i}_p{i}.png" for i in range(4)]
+    assert all(entry["protected"] and 0 < entry["max_abs_delta"] <= 8 and entry["size"] == [32, 32]
+               for entry in report["images"])
+    (out / "notes.txt").write_text("mine")
+    assert main(args + ["--force"]) == 2 and "also holds notes.txt" in capsys.readouterr().err
+    assert (out / "notes.txt").is_file() and (out / "report.json").is_file()

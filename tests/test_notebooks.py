@@ -120,6 +120,7 @@ def test_set_reaches_only_the_notebooks_that_have_the_setting(tmp_path, monkeypa
 
     from mmue_lib import notebooks
 
+    monkeypatch.setenv("MMUE_CACHE", str(tmp_path / "empty-cache"))
     seen = {}
     monkeypatch.setattr(papermill, "execute_notebook",
                         lambda source, out, parameters, **kwargs: seen.__setitem__(source, parameters))
@@ -137,11 +138,12 @@ def test_set_reaches_only_the_notebooks_that_have_the_setting(tmp_path, monkeypa
             notebooks.main(["--scale", "smoke", *bad])
 
 
-def test_plan_lists_the_parts_without_running_anything(monkeypatch, capsys):
+def test_plan_lists_the_parts_without_running_anything(tmp_path, monkeypatch, capsys):
     import papermill
 
     from mmue_lib import notebooks
 
+    monkeypatch.setenv("MMUE_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setattr(papermill, "execute_notebook", lambda *args, **kwargs: pytest.fail("--plan ran a notebook"))
     assert notebooks.main(["--scale", "cpu", "--part", "extensions", "--plan"]) == 0
     printed = capsys.readouterr().out

@@ -318,7 +318,8 @@ def test_protect_command_writes_publishable_data(tmp_path, capsys):
             "--max-rounds", "1", "--surrogate-steps", "2", "--batch-size", "8", "--device", "cpu"]
     assert main(args) == 0
     report = json.loads((out / "report.json").read_text())
-    assert len(report["psnr_db"]) == 13 and report["psnr_db_mean"] > 30 and report["rounds"] == 1
+    assert len(report["images"]) == 13 and report["psnr_db_mean"] > 30 and report["rounds"] == 1
+    assert all((out / entry["file"]).is_file() and entry["max_abs_delta"] <= 8 for entry in report["images"])
     assert report["converged"] is False and "did not converge" in capsys.readouterr().err
     published = load_csv_dataset(out / "protected.csv", 32, progress=False)
     assert published.num_images == 13 and all(len(c.split()) > 3 for c in published.captions)
