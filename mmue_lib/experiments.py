@@ -11,11 +11,16 @@ from . import runs
 from .settings import Settings
 
 
+def _leading(settings: Settings) -> tuple:
+    """The arguments the experiment functions of `runs` start with: data, victim and surrogate
+    architectures, context length, the victims' training settings."""
+    return settings.data, settings.victim_model, settings.surrogate_model, settings.context_length, settings.train
+
+
 def table1(settings: Settings) -> dict:
     """Table 1 (and Figures 4-6): the clean victim, and per method its protection and the victim
     trained on it (`runs.method_runs`)."""
-    s = settings
-    return runs.method_runs(s.data, s.victim_model, s.surrogate_model, s.context_length, s.train, s.methods, s.schedule)
+    return runs.method_runs(*_leading(settings), settings.methods, settings.schedule)
 
 
 def table2(settings: Settings) -> dict:
@@ -29,15 +34,13 @@ def table2(settings: Settings) -> dict:
 def semantic_triggers(settings: Settings) -> dict:
     """Table 3: free against semantic trigger vocabulary (`runs.vocabulary_runs`)."""
     s, o = settings, settings.options
-    return runs.vocabulary_runs(s.data, s.victim_model, s.surrogate_model, s.context_length, s.train, s.methods,
-                                s.schedule, o.semantic_method, o.semantic_mlm_path)
+    return runs.vocabulary_runs(*_leading(s), s.methods, s.schedule, o.semantic_method, o.semantic_mlm_path)
 
 
 def poisoning_fraction(settings: Settings) -> dict:
     """Victims trained when only a fraction of the images is protected (`runs.fraction_runs`)."""
     s, o = settings, settings.options
-    return runs.fraction_runs(s.data, s.victim_model, s.surrogate_model, s.context_length, s.train, s.methods,
-                              s.schedule, o.fraction_methods, o.fractions)
+    return runs.fraction_runs(*_leading(s), s.methods, s.schedule, o.fraction_methods, o.fractions)
 
 
 def face_data(settings: Settings) -> dict:
@@ -59,22 +62,19 @@ def faces(settings: Settings) -> tuple[dict, dict]:
 def defenses(settings: Settings) -> dict:
     """Countermeasures against each method (`runs.defense_runs`)."""
     s, o = settings, settings.options
-    return runs.defense_runs(s.data, s.victim_model, s.surrogate_model, s.context_length, s.train, o.defense_methods,
-                             s.schedule, o.released_defenses, o.training_defenses)
+    return runs.defense_runs(*_leading(s), o.defense_methods, s.schedule, o.released_defenses, o.training_defenses)
 
 
 def ablation(settings: Settings) -> dict:
     """Paper-vs-code settings flipped one at a time (`runs.ablation_runs`)."""
     s, o = settings, settings.options
-    return runs.ablation_runs(s.data, s.victim_model, s.surrogate_model, s.context_length, s.train, o.ablation_method,
-                              s.schedule, o.ablation_flips)
+    return runs.ablation_runs(*_leading(s), o.ablation_method, s.schedule, o.ablation_flips)
 
 
 def seeds(settings: Settings) -> dict:
     """Tables 1 and 2 once per seed (`runs.seed_runs`)."""
     s, o = settings, settings.options
-    return runs.seed_runs(s.data, s.victim_model, s.surrogate_model, s.context_length, s.train, o.seed_methods,
-                          s.schedule, o.transfer_method, o.victim_models, o.seeds)
+    return runs.seed_runs(*_leading(s), o.seed_methods, s.schedule, o.transfer_method, o.victim_models, o.seeds)
 
 
 BY_NOTEBOOK: dict[str, Callable[[Settings], object] | None] = {

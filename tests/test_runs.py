@@ -82,16 +82,7 @@ def test_a_local_state_dict_stands_in_for_a_pretraining_run(fresh_cache, tmp_pat
         runs.checkpoint_run(str(tmp_path / "missing.pt"), "RN-tiny", 32, 32)
 
 
-def test_a_run_records_where_it_came_from(fresh_cache):
-    _, victim = small_runs()
-    provenance = victim["provenance"]
-    assert len(provenance["git_commit"]) == 40 and isinstance(provenance["git_dirty"], bool)
-    assert provenance["torch"] == torch.__version__ and provenance["device"] == "cpu"
-    assert provenance["threads"] == torch.get_num_threads() and provenance["processes"] == 1
-    assert runs.run_record(victim)["provenance"] == provenance
-
-
-def test_an_experiment_lists_its_runs_first_numbers_them_and_warns_when_a_protection_did_not_converge(
+def test_an_experiment_lists_its_runs_first_numbers_them_warns_when_a_protection_did_not_converge_and_records_provenance(
         fresh_cache, capsys):
     data = runs.data_spec("synthetic", 32, max_train_images=24, max_test_images=10)
     train = vars(TrainConfig(epochs=1, batch_size=12, device="cpu"))
@@ -99,7 +90,7 @@ def test_an_experiment_lists_its_runs_first_numbers_them_and_warns_when_a_protec
     plan = runs.planning(runs.method_runs, data, "RN-tiny", "RN-tiny", 32, train, ["mem-3"], schedule)
     assert [kind for kind, _ in plan.runs.values()] == ["train", "protect", "train"] and len(plan.todo) == 3
     assert not (fresh_cache / "runs").exists(), "planning computes nothing"
-    runs.method_runs(data, "RN-tiny", "RN-tiny", 32, train, ["mem-3"], schedule)
+    experiment = runs.method_runs(data, "RN-tiny", "RN-tiny", 32, train, ["mem-3"], schedule)
     out, err = capsys.readouterr()
     assert "3 runs: 0 from the cache, 1 protection(s) and 2 training run(s) to compute" in out
     assert "run 3/3: RN-tiny seed 0, 1 epoch, synthetic 32 px (24 train images), on MEM-3 data (seed 0)" in out
@@ -107,6 +98,11 @@ def test_an_experiment_lists_its_runs_first_numbers_them_and_warns_when_a_protec
     runs.method_runs(data, "RN-tiny", "RN-tiny", 32, train, ["mem-3"], schedule)
     out, err = capsys.readouterr()
     assert "all 3 runs from the cache" in out and "did not converge" in err
+    provenance = experiment["MEM-3"]["victim"]["provenance"]
+    assert len(provenance["git_commit"]) == 40 and isinstance(provenance["git_dirty"], bool)
+    assert provenance["torch"] == torch.__version__ and provenance["device"] == "cpu"
+    assert provenance["threads"] == torch.get_num_threads() and provenance["processes"] == 1
+    assert runs.run_record(experiment["MEM-3"]["protection"])["provenance"]["device"] == "cpu"
 
 
 def test_run_records_keep_spec_times_and_metrics_of_nested_runs(fresh_cache, tmp_path):
