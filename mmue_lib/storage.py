@@ -86,8 +86,10 @@ CODE_PATHS = ("mmue_lib", "params", "pyproject.toml")
 
 def provenance(device: str | None = "auto") -> dict:
     """Where a result came from: the project's git commit (and whether the library, params or
-    pyproject had local changes), package, torch and Python versions, the device a `device` setting resolves to, the
-    thread count and the process count."""
+    pyproject had local changes), the versions of mmue, torch, Python and the packages that decide
+    pixels and models, the device a `device` setting resolves to (and its name), the thread count
+    and the process count. Floats differ a little across CPUs and package versions, so the same
+    spec can end at a slightly different MedR elsewhere."""
     import platform
     import subprocess
     from importlib.metadata import PackageNotFoundError, version
@@ -101,13 +103,28 @@ def provenance(device: str | None = "auto") -> dict:
 
     commit = git("rev-parse", "HEAD")
     changes = git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS) if commit else None
-    try:
-        package = version("mmue")
-    except PackageNotFoundError:
-        package = None
+    def package(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
     resolved = ("cuda" if torch.cuda.is_available() else "cpu") if device in (None, "auto") else device
-    return {"git_commit": commit, "git_dirty": None if changes is None else bool(changes), "mmue": package,
-            "torch": torch.__version__, "python": platform.python_version(), "device": resolved,
-            "device_name": torch.cuda.get_device_name(resolved) if resolved.startswith("cuda") else platform.processor()
-            or platform.machine(), "threads": torch.get_num_threads(),
-            "processes": int(os.environ.get("WORLD_SIZE", "1"))}
+    return {"git_commit": commit, "git_dirty": None if changes is None else bool(changes), "mmue": package("mmue"),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "packages": {name: package(name) for name in ("open_clip_torch", "pillow", "numpy")},
+            "device": resolved, "device_name": torch.cuda.get_device_name(resolved) if resolved.startswith("cuda")
+            else _cpu_name(), "threads": torch.get_num_threads(), "processes": int(os.environ.get("WORLD_SIZE", "1"))}
+
+
+def _cpu_name() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else the machine type."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
