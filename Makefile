@@ -48,7 +48,7 @@ repro: $(STAMP) ## execute the notebooks at SCALE (PART=paper: 01-09, PART=exten
 plan: $(STAMP) ## say what make repro would run and about how long it takes here, without running it
 	$(PY) -m mmue_lib.notebooks --scale $(SCALE) $(if $(PART),--part $(PART)) --plan
 
-executed: $(STAMP) ## re-execute the paper's notebooks at cpu scale into executed/cpu (committed; from the run cache)
+executed: $(STAMP) ## execute the paper's notebooks (01-09) at cpu scale into executed/cpu, which git keeps (reads the run cache)
 	$(PY) -m mmue_lib.notebooks --scale cpu --part paper
 
 nb: $(STAMP) ## execute one notebook: make nb NB=01_data_overview SCALE=smoke
