@@ -63,9 +63,10 @@ def plan_lines(names: list[str], scale: str, overrides: dict[str, dict], output_
     from .experiments import planned_runs
 
     hours = measured_hours(scale)
+    plans = {name: planned_runs(load_settings(name, scale, overrides.get(name), output_root))
+             for name in notebook_names()}
     run_hours, overhead, owned = {}, {}, set()
-    for name in notebook_names():
-        plan = planned_runs(load_settings(name, scale, overrides.get(name), output_root))
+    for name, plan in plans.items():
         own = [folder for folder in (plan.runs if plan else []) if folder not in owned]
         owned.update(own)
         if name in hours:
@@ -73,7 +74,7 @@ def plan_lines(names: list[str], scale: str, overrides: dict[str, dict], output_
             run_hours.update({folder: hours[name] / len(own) for folder in own})
     lines, planned = [], set()
     for name in names:
-        plan = planned_runs(load_settings(name, scale, overrides.get(name), output_root))
+        plan = plans[name]
         if plan is None or not plan.runs:
             runs_text, new = "no training runs", []
         else:

@@ -112,14 +112,19 @@ surrogate steps + 4 PGD steps of 2/255, captions shuffled once per batch), per-i
 searched once (top-8) on one caption per image."""
 
 
+def check_protection_settings(settings: dict) -> dict:
+    """`settings`, once every name is a `ProtectConfig` field (else a ValueError naming the others)."""
+    unknown = sorted(set(settings) - set(ProtectConfig.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"{unknown} are not protection settings; known: {', '.join(ProtectConfig.__dataclass_fields__)}")
+    return settings
+
+
 def schedule_settings(name: str, **overrides) -> dict:
     """The protection settings of the named schedule under `overrides`, checked against `ProtectConfig`."""
     if name not in SCHEDULES:
         raise ValueError(f"unknown protection schedule '{name}'; known: {', '.join(SCHEDULES)}")
-    unknown = sorted(set(overrides) - set(ProtectConfig.__dataclass_fields__))
-    if unknown:
-        raise ValueError(f"{unknown} are not protection settings; known: {', '.join(ProtectConfig.__dataclass_fields__)}")
-    return {**SCHEDULES[name], **overrides}
+    return {**SCHEDULES[name], **check_protection_settings(overrides)}
 
 
 def method_config(method: str, **overrides) -> ProtectConfig:

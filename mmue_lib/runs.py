@@ -21,13 +21,12 @@ from typing import Callable, Mapping
 import torch
 
 from . import progress
-
 from .data import PairDataset, load_split
 from .defenses import apply_defenses, defense_label, parse_defenses, parse_settings, settings_label
 from .faces import load_named_faces
 from .models import create_clip, load_clip, model_context_length, save_clip
-from .protect import (METHODS, Protection, ProtectConfig, converged, generate_protection, method_config,
-                      protected_dataset)
+from .protect import (METHODS, Protection, ProtectConfig, check_protection_settings, converged, generate_protection,
+                      method_config, protected_dataset)
 from .storage import cache_root, expand_path, provenance, save_torch, stable_hash, write_json
 from .train import TokenizedPairs, TrainConfig, train_clip
 
@@ -458,12 +457,10 @@ def defense_runs(data: dict, victim_model: str, surrogate_model: str, context_le
 
 def protection_overrides(text: str) -> dict:
     """"noise_per: row, pgd_rows: all" -> protection settings, checked against `ProtectConfig`."""
-    overrides = parse_settings(text)
-    unknown = sorted(set(overrides) - set(ProtectConfig.__dataclass_fields__))
-    if unknown:
-        raise ValueError(f"{text!r}: {unknown} are not protection settings; known: "
-                         f"{', '.join(ProtectConfig.__dataclass_fields__)}")
-    return overrides
+    try:
+        return check_protection_settings(parse_settings(text))
+    except ValueError as error:
+        raise ValueError(f"{text!r}: {error}") from None
 
 
 @planned

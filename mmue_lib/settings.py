@@ -97,10 +97,10 @@ class Settings:
 
     def schedule_with(self, overrides: Mapping) -> dict:
         """The shared protection settings under `overrides` (`ProtectConfig` fields)."""
-        from .protect import schedule_settings
+        from .protect import check_protection_settings
 
         try:
-            return {**self.schedule, **schedule_settings("official", **overrides)}
+            return {**self.schedule, **check_protection_settings(dict(overrides))}
         except ValueError as error:
             raise SettingsError(f"schedule_with: {error}") from None
 

@@ -103,6 +103,7 @@ def provenance(device: str | None = "auto") -> dict:
 
     commit = git("rev-parse", "HEAD")
     changes = git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS) if commit else None
+
     def package(name: str) -> str | None:
         try:
             return version(name)
