@@ -156,3 +156,16 @@ def test_method_registry_feeds_paper_rows_and_the_cli():
                    if a.dest == "method")
     assert list(protect.choices) == list(METHODS)
     assert [name for name, m in METHODS.items() if m.needs_trained_surrogate] == ["uap", "tap"]
+
+
+@pytest.mark.parametrize("scale", ["smoke", "cpu", "paper"])
+def test_setting_strings_in_params_parse_at_every_scale(scale):
+    """Ablation flips and countermeasures are strings in params: a typo must fail here, not hours into a run."""
+    from mmue_lib import defenses, runs
+
+    for flip in load_settings("11_ablation", scale).options.ablation_flips:
+        runs.protection_overrides(flip)
+    countermeasures = load_settings("10_defenses", scale).options
+    defenses.parse_defenses(countermeasures.released_defenses)
+    for setting in countermeasures.training_defenses:
+        defenses.parse_settings(setting)
