@@ -7,6 +7,7 @@ import json
 import math
 import shutil
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -155,24 +156,32 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(evaluate_retrieval(model, TokenizedPairs.from_dataset(test, model_context_length(model))))
 
 
+DEVICE_SURROGATES = {"cuda": "RN50", "cpu": "RN-small"}
+"""The surrogate `mmue protect --model auto` trains from scratch, by device: the paper's RN50 at
+224 px on a GPU; elsewhere a small ResNet CLIP at 64 px (the cpu scale's), which finishes."""
+
+STATE_FILE = "protect_state.ckpt"
+"""Kept in --out after a protection, so a rerun with a larger --max-rounds continues from it."""
+
+
 def _protect(args: argparse.Namespace) -> None:
-    import time
+    import torch
+    from tqdm import tqdm
 
     from .models import create_clip, load_clip, model_image_size
-    from .protect import export_protected, generate_protection, protected_dataset
+    from .photos import export_photos, published_names, read_photos
+    from .progress import duration
+    from .protect import estimate_seconds, export_protected, generate_protection, protected_dataset
     from .runs import protection_config
+    from .train import TrainConfig
 
-    out = Path(args.out)
-    state = out / "protect_state.ckpt"
     _check_protect_options(args)
+    out = Path(args.out)
+    state = out / STATE_FILE
     table = data.read_caption_csv(args.csv)
     for line, first in data.duplicate_rows(table):
         print(f"warning: {args.csv}: line {line} repeats line {first} (same image and caption)", file=sys.stderr)
-    leftovers = [p for p in out.iterdir() if p != state] if out.is_dir() else []
-    if leftovers and not args.force:
-        raise ValueError(f"{out} is not empty; choose another --out or pass --force to overwrite")
-    if leftovers:
-        _empty_protect_output(out, keep=state)
+    data.check_image_files(table)
     overrides = {"eps": args.eps, "seed": args.seed, "device": args.device, "batch_size": args.batch_size}
     for key in ("trigger_len", "max_rounds", "surrogate_steps", "pgd_steps", "trigger_per", "noise_per"):
         if getattr(args, key) is not None:
@@ -180,30 +189,84 @@ def _protect(args: argparse.Namespace) -> None:
     config = protection_config(args.method, SCHEDULES[args.schedule], **overrides)
     if config.direction == "maximize" and not args.surrogate:
         raise ValueError(f"--method {args.method} attacks a clean-trained surrogate: pass --surrogate PATH")
+    if args.resolution == "photo":
+        if config.noise_per == "row":
+            raise ValueError("--noise-per row makes one copy of a photo per caption: use it with --resolution model")
+        published_names(table)
+    device = TrainConfig(device=args.device).resolved_device()
+    model = DEVICE_SURROGATES.get(device.type, "RN-small") if args.model == "auto" else args.model
+    _prepare_protect_output(out, state, config, len(table.image_paths), len(table.captions), args.force)
     if args.surrogate:
         surrogate = load_clip(args.surrogate)
         if args.size and args.size != model_image_size(surrogate):
             raise ValueError(f"--size {args.size} differs from the surrogate's {model_image_size(surrogate)} px")
     else:
-        surrogate = create_clip(args.model, image_size=args.size, seed=args.seed)
-    clean = data.load_csv_dataset(args.csv, model_image_size(surrogate))
+        surrogate = create_clip(model, image_size=args.size, seed=args.seed)
+    size = model_image_size(surrogate)
+    clean = read_photos(table, size) if args.resolution == "photo" else data.load_csv_dataset(args.csv, size)
+    for warning in clean.extra.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
+    done = len(torch.load(state, map_location="cpu", weights_only=True)["history"]) if state.is_file() else 0
+    surrogate_name = args.surrogate or f"{model} at {size} px (random init, trained during protection)"
+    print(f"protecting {clean.num_images} photos ({clean.num_rows} captions) with {METHODS[args.method].label}, "
+          f"schedule {args.schedule}, surrogate {surrogate_name}, on {device.type}: "
+          f"{'continuing after round ' + str(done) + ', ' if done else ''}"
+          f"about {duration(estimate_seconds(clean, surrogate, config, range(done, config.max_rounds)))} "
+          f"for {max(0, config.max_rounds - done)} round(s) (fewer if the loss reaches {config.stop_loss})")
+
+    def report_round(record: dict) -> None:
+        spent = sum(r["seconds"] for r in protection_rounds) + record["seconds"]
+        protection_rounds.append(record)
+        left = (config.max_rounds - record["round"]) * spent / len(protection_rounds)
+        tqdm.write(f"round {record['round']} of {config.max_rounds}: noise loss {record['noise_loss']:.3g}"
+                   f"{f' (stops below {config.stop_loss:g})' if config.stop_loss is not None else ''}, "
+                   f"{duration(record['seconds'])}; about {duration(left)} left", file=sys.stdout)
+
+    protection_rounds: list[dict] = []
     started = time.perf_counter()
-    protection = generate_protection(clean, surrogate, config, checkpoint_path=state)
-    protected = protected_dataset(clean, protection, args.fraction, args.seed)
-    report = {"method": args.method, "config": asdict(config), "csv": str(args.csv),
-              "image_size": model_image_size(surrogate), "fraction": args.fraction,
-              "surrogate": args.surrogate or f"{args.model} (random init, trained during protection)",
-              "rounds": len(protection.history), "history": protection.history,
+    protection = generate_protection(clean, surrogate, config, checkpoint_path=state, on_round=report_round)
+    report = {"method": args.method, "schedule": args.schedule, "config": asdict(config), "csv": str(args.csv),
+              "image_size": size, "resolution": args.resolution, "fraction": args.fraction,
+              "surrogate": surrogate_name, "rounds": len(protection.history), "history": protection.history,
               "final_loss": protection.history[-1]["noise_loss"] if protection.history else None,
-              "converged": protection.converged,
-              "seconds": time.perf_counter() - started}
-    csv_path = export_protected(clean, protected, out, report)
-    state.unlink(missing_ok=True)
-    print(f"wrote {csv_path} ({protected.num_images} images) and {out / 'report.json'}")
+              "converged": protection.converged, "seconds": protection.seconds,
+              "seconds_this_run": time.perf_counter() - started,
+              "state": f"{STATE_FILE}: rerun with a larger --max-rounds to continue from it; delete it when done"}
+    if args.resolution == "photo":
+        csv_path = export_photos(table, clean, protection, out, args.fraction, args.seed, report)
+    else:
+        csv_path = export_protected(clean, protected_dataset(clean, protection, args.fraction, args.seed), out, report)
+    print(f"wrote {csv_path} ({clean.num_images} images) and {out / 'report.json'}; post the images and the "
+          f"captions of {csv_path.name} together (the triggers are part of the protection)")
     if protection.converged is False:
         print(f"warning: the protection did not converge: after {len(protection.history)} rounds the PGD loss is "
               f"{report['final_loss']:.3g}, above stop_loss {config.stop_loss:g}; such noise protects less. "
-              f"Rerun with a larger --max-rounds, and measure it with mmue check.", file=sys.stderr)
+              f"Rerun the same command with --max-rounds {2 * config.max_rounds} to continue from round "
+              f"{len(protection.history)}, and measure it with mmue check.", file=sys.stderr)
+
+
+def _prepare_protect_output(out: Path, state: Path, config, num_images: int, num_rows: int, force: bool) -> None:
+    """Make --out ready before any compute: empty, or emptied of an earlier output (--force), or
+    holding the saved state of this same protection (continued: more rounds, or after a kill)."""
+    import torch
+
+    from .protect import checkpoint_differences
+
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if force:
+        _empty_protect_output(out, keep=None)
+        return
+    if not state.is_file():
+        raise ValueError(f"{out} is not empty; choose another --out or pass --force to overwrite")
+    saved = torch.load(state, map_location="cpu", weights_only=True)
+    differences = checkpoint_differences(saved, config, data.PairDataset(
+        torch.zeros(num_images, 3, 1, 1, dtype=torch.uint8), [""] * num_rows, torch.zeros(num_rows, dtype=torch.long)))
+    if differences:
+        raise ValueError(f"{out} holds a protection with other settings ({'; '.join(differences)}): rerun with "
+                         f"the same options (a larger --max-rounds continues it), pass --force to start over, "
+                         f"or choose another --out")
+    _empty_protect_output(out, keep=state)
 
 
 PROTECT_RANGES = {"eps": (1, 32, "the L-inf bound in 1/255 pixel steps; the paper uses 8"),
@@ -228,7 +291,7 @@ def _check_protect_options(args: argparse.Namespace) -> None:
         raise ValueError(f"--fraction {args.fraction}: allowed above 0 and at most 1 (the share of images to protect)")
     if args.surrogate and not Path(args.surrogate).is_file():
         raise ValueError(f"--surrogate {args.surrogate}: file not found (a local CLIP checkpoint; nothing is downloaded)")
-    if not args.surrogate and args.model not in list_model_names():
+    if not args.surrogate and args.model != "auto" and args.model not in list_model_names():
         close = difflib.get_close_matches(args.model, list_model_names(), n=3)
         raise ValueError(f"--model {args.model}: unknown architecture"
                          f"{'; did you mean ' + ' or '.join(close) + '?' if close else ''} (`mmue models` lists them)")
@@ -238,13 +301,14 @@ PROTECT_OUTPUTS = ("protected.csv", "report.json")
 """Files `mmue protect` writes beside its `images/` folder of PNGs."""
 
 
-def _empty_protect_output(out: Path, keep: Path) -> None:
-    """Remove an earlier `mmue protect` output from `out` (for --force); refuse a folder holding anything else."""
+def _empty_protect_output(out: Path, keep: Path | None) -> None:
+    """Remove an earlier `mmue protect` output from `out` but `keep`; refuse a folder holding anything else."""
     images = out / "images"
-    ours = [out / name for name in PROTECT_OUTPUTS] + ([images] if images.is_dir() else [])
+    ours = [out / name for name in (*PROTECT_OUTPUTS, STATE_FILE) if out / name != keep]
+    ours += [images] if images.is_dir() else []
     foreign = [p for p in out.iterdir() if p not in ours and p != keep]
     if images.is_dir():
-        foreign += [p for p in images.iterdir() if p.suffix != ".png" or not p.is_file()]
+        foreign += [p for p in images.rglob("*") if p.is_file() and p.suffix != ".png"]
     if foreign:
         raise ValueError(f"--force empties {out} of an earlier mmue protect output, but it also holds "
                          f"{', '.join(sorted(p.name for p in foreign)[:5])}: choose another --out")
@@ -349,29 +413,37 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--csv", required=True)
     evaluate.set_defaults(run=_evaluate)
 
-    protect = sub.add_parser("protect", help="protect your own image,caption CSV (EM, UAP, TAP, MEM)")
-    protect.add_argument("--csv", required=True)
-    protect.add_argument("--out", required=True, help="folder for images/*.png, protected.csv, report.json")
+    protect = sub.add_parser("protect", help="protect your own image,caption CSV (EM, UAP, TAP, MEM)",
+                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    protect.add_argument("--csv", required=True, help="image,caption CSV of your photos (paths relative to it)")
+    protect.add_argument("--out", required=True, help="folder for images/, protected.csv, report.json and the state "
+                                                      "that lets a rerun continue")
     protect.add_argument("--method", default="mem-3", choices=list(METHODS))
-    protect.add_argument("--schedule", default="official", choices=list(SCHEDULES),
-                         help="protection schedule (mmue_lib.protect.SCHEDULES): official = the official code's "
-                              "20 rounds x 200 surrogate steps; calibrated = the cpu schedule chosen on Flickr8k val "
-                              "(3 rounds x 40 steps, per-image triggers); the options below override it")
+    protect.add_argument("--schedule", default="calibrated", choices=list(SCHEDULES),
+                         help="protection schedule (mmue_lib.protect.SCHEDULES): calibrated = the cpu schedule chosen "
+                              "on Flickr8k val (3 rounds x 40 surrogate steps, per-image triggers); official = the "
+                              "official code's (20 rounds x 200 steps, per-row triggers); the options below override it")
+    protect.add_argument("--resolution", choices=["photo", "model"], default="photo",
+                         help="photo: publish each photo at its own size and orientation, as PNG under its own name; "
+                              "model: the square crop the surrogate saw")
     protect.add_argument("--trigger-len", type=int, help="override the method's trigger length (MEM-k)")
     protect.add_argument("--eps", type=int, default=8, help="L-inf bound in 1/255 steps")
-    protect.add_argument("--size", type=int, help="image size (default: the surrogate's or the model's)")
+    protect.add_argument("--model", default="auto",
+                         help=f"architecture of the fresh surrogate when no --surrogate is given; auto: "
+                              f"{DEVICE_SURROGATES['cuda']} on a GPU, {DEVICE_SURROGATES['cpu']} elsewhere")
+    protect.add_argument("--size", type=int, help="surrogate image size in px (default: the model's own: "
+                                                   "224 for RN50, 64 for RN-small)")
     protect.add_argument("--surrogate", help="local checkpoint of the surrogate CLIP (required for uap/tap)")
-    protect.add_argument("--model", default="RN50", help="architecture of a fresh surrogate when none is given")
-    protect.add_argument("--max-rounds", type=int)
-    protect.add_argument("--surrogate-steps", type=int)
-    protect.add_argument("--pgd-steps", type=int)
-    protect.add_argument("--trigger-per", choices=["row", "image", "universal"])
-    protect.add_argument("--noise-per", choices=["image", "row", "universal"])
+    protect.add_argument("--max-rounds", type=int, help="default: the schedule's")
+    protect.add_argument("--surrogate-steps", type=int, help="default: the schedule's")
+    protect.add_argument("--pgd-steps", type=int, help="default: the schedule's")
+    protect.add_argument("--trigger-per", choices=["row", "image", "universal"], help="default: the schedule's")
+    protect.add_argument("--noise-per", choices=["image", "row", "universal"], help="default: the method's")
     protect.add_argument("--fraction", type=float, default=1.0, help="share of images to protect")
     protect.add_argument("--batch-size", type=int, default=128)
     protect.add_argument("--seed", type=int, default=0)
-    protect.add_argument("--device", default="auto")
-    protect.add_argument("--force", action="store_true", help="write into a non-empty --out")
+    protect.add_argument("--device", default="auto", help="auto: a GPU when there is one")
+    protect.add_argument("--force", action="store_true", help="empty --out of an earlier output and start over")
     protect.set_defaults(run=_protect)
 
     sub.add_parser("models", help="list model architectures").set_defaults(run=_models)

@@ -179,14 +179,19 @@ def _decode(path: Path, size: int, csv_path: Path, line: int) -> np.ndarray:
         raise DataError(f"{csv_path}: line {line}: cannot read image {path}: {error}") from error
 
 
-def decode_images(table: CaptionTable, size: int, cache_dir: str | os.PathLike | None = None,
-                  progress: bool = True) -> torch.Tensor:
-    """Decode every image of `table` at `size` px as uint8 [N, 3, S, S], cached on disk."""
+def check_image_files(table: CaptionTable) -> None:
+    """A DataError naming the CSV line of the first image path that is a folder or no file."""
     for path, line in zip(table.image_paths, table.image_lines):
         if path.is_dir():
             raise DataError(f"{table.csv_path}: line {line}: {path} is a folder, not an image file")
         if not path.is_file():
             raise DataError(f"{table.csv_path}: line {line}: image file not found: {path}")
+
+
+def decode_images(table: CaptionTable, size: int, cache_dir: str | os.PathLike | None = None,
+                  progress: bool = True) -> torch.Tensor:
+    """Decode every image of `table` at `size` px as uint8 [N, 3, S, S], cached on disk."""
+    check_image_files(table)
     stats = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in table.image_paths]
     key = stable_hash([RESIZE_VERSION, size, stats])
     cache_file = Path(cache_dir or cache_root() / "images") / f"{key}.npy"

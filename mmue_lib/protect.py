@@ -14,6 +14,7 @@ with captions shuffled inside the batch during PGD so the noise binds to the tri
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -148,12 +149,14 @@ def method_config(method: str, **overrides) -> ProtectConfig:
 
 
 def pgd(loss_of_noise: Callable[[torch.Tensor], torch.Tensor], noise: torch.Tensor, eps: int, alpha: int,
-        steps: int, maximize: bool = False, clean: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+        steps: int, maximize: bool = False, clean: torch.Tensor | None = None,
+        tied_channels: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
     """Sign-gradient PGD on integer noise in 1/255 pixel steps; returns int8 noise and the last loss.
 
     Each step moves by `alpha` against (or, maximising, along) the gradient sign and projects onto
     |noise| <= eps. With `clean` (uint8, one image per noise) the noise is also cut so that
     clean + noise stays in [0, 255]; shared (universal) noise is clamped where it is applied.
+    `tied_channels` (bool, one per noise) marks grayscale images: their channels move as one.
     """
     noise = noise.float()
     base = None if clean is None else clean.float()
@@ -162,6 +165,8 @@ def pgd(loss_of_noise: Callable[[torch.Tensor], torch.Tensor], noise: torch.Tens
         noise.requires_grad_(True)
         loss = loss_of_noise(noise)
         grad, = torch.autograd.grad(loss, noise)
+        if tied_channels is not None:
+            grad = torch.where(tied_channels.view(-1, 1, 1, 1), grad.sum(1, keepdim=True).expand_as(grad), grad)
         loss_value = float(loss.detach())
         move = alpha * grad.sign()
         noise = (noise.detach() + (move if maximize else -move)).clamp(-eps, eps)
@@ -331,6 +336,7 @@ class _ProtectedRows:
                                            torch.zeros(dataset.num_rows, k, dtype=torch.long) if k else None)
         self.noise_index = protection.noise_index(dataset.row_image)
         self.trigger_index = protection.trigger_index(dataset.row_image)
+        self.gray = dataset.extra.get("gray_images")
 
     def clean(self, rows: torch.Tensor) -> torch.Tensor:
         return self.images[self.row_image[rows].to(self.device)]
@@ -408,8 +414,9 @@ def _pgd_batch(model: torch.nn.Module, batch: _ProtectedRows, rows: torch.Tensor
         first = torch.zeros(len(groups), dtype=torch.long, device=batch.device)
         first.scatter_(0, inverse, torch.arange(len(rows), device=batch.device))
         one_clean_per_group = clean[first]
+    tied = batch.gray[groups].to(batch.device) if batch.gray is not None and config.noise_per == "image" else None
     new, loss = pgd(loss_of_noise, batch.protection.noise[groups].to(batch.device), config.eps, config.alpha,
-                    config.pgd_steps, config.direction == "maximize", one_clean_per_group)
+                    config.pgd_steps, config.direction == "maximize", one_clean_per_group, tied)
     batch.protection.noise[groups] = new.cpu()
     return loss
 
@@ -434,10 +441,13 @@ def _initial_protection(dataset: PairDataset, config: ProtectConfig, allowed: to
 
 
 def generate_protection(dataset: PairDataset, surrogate: torch.nn.Module, config: ProtectConfig, *,
-                        checkpoint_path: str | os.PathLike | None = None, progress: bool = True) -> Protection:
+                        checkpoint_path: str | os.PathLike | None = None, progress: bool = True,
+                        on_round: Callable[[dict], None] | None = None) -> Protection:
     """Run EM / UAP / MEM (as `config` says) on `dataset` against `surrogate` (trained in place
     between updates when `surrogate_steps` > 0). With `checkpoint_path`, state is saved
-    atomically after every round and a rerun resumes, ending exactly as an uninterrupted run."""
+    atomically after every round and a rerun resumes, ending exactly as an uninterrupted run;
+    a rerun with a larger `max_rounds` (all else equal) continues from the saved rounds.
+    `on_round` is called with each finished round's record."""
     device = TrainConfig(device=config.device).resolved_device()
     surrogate.to(device)
     allowed = trigger_vocabulary(config, dataset.captions)
@@ -448,14 +458,15 @@ def generate_protection(dataset: PairDataset, surrogate: torch.nn.Module, config
     start_round = 0
     if checkpoint_path is not None and Path(checkpoint_path).is_file():
         state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-        if state["config"] != asdict(config) or state["dataset"] != [dataset.num_images, dataset.num_rows]:
-            raise ValueError(f"{checkpoint_path}: checkpoint of another protection config or dataset")
+        differences = checkpoint_differences(state, config, dataset)
+        if differences:
+            raise ValueError(f"{checkpoint_path}: checkpoint of another protection ({'; '.join(differences)})")
         protection = replace(protection, noise=state["noise"], triggers=state["triggers"], history=state["history"],
                              seconds=state["seconds"])
         surrogate.load_state_dict(state["surrogate"])
         stepper.load_state_dict(state["stepper"])
         start_round = len(protection.history)
-        if state["stopped"]:
+        if state["stopped"] or start_round >= config.max_rounds:
             return protection
     batch = _ProtectedRows(dataset, protection, model_context_length(surrogate), device)
     steps = _round_steps(dataset, config)
@@ -498,6 +509,8 @@ def generate_protection(dataset: PairDataset, surrogate: torch.nn.Module, config
         record["seconds"] = time.perf_counter() - started
         protection.seconds += record["seconds"]
         protection.history.append(record)
+        if on_round is not None:
+            on_round(record)
         stopped = bool(protection.converged)
         if checkpoint_path is not None:
             save_torch(checkpoint_path, {"config": asdict(config), "dataset": [dataset.num_images, dataset.num_rows],
@@ -510,6 +523,54 @@ def generate_protection(dataset: PairDataset, surrogate: torch.nn.Module, config
             break
     bar.close()
     return protection
+
+
+def checkpoint_differences(state: dict, config: ProtectConfig, dataset: PairDataset) -> list[str]:
+    """What differs between a saved protection state and a run of `config` on `dataset`, in words
+    ('eps 8 saved, 16 now'); `max_rounds` may grow, so it differs only when fewer rounds are asked
+    than were saved."""
+    saved, now = state["config"], asdict(config)
+    differences = [f"{key} {saved.get(key)!r} saved, {value!r} now" for key, value in now.items()
+                   if key != "max_rounds" and saved.get(key) != value]
+    if len(state["history"]) > config.max_rounds:
+        differences.append(f"{len(state['history'])} rounds saved, max_rounds {config.max_rounds} now")
+    if state["dataset"] != [dataset.num_images, dataset.num_rows]:
+        differences.append(f"{state['dataset'][0]} images and {state['dataset'][1]} captions saved, "
+                           f"{dataset.num_images} and {dataset.num_rows} now")
+    return differences
+
+
+def estimate_seconds(dataset: PairDataset, surrogate: torch.nn.Module, config: ProtectConfig,
+                     rounds: range | None = None) -> float:
+    """About how long `generate_protection` takes here: one surrogate step and one text pass are
+    timed on a full batch (on a copy of the surrogate) and multiplied out over the schedule's
+    surrogate steps, PGD steps and trigger-search passes of `rounds` (default: every round)."""
+    device = TrainConfig(device=config.device).resolved_device()
+    probe = copy.deepcopy(surrogate).to(device).train()
+    rows = torch.arange(min(config.batch_size, dataset.num_rows))
+    pixels = normalize_pixels(dataset.images[dataset.row_image[rows]].to(device).float() / 255)
+    tokens = Tokenizer().tokenize([dataset.captions[i] for i in rows.tolist()], model_context_length(surrogate)).to(device)
+
+    def timed(action: Callable[[], None]) -> float:
+        action()
+        started = time.perf_counter()
+        action()
+        return time.perf_counter() - started
+
+    step = timed(lambda: clip_loss(probe.encode_image(pixels), encode_text(probe, tokens), probe.logit_scale).backward())
+    with torch.no_grad():
+        text = timed(lambda: encode_text(probe, tokens))
+
+    def batches(which: str) -> int:
+        return math.ceil((dataset.num_rows if which == "all" else dataset.num_images) / config.batch_size)
+
+    total = 0.0
+    for index in rounds if rounds is not None else range(config.max_rounds):
+        total += config.surrogate_steps * step + batches(config.pgd_rows) * config.pgd_steps * step
+        if config.trigger_len and index < config.trigger_search_rounds:
+            passes = 1 + config.trigger_len * config.trigger_top_k * config.beam_size
+            total += batches(config.search_rows) * (step + passes * text)
+    return total
 
 
 def _round_steps(dataset: PairDataset, config: ProtectConfig) -> list[int]:

@@ -121,10 +121,10 @@ def test_force_replaces_an_earlier_output_and_refuses_a_folder_of_other_files(tm
     args = ["protect", "--csv", str(csv_path), "--out", str(out), "--model", "RN-tiny", "--size", "32",
             "--max-rounds", "1", "--surrogate-steps", "1", "--batch-size", "4", "--device", "cpu"]
     assert main(args + ["--force"]) == 0
-    assert sorted(p.name for p in (out / "images").iterdir()) == [f"00000{i}_p{i}.png" for i in range(4)]
+    assert sorted(p.name for p in (out / "images").iterdir()) == [f"p{i}.png" for i in range(4)]
     report = json.loads((out / "report.json").read_text())
-    assert [entry["file"] for entry in report["images"]] == [f"images/00000{i}_p{i}.png" for i in range(4)]
-    assert all(entry["protected"] and 0 < entry["max_abs_delta"] <= 8 and entry["size"] == [32, 32]
+    assert [entry["file"] for entry in report["images"]] == [f"images/p{i}.png" for i in range(4)]
+    assert all(entry["protected"] and 0 < entry["max_abs_delta"] <= 8 and entry["size"] == [40, 40]
                for entry in report["images"])
     (out / "notes.txt").write_text("mine")
     assert main(args + ["--force"]) == 2 and "also holds notes.txt" in capsys.readouterr().err

@@ -217,8 +217,14 @@ def test_resume_after_kill_gives_identical_noise_and_triggers(small_set, tmp_pat
                                   progress=False)
     assert torch.equal(resumed.noise, reference.noise) and torch.equal(resumed.triggers, reference.triggers)
     assert [h["noise_loss"] for h in resumed.history] == [h["noise_loss"] for h in reference.history]
-    with pytest.raises(ValueError, match="another protection config"):
+    with pytest.raises(ValueError, match="another protection .trigger_len 3 saved, 5 now"):
         generate_protection(small_set, create_clip("RN-tiny"), quick("mem-5"), checkpoint_path=checkpoint)
+    continued = tmp_path / "continued.ckpt"
+    generate_protection(small_set, create_clip("RN-tiny", seed=0), replace(config, max_rounds=2),
+                        checkpoint_path=continued, progress=False)
+    more = generate_protection(small_set, create_clip("RN-tiny", seed=7), config, checkpoint_path=continued,
+                               progress=False)
+    assert torch.equal(more.noise, reference.noise) and len(more.history) == 3
 
 
 def test_stop_loss_ends_early(small_set):
@@ -323,10 +329,10 @@ def test_protect_command_writes_publishable_data(tmp_path, capsys):
     assert report["converged"] is False and "did not converge" in capsys.readouterr().err
     published = load_csv_dataset(out / "protected.csv", 32, progress=False)
     assert published.num_images == 13 and all(len(c.split()) > 3 for c in published.captions)
-    assert not (out / "protect_state.ckpt").exists()
-    assert main(args) == 2 and "not empty" in capsys.readouterr().err
-    assert main(args + ["--force", "--schedule", "calibrated"]) == 0
+    assert (out / "protect_state.ckpt").is_file()
+    assert main(args + ["--schedule", "official"]) == 2 and "other settings (alpha 2 saved, 1 now" in capsys.readouterr().err
+    assert main(args + ["--force", "--schedule", "official"]) == 0
     config = json.loads((out / "report.json").read_text())["config"]
-    assert (config["alpha"], config["trigger_per"], config["max_rounds"]) == (2, "image", 1), "options win over the schedule"
+    assert (config["alpha"], config["trigger_per"], config["max_rounds"]) == (1, "row", 1), "options win over the schedule"
     assert main(["protect", "--csv", str(csv_path), "--out", str(tmp_path / "o2"), "--method", "uap"]) == 2
     assert "--surrogate" in capsys.readouterr().err

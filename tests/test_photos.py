@@ -1,0 +1,114 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mmue_lib.cli import main
+from mmue_lib.data import load_rgb, make_synthetic_dataset, read_caption_csv, resize_center_crop
+from mmue_lib.photos import carry_noise, model_view, open_photo, published_names
+from odd_photos import displayed_size, write_odd_photos
+
+
+@pytest.fixture(scope="module")
+def odd_folder(tmp_path_factory):
+    """The ten kinds of `odd_photos.KINDS` and an 8 x 8 PNG, from synthetic scenes."""
+    sources = [image.permute(1, 2, 0).numpy() for image in make_synthetic_dataset(10, 64, seed=5).images]
+    return write_odd_photos(sources, tmp_path_factory.mktemp("odd"), ["a red circle", "a blue square"])
+
+
+def test_photos_are_read_as_displayed_at_8_bits(odd_folder):
+    folder = odd_folder.parent
+    for path in sorted(folder.glob("*_*.*")):
+        photo = open_photo(path)
+        assert photo.size == displayed_size(path.name), path.name
+        assert photo.pixels.dtype == np.uint8
+        kind = path.name.split("_")[0]
+        assert photo.gray == (kind in ("gray", "deep", "graya")), path.name
+        assert (photo.alpha is not None) == (kind in ("alpha", "graya")), path.name
+    deep, gray = open_photo(folder / "deep_6.png"), open_photo(folder / "gray_2.jpg")
+    assert "16-bit grayscale scaled to 8 bits" in deep.notes and 20 < deep.pixels.mean() < 235
+    rotated = open_photo(folder / "rotated_7.jpg")
+    assert rotated.notes == ["EXIF orientation 6 applied"]
+    assert gray.pixels.shape[2] == 1
+
+
+def test_carried_noise_keeps_the_bound_and_comes_back_through_the_collectors_resize(odd_folder):
+    generator = torch.Generator().manual_seed(0)
+    for path in sorted(odd_folder.parent.glob("*_*.*")):
+        photo = open_photo(path)
+        noise = (torch.randint(0, 2, (3, 32, 32), generator=generator) * 16 - 8).to(torch.int8).numpy()
+        noise = noise.repeat(2, axis=1).repeat(2, axis=2)
+        protected = carry_noise(photo, noise)
+        assert protected.shape == photo.pixels.shape
+        assert np.abs(protected.astype(int) - photo.pixels.astype(int)).max() <= 8
+        if path.name.startswith("tiny"):
+            continue
+        seen = model_view(type(photo)(path, protected, photo.alpha), 64).astype(int) - model_view(photo, 64)
+        expected = noise[:1].repeat(3, 0) if photo.gray else noise
+        opaque = slice(None) if photo.alpha is None else slice(12, 52)
+        assert np.mean(np.sign(seen[:, opaque]) == np.sign(expected[:, opaque])) > 0.9, path.name
+
+
+def test_gray_noise_is_tied_across_channels_in_pgd():
+    from mmue_lib.protect import pgd
+
+    noise = torch.zeros(2, 3, 4, 4)
+    target = torch.randn(2, 3, 4, 4)
+    tied, _ = pgd(lambda n: ((n - target) ** 2).sum(), noise, 8, 1, 3, tied_channels=torch.tensor([True, False]))
+    assert (tied[0] == tied[0, :1]).all() and not (tied[1] == tied[1, :1]).all()
+
+
+def test_published_names_keep_each_photos_name_and_refuse_a_clash(tmp_path):
+    (tmp_path / "trip").mkdir()
+    for name in ("a.jpg", "trip/b.png", "a.png"):
+        Image.new("RGB", (20, 20)).save(tmp_path / name)
+    (tmp_path / "photos.csv").write_text("image,caption\na.jpg,one\ntrip/b.png,two\n")
+    assert published_names(read_caption_csv(tmp_path / "photos.csv")) == ["images/a.png", "images/trip/b.png"]
+    (tmp_path / "photos.csv").write_text("image,caption\na.jpg,one\na.png,two\n")
+    with pytest.raises(ValueError, match="lines 2 and 3 would both be published as images/a.png"):
+        published_names(read_caption_csv(tmp_path / "photos.csv"))
+
+
+def test_protect_publishes_every_photo_at_its_own_size_within_the_bound(odd_folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["protect", "--csv", str(odd_folder), "--out", str(out), "--model", "RN-tiny", "--size", "32",
+            "--max-rounds", "1", "--surrogate-steps", "1", "--batch-size", "4", "--device", "cpu"]
+    assert main(args) == 0
+    printed = capsys.readouterr()
+    assert "about " in printed.out and "round 1 of 1: noise loss" in printed.out
+    assert "tiny_0.png is 8 x 8 px" in printed.err
+    report = json.loads((out / "report.json").read_text())
+    table = read_caption_csv(out / "protected.csv")
+    assert len(table.image_paths) == len(report["images"]) == 11
+    for entry, path in zip(report["images"], table.image_paths):
+        source = open_photo(odd_folder.parent / entry["source"].split("/")[-1])
+        published = open_photo(path)
+        assert path.stem == source.path.stem and published.size == source.size == tuple(entry["size"])
+        assert published.gray == source.gray and (published.alpha is None) == (source.alpha is None)
+        delta = np.abs(published.pixels.astype(int) - source.pixels.astype(int))
+        assert delta.max() <= 8 and entry["max_abs_delta"] == delta.max() and entry["protected"]
+    assert all(caption.split()[0] != "a" or len(caption.split()) > 3 for caption in table.captions)
+    assert main(args[:-6] + ["--max-rounds", "2", "--surrogate-steps", "1", "--batch-size", "4", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "continuing after round 1" in printed and "round 2 of 2" in printed and "round 1 of" not in printed
+    assert json.loads((out / "report.json").read_text())["rounds"] == 2
+    assert main(args[:-6] + ["--max-rounds", "2", "--surrogate-steps", "1", "--batch-size", "4", "--eps", "4",
+                             "--device", "cpu"]) == 2
+    assert "holds a protection with other settings (eps 8 saved, 4 now)" in capsys.readouterr().err
+
+
+def test_model_resolution_output_is_what_the_surrogate_saw(tmp_path):
+    folder = tmp_path / "photos"
+    sources = [image.permute(1, 2, 0).numpy() for image in make_synthetic_dataset(3, 64, seed=1).images]
+    csv_path = write_odd_photos(sources, folder, ["a scene"])
+    out = tmp_path / "out"
+    assert main(["protect", "--csv", str(csv_path), "--out", str(out), "--model", "RN-tiny", "--size", "32",
+                 "--max-rounds", "1", "--surrogate-steps", "1", "--batch-size", "4", "--device", "cpu",
+                 "--resolution", "model"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert all(entry["size"] == [32, 32] for entry in report["images"])
+    clean = resize_center_crop(load_rgb(folder / "landscape_0.jpg"), 32)
+    published = np.asarray(Image.open(out / report["images"][0]["file"])).transpose(2, 0, 1)
+    assert np.abs(published.astype(int) - clean).max() <= 8
