@@ -358,6 +358,25 @@ def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto")
 
 
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Help that shows every option's default, where it has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not any(action.default is nothing for nothing in (None, False, argparse.SUPPRESS)):
+            text += " (default: %(default)s)"
+        return text
+
+
+def _schedule_default(field: str) -> str:
+    """'default: the schedule's (calibrated 3, official 20)' for a `ProtectConfig` field."""
+    from .protect import ProtectConfig
+
+    values = ", ".join(f"{name} {overrides.get(field, getattr(ProtectConfig, field))}"
+                       for name, overrides in SCHEDULES.items())
+    return f"default: the schedule's ({values})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmue", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -414,11 +433,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(run=_evaluate)
 
     protect = sub.add_parser("protect", help="protect your own image,caption CSV (EM, UAP, TAP, MEM)",
-                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                             formatter_class=_DefaultsFormatter)
     protect.add_argument("--csv", required=True, help="image,caption CSV of your photos (paths relative to it)")
     protect.add_argument("--out", required=True, help="folder for images/, protected.csv, report.json and the state "
                                                       "that lets a rerun continue")
-    protect.add_argument("--method", default="mem-3", choices=list(METHODS))
+    protect.add_argument("--method", default="mem-3", choices=list(METHODS),
+                         help="protection method (mmue_lib.protect.METHODS)")
     protect.add_argument("--schedule", default="calibrated", choices=list(SCHEDULES),
                          help="protection schedule (mmue_lib.protect.SCHEDULES): calibrated = the cpu schedule chosen "
                               "on Flickr8k val (3 rounds x 40 surrogate steps, per-image triggers); official = the "
@@ -434,14 +454,14 @@ def build_parser() -> argparse.ArgumentParser:
     protect.add_argument("--size", type=int, help="surrogate image size in px (default: the model's own: "
                                                    "224 for RN50, 64 for RN-small)")
     protect.add_argument("--surrogate", help="local checkpoint of the surrogate CLIP (required for uap/tap)")
-    protect.add_argument("--max-rounds", type=int, help="default: the schedule's")
-    protect.add_argument("--surrogate-steps", type=int, help="default: the schedule's")
-    protect.add_argument("--pgd-steps", type=int, help="default: the schedule's")
-    protect.add_argument("--trigger-per", choices=["row", "image", "universal"], help="default: the schedule's")
+    protect.add_argument("--max-rounds", type=int, help=_schedule_default("max_rounds"))
+    protect.add_argument("--surrogate-steps", type=int, help=_schedule_default("surrogate_steps"))
+    protect.add_argument("--pgd-steps", type=int, help=_schedule_default("pgd_steps"))
+    protect.add_argument("--trigger-per", choices=["row", "image", "universal"], help=_schedule_default("trigger_per"))
     protect.add_argument("--noise-per", choices=["image", "row", "universal"], help="default: the method's")
     protect.add_argument("--fraction", type=float, default=1.0, help="share of images to protect")
-    protect.add_argument("--batch-size", type=int, default=128)
-    protect.add_argument("--seed", type=int, default=0)
+    protect.add_argument("--batch-size", type=int, default=128, help="pairs per contrastive batch")
+    protect.add_argument("--seed", type=int, default=0, help="seed of the surrogate, the noise and the trigger search")
     protect.add_argument("--device", default="auto", help="auto: a GPU when there is one")
     protect.add_argument("--force", action="store_true", help="empty --out of an earlier output and start over")
     protect.set_defaults(run=_protect)
