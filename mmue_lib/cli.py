@@ -161,9 +161,10 @@ DEVICE_SURROGATES = {"cuda": "RN50", "cpu": "RN-small"}
 224 px on a GPU; elsewhere a small ResNet CLIP at 64 px (the cpu scale's), which finishes."""
 
 SMALL_COLLECTION = 2000
-"""Below this many photos the calibrated protection did not bind here (`benchmarks/protect_photos.py`
-on Flickr8k photos: the PGD loss rose round after round at 41, 101, 251 and 501 photos, fell to
-0.07 at 2,000): the surrogate memorises a small collection's captions instead of its triggers."""
+"""Below this many photos the calibrated protection did not bind in its 3 rounds here
+(`benchmarks/protect_photos.py` on Flickr8k photos: the PGD loss rose round after round at 41
+and 101 photos, turned only after round 3 at 251 and 501, fell to 0.07 at 2,000): the surrogate
+learns a small collection by its captions' content instead of its triggers."""
 
 STATE_FILE = "protect_state.ckpt"
 """Kept in --out after a protection, so a rerun with a larger --max-rounds continues from it."""
