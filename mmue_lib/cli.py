@@ -171,11 +171,10 @@ STATE_FILE = "protect_state.ckpt"
 
 
 def _protect(args: argparse.Namespace) -> None:
-    import torch
     from tqdm import tqdm
 
     from .models import create_clip, load_clip, model_image_size
-    from .photos import export_photos, published_names, read_photos
+    from .photos import check_photo_noise, export_photos, published_names, read_photos
     from .progress import duration
     from .protect import estimate_seconds, export_protected, generate_protection, protected_dataset
     from .runs import protection_config
@@ -196,12 +195,11 @@ def _protect(args: argparse.Namespace) -> None:
     if config.direction == "maximize" and not args.surrogate:
         raise ValueError(f"--method {args.method} attacks a clean-trained surrogate: pass --surrogate PATH")
     if args.resolution == "photo":
-        if config.noise_per == "row":
-            raise ValueError("--noise-per row makes one copy of a photo per caption: use it with --resolution model")
+        check_photo_noise(config)
         published_names(table)
     device = TrainConfig(device=args.device).resolved_device()
-    model = DEVICE_SURROGATES.get(device.type, "RN-small") if args.model == "auto" else args.model
-    _prepare_protect_output(out, state, config, len(table.image_paths), len(table.captions), args.force)
+    model = DEVICE_SURROGATES.get(device.type, DEVICE_SURROGATES["cpu"]) if args.model == "auto" else args.model
+    done = _prepare_protect_output(out, state, config, len(table.image_paths), len(table.captions), args.force)
     if args.surrogate:
         surrogate = load_clip(args.surrogate)
         if args.size and args.size != model_image_size(surrogate):
@@ -217,7 +215,6 @@ def _protect(args: argparse.Namespace) -> None:
               f"collection's captions instead of its triggers and the protection does not bind (measured: the loss "
               f"rises round after round). Protect your photos together with other captioned photos (add their rows "
               f"to the CSV, e.g. a public set such as Flickr8k) and post only yours.", file=sys.stderr)
-    done = len(torch.load(state, map_location="cpu", weights_only=True)["history"]) if state.is_file() else 0
     surrogate_name = args.surrogate or f"{model} at {size} px (random init, trained during protection)"
     print(f"protecting {clean.num_images} photos ({clean.num_rows} captions) with {METHODS[args.method].label}, "
           f"schedule {args.schedule}, surrogate {surrogate_name}, on {device.type}: "
@@ -256,28 +253,29 @@ def _protect(args: argparse.Namespace) -> None:
               f"{len(protection.history)}, and measure it with mmue check.", file=sys.stderr)
 
 
-def _prepare_protect_output(out: Path, state: Path, config, num_images: int, num_rows: int, force: bool) -> None:
+def _prepare_protect_output(out: Path, state: Path, config, num_images: int, num_rows: int, force: bool) -> int:
     """Make --out ready before any compute: empty, or emptied of an earlier output (--force), or
-    holding the saved state of this same protection (continued: more rounds, or after a kill)."""
+    holding the saved state of this same protection (continued: more rounds, or after a kill).
+    Returns the number of rounds the kept state holds."""
     import torch
 
     from .protect import checkpoint_differences
 
     if not out.is_dir() or not any(out.iterdir()):
-        return
+        return 0
     if force:
         _empty_protect_output(out, keep=None)
-        return
+        return 0
     if not state.is_file():
         raise ValueError(f"{out} is not empty; choose another --out or pass --force to overwrite")
     saved = torch.load(state, map_location="cpu", weights_only=True)
-    differences = checkpoint_differences(saved, config, data.PairDataset(
-        torch.zeros(num_images, 3, 1, 1, dtype=torch.uint8), [""] * num_rows, torch.zeros(num_rows, dtype=torch.long)))
+    differences = checkpoint_differences(saved, config, num_images, num_rows)
     if differences:
         raise ValueError(f"{out} holds a protection with other settings ({'; '.join(differences)}): rerun with "
                          f"the same options (a larger --max-rounds continues it), pass --force to start over, "
                          f"or choose another --out")
     _empty_protect_output(out, keep=state)
+    return len(saved["history"])
 
 
 PROTECT_RANGES = {"eps": (1, 32, "the L-inf bound in 1/255 pixel steps; the paper uses 8"),
@@ -452,8 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="protection method (mmue_lib.protect.METHODS)")
     protect.add_argument("--schedule", default="calibrated", choices=list(SCHEDULES),
                          help="protection schedule (mmue_lib.protect.SCHEDULES): calibrated = the cpu schedule chosen "
-                              "on Flickr8k val (3 rounds x 40 surrogate steps, per-image triggers); official = the "
-                              "official code's (20 rounds x 200 steps, per-row triggers); the options below override it")
+                              "on Flickr8k val; official = the official code's; the options below override it and "
+                              "give each schedule's value")
     protect.add_argument("--resolution", choices=["photo", "model"], default="photo",
                          help="photo: publish each photo at its own size and orientation, as PNG under its own name; "
                               "model: the square crop the surrogate saw")
@@ -462,8 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     protect.add_argument("--model", default="auto",
                          help=f"architecture of the fresh surrogate when no --surrogate is given; auto: "
                               f"{DEVICE_SURROGATES['cuda']} on a GPU, {DEVICE_SURROGATES['cpu']} elsewhere")
-    protect.add_argument("--size", type=int, help="surrogate image size in px (default: the model's own: "
-                                                   "224 for RN50, 64 for RN-small)")
+    protect.add_argument("--size", type=int, help="surrogate image size in px (default: the model's own)")
     protect.add_argument("--surrogate", help="local checkpoint of the surrogate CLIP (required for uap/tap)")
     protect.add_argument("--max-rounds", type=int, help=_schedule_default("max_rounds"))
     protect.add_argument("--surrogate-steps", type=int, help=_schedule_default("surrogate_steps"))

@@ -158,14 +158,18 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
         return image.convert("RGB")
 
 
-def resize_center_crop(image: Image.Image, size: int) -> np.ndarray:
-    """Shorter side to `size` (bicubic), centre crop to `size x size`; returns uint8 [3, S, S]."""
-    width, height = image.size
+def center_crop_geometry(width: int, height: int, size: int) -> tuple[int, int, int, int]:
+    """(resized width, resized height, left, top) of `resize_center_crop` on a `width x height` image."""
     scale = size / min(width, height)
     new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-    if (new_w, new_h) != (width, height):
+    return new_w, new_h, (new_w - size) // 2, (new_h - size) // 2
+
+
+def resize_center_crop(image: Image.Image, size: int) -> np.ndarray:
+    """Shorter side to `size` (bicubic), centre crop to `size x size`; returns uint8 [3, S, S]."""
+    new_w, new_h, left, top = center_crop_geometry(*image.size, size)
+    if (new_w, new_h) != image.size:
         image = image.resize((new_w, new_h), Image.BICUBIC, reducing_gap=3.0)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
     image = image.crop((left, top, left + size, top + size))
     return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
 

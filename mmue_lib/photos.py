@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .data import CaptionTable, DataError, PairDataset, resize_center_crop, write_caption_csv
+from .data import CaptionTable, DataError, PairDataset, center_crop_geometry, resize_center_crop, write_caption_csv
 from .progress import bar as progress_bar
-from .protect import Protection, protected_dataset, psnr
+from .protect import ProtectConfig, Protection, protected_dataset, psnr
 from .storage import atomic_path, write_json
 
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
@@ -107,11 +107,9 @@ def model_view(photo: Photo, size: int) -> np.ndarray:
     return resize_center_crop(photo.rgb_on_white(), size)
 
 
-def _cells(length: int, short_side: int, size: int) -> np.ndarray:
-    """For each pixel along a side of `length` px, the model-size crop cell it falls in (-1 outside the crop);
-    the geometry of `data.resize_center_crop`."""
-    resized = max(size, round(length * size / short_side))
-    offset = (resized - size) // 2
+def _cells(length: int, resized: int, offset: int, size: int) -> np.ndarray:
+    """For each pixel along a side of `length` px, resized to `resized` px and cropped from `offset`,
+    the model-size crop cell it falls in (-1 outside the crop)."""
     cells = np.floor((np.arange(length) + 0.5) * resized / length).astype(np.int64) - offset
     return np.where((cells >= 0) & (cells < size), cells, -1)
 
@@ -121,7 +119,8 @@ def carry_noise(photo: Photo, noise: np.ndarray) -> np.ndarray:
     resolution over the centre crop; grayscale photos take the first channel (their noise is tied)."""
     size = noise.shape[-1]
     width, height = photo.size
-    rows, cols = _cells(height, min(width, height), size), _cells(width, min(width, height), size)
+    new_w, new_h, left, top = center_crop_geometry(width, height, size)
+    rows, cols = _cells(height, new_h, top, size), _cells(width, new_w, left, size)
     channels = noise[:1] if photo.gray else noise
     full = channels[:, np.clip(rows, 0, None)][:, :, np.clip(cols, 0, None)].transpose(1, 2, 0).astype(np.int16)
     full *= ((rows >= 0)[:, None] & (cols >= 0)[None, :])[..., None]
@@ -183,13 +182,18 @@ def read_photos(table: CaptionTable, size: int, progress: bool = True) -> PairDa
                               "warnings": warnings})
 
 
+def check_photo_noise(config: ProtectConfig) -> None:
+    """Refuse per-row noise, which would publish one copy of a photo per caption."""
+    if config.noise_per == "row":
+        raise ValueError("--noise-per row makes one copy of a photo per caption: use it with --resolution model")
+
+
 def export_photos(table: CaptionTable, dataset: PairDataset, protection: Protection, out_dir: str | os.PathLike,
                   fraction: float, seed: int, report: dict) -> Path:
     """Publish at each photo's own resolution: the protected photos under `published_names`,
     `protected.csv` (captions with their triggers) and `report.json` (`report` plus, per photo,
     its file, size, whether it is protected, PSNR and largest change at full resolution)."""
-    if protection.config.noise_per == "row":
-        raise ValueError("per-row noise makes one copy of a photo per caption: publish it at the model's resolution")
+    check_photo_noise(protection.config)
     out_dir = Path(out_dir)
     protected = protected_dataset(dataset, protection, fraction, seed)
     chosen = protected.extra["protected_images"].tolist()

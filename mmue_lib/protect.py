@@ -458,7 +458,7 @@ def generate_protection(dataset: PairDataset, surrogate: torch.nn.Module, config
     start_round = 0
     if checkpoint_path is not None and Path(checkpoint_path).is_file():
         state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-        differences = checkpoint_differences(state, config, dataset)
+        differences = checkpoint_differences(state, config, dataset.num_images, dataset.num_rows)
         if differences:
             raise ValueError(f"{checkpoint_path}: checkpoint of another protection ({'; '.join(differences)})")
         protection = replace(protection, noise=state["noise"], triggers=state["triggers"], history=state["history"],
@@ -525,18 +525,18 @@ def generate_protection(dataset: PairDataset, surrogate: torch.nn.Module, config
     return protection
 
 
-def checkpoint_differences(state: dict, config: ProtectConfig, dataset: PairDataset) -> list[str]:
-    """What differs between a saved protection state and a run of `config` on `dataset`, in words
-    ('eps 8 saved, 16 now'); `max_rounds` may grow, so it differs only when fewer rounds are asked
-    than were saved."""
+def checkpoint_differences(state: dict, config: ProtectConfig, num_images: int, num_rows: int) -> list[str]:
+    """What differs between a saved protection state and a run of `config` on `num_images` images
+    with `num_rows` captions, in words ('eps 8 saved, 16 now'); `max_rounds` may grow, so it
+    differs only when fewer rounds are asked than were saved."""
     saved, now = state["config"], asdict(config)
     differences = [f"{key} {saved.get(key)!r} saved, {value!r} now" for key, value in now.items()
                    if key != "max_rounds" and saved.get(key) != value]
     if len(state["history"]) > config.max_rounds:
         differences.append(f"{len(state['history'])} rounds saved, max_rounds {config.max_rounds} now")
-    if state["dataset"] != [dataset.num_images, dataset.num_rows]:
+    if state["dataset"] != [num_images, num_rows]:
         differences.append(f"{state['dataset'][0]} images and {state['dataset'][1]} captions saved, "
-                           f"{dataset.num_images} and {dataset.num_rows} now")
+                           f"{num_images} and {num_rows} now")
     return differences
 
 
@@ -561,25 +561,25 @@ def estimate_seconds(dataset: PairDataset, surrogate: torch.nn.Module, config: P
     with torch.no_grad():
         text = timed(lambda: encode_text(probe, tokens))
 
-    def batches(which: str) -> int:
-        return math.ceil((dataset.num_rows if which == "all" else dataset.num_images) / config.batch_size)
-
     total = 0.0
     for index in rounds if rounds is not None else range(config.max_rounds):
-        total += config.surrogate_steps * step + batches(config.pgd_rows) * config.pgd_steps * step
+        total += config.surrogate_steps * step + _batch_count(dataset, config, config.pgd_rows) * config.pgd_steps * step
         if config.trigger_len and index < config.trigger_search_rounds:
             passes = 1 + config.trigger_len * config.trigger_top_k * config.beam_size
-            total += batches(config.search_rows) * (step + passes * text)
+            total += _batch_count(dataset, config, config.search_rows) * (step + passes * text)
     return total
+
+
+def _batch_count(dataset: PairDataset, config: ProtectConfig, rows: str) -> int:
+    """Batches in one pass over `rows` ('all' rows or 'one_per_image')."""
+    return math.ceil((dataset.num_rows if rows == "all" else dataset.num_images) / config.batch_size)
 
 
 def _round_steps(dataset: PairDataset, config: ProtectConfig) -> list[int]:
     """Progress steps of each round: surrogate steps, trigger-search batches (in search rounds), PGD batches."""
-    def batches(rows: str) -> int:
-        return math.ceil((dataset.num_rows if rows == "all" else dataset.num_images) / config.batch_size)
-
-    search = batches(config.search_rows) if config.trigger_len else 0
-    return [config.surrogate_steps + (search if index < config.trigger_search_rounds else 0) + batches(config.pgd_rows)
+    search = _batch_count(dataset, config, config.search_rows) if config.trigger_len else 0
+    return [config.surrogate_steps + (search if index < config.trigger_search_rounds else 0)
+            + _batch_count(dataset, config, config.pgd_rows)
             for index in range(config.max_rounds)]
 
 
