@@ -7,7 +7,7 @@ from PIL import Image
 
 from mmue_lib.cli import main
 from mmue_lib.data import load_rgb, make_synthetic_dataset, read_caption_csv, resize_center_crop
-from mmue_lib.photos import carry_noise, model_view, open_photo, published_names
+from mmue_lib.photos import Photo, carry_noise, model_view, open_photo, published_names
 from odd_photos import displayed_size, write_odd_photos
 
 
@@ -45,7 +45,7 @@ def test_carried_noise_keeps_the_bound_and_comes_back_through_the_collectors_res
         assert np.abs(protected.astype(int) - photo.pixels.astype(int)).max() <= 8
         if path.name.startswith("tiny"):
             continue
-        seen = model_view(type(photo)(path, protected, photo.alpha), 64).astype(int) - model_view(photo, 64)
+        seen = model_view(Photo(path, protected, photo.alpha), 64).astype(int) - model_view(photo, 64)
         expected = noise[:1].repeat(3, 0) if photo.gray else noise
         opaque = slice(None) if photo.alpha is None else slice(12, 52)
         assert np.mean(np.sign(seen[:, opaque]) == np.sign(expected[:, opaque])) > 0.9, path.name
