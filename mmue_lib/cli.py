@@ -5,13 +5,15 @@ import argparse
 import difflib
 import json
 import math
+import os
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-from . import data
+from . import data, distributed
 from .protect import METHODS, SCHEDULES
 from .storage import write_json
 
@@ -64,6 +66,8 @@ def _train_victim(args: argparse.Namespace, model, train_csv: str, train: data.P
     result = train_clip(model, TokenizedPairs.from_dataset(train, length), config,
                         test=None if test is None else TokenizedPairs.from_dataset(test, length),
                         checkpoint_path=out / "train_state.ckpt")
+    if not distributed.context().is_main:
+        return result.history[-1]
     save_clip(result.model.cpu(), out / "model.pt", meta={"config": asdict(config), "csv": str(train_csv)})
     write_json(out / "metrics.json", {"model": args.model, "image_size": size, "context_length": length,
                                       "config": asdict(config), "train_csv": str(train_csv),
@@ -77,8 +81,9 @@ def _train(args: argparse.Namespace) -> None:
 
     model = _victim_model(args)
     size = model_image_size(model)
-    train = data.load_csv_dataset(args.csv, size, max_images=args.max_images)
-    test = data.load_csv_dataset(args.test_csv, size) if args.test_csv else None
+    with distributed.main_first():
+        train = data.load_csv_dataset(args.csv, size, max_images=args.max_images)
+        test = data.load_csv_dataset(args.test_csv, size) if args.test_csv else None
     final = _train_victim(args, model, args.csv, train, test, Path(args.out))
     print({k: round(v, 2) for k, v in final.items()})
 
@@ -95,8 +100,10 @@ def _check(args: argparse.Namespace) -> None:
         print(f"warning: {args.protected} was protected at {made_at} px and is checked at {size} px: its images are "
               f"rescaled, which may weaken the noise; pass --size {made_at} to check it as it was made",
               file=sys.stderr)
-    sets = {label: data.load_csv_dataset(csv, size, max_images=args.max_images) for label, (csv, _) in victims.items()}
-    test = data.load_csv_dataset(args.test_csv, size)
+    with distributed.main_first():
+        sets = {label: data.load_csv_dataset(csv, size, max_images=args.max_images)
+                for label, (csv, _) in victims.items()}
+        test = data.load_csv_dataset(args.test_csv, size)
     shared = data.count_shared_images(sets["Clean"], test)
     if shared:
         raise ValueError(f"{shared} of the {test.num_images} images of {args.test_csv} are also in {args.clean}: "
@@ -104,6 +111,8 @@ def _check(args: argparse.Namespace) -> None:
     out = Path(args.out)
     finals = {label: _train_victim(args, model, csv, sets[label], test, out / label.lower())
               for label, (csv, model) in victims.items()}
+    if not distributed.context().is_main:
+        return
     table = retrieval_table(finals, random_metrics(test.row_image)).set_index("method")
     verdicts = {direction: check_verdict(table, direction) for direction in ("i2t", "t2i")}
     rows = {label: {key: (None if isinstance(value, float) and math.isnan(value) else value)
@@ -199,7 +208,9 @@ def _protect(args: argparse.Namespace) -> None:
         published_names(table)
     device = TrainConfig(device=args.device).resolved_device()
     model = DEVICE_SURROGATES.get(device.type, DEVICE_SURROGATES["cpu"]) if args.model == "auto" else args.model
-    done = _prepare_protect_output(out, state, config, len(table.image_paths), len(table.captions), args.force)
+    with distributed.main_first():
+        done = _prepare_protect_output(out, state, config, len(table.image_paths), len(table.captions),
+                                       args.force and distributed.context().is_main)
     if args.surrogate:
         surrogate = load_clip(args.surrogate)
         if args.size and args.size != model_image_size(surrogate):
@@ -207,7 +218,8 @@ def _protect(args: argparse.Namespace) -> None:
     else:
         surrogate = create_clip(model, image_size=args.size, seed=args.seed)
     size = model_image_size(surrogate)
-    clean = read_photos(table, size) if args.resolution == "photo" else data.load_csv_dataset(args.csv, size)
+    with distributed.main_first():
+        clean = read_photos(table, size) if args.resolution == "photo" else data.load_csv_dataset(args.csv, size)
     for warning in clean.extra.get("warnings", []):
         print(f"warning: {warning}", file=sys.stderr)
     if clean.num_images < SMALL_COLLECTION and config.direction == "minimize":
@@ -233,6 +245,8 @@ def _protect(args: argparse.Namespace) -> None:
     protection_rounds: list[dict] = []
     started = time.perf_counter()
     protection = generate_protection(clean, surrogate, config, checkpoint_path=state, on_round=report_round)
+    if not distributed.context().is_main:
+        return
     report = {"method": args.method, "schedule": args.schedule, "config": asdict(config), "csv": str(args.csv),
               "image_size": size, "resolution": args.resolution, "fraction": args.fraction,
               "surrogate": surrogate_name, "rounds": len(protection.history), "history": protection.history,
@@ -365,6 +379,11 @@ def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rows-per-epoch", choices=["all", "one_per_image"], default="all")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--nproc", type=int, default=1, help=NPROC_HELP)
+
+
+NPROC_HELP = ("processes: above 1 the command reruns itself under torchrun (DDP; one GPU per process on CUDA, "
+              "gloo on CPU); the global batch is split across them, so --batch-size must divide by it")
 
 
 class _DefaultsFormatter(argparse.HelpFormatter):
@@ -471,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     protect.add_argument("--batch-size", type=int, default=128, help="pairs per contrastive batch")
     protect.add_argument("--seed", type=int, default=0, help="seed of the surrogate, the noise and the trigger search")
     protect.add_argument("--device", default="auto", help="auto: a GPU when there is one")
+    protect.add_argument("--nproc", type=int, default=1, help=NPROC_HELP)
     protect.add_argument("--force", action="store_true", help="empty --out of an earlier output and start over")
     protect.set_defaults(run=_protect)
 
@@ -482,13 +502,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    nproc = getattr(args, "nproc", 1)
+    if nproc < 1 or args.__dict__.get("batch_size", nproc) % nproc:
+        print(f"mmue: error: --nproc {nproc}: a positive number that divides --batch-size "
+              f"{args.__dict__.get('batch_size')}", file=sys.stderr)
+        return 2
+    if nproc > 1 and not distributed.launched_by_torchrun():
+        return _run_in_processes(nproc, argv)
     try:
+        if distributed.setup(getattr(args, "device", "auto")).distributed and not distributed.context().is_main:
+            sys.stdout = sys.stderr = open(os.devnull, "w")
         args.run(args)
     except (data.DataError, FileNotFoundError, ValueError) as error:
         print(f"mmue: error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def _run_in_processes(nproc: int, argv: list[str]) -> int:
+    """This command again in `nproc` processes under torchrun (rank 0 prints and writes), without
+    --nproc (which torchrun would take for an abbreviation of its own --nproc-per-node)."""
+    kept, skip = [], False
+    for argument in argv:
+        if not skip and not argument.startswith("--nproc"):
+            kept.append(argument)
+        skip = argument == "--nproc"
+    command = distributed.torchrun_command(nproc, "mmue_lib.cli", kept)
+    print(f"running in {nproc} processes: {distributed.describe(command)}", file=sys.stderr, flush=True)
+    threads = os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    environment = {**os.environ, "OMP_NUM_THREADS": threads}
+    return subprocess.run(command, env=environment).returncode
 
 
 if __name__ == "__main__":

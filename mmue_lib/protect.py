@@ -26,6 +26,7 @@ from typing import Callable, Literal
 import torch
 
 from .data import PairDataset, image_file_names, write_dataset_folder
+from .distributed import Context, barrier, broadcast_rows, check_batch_size, context, gather_objects, shard
 from .progress import bar as progress_bar
 from .models import Tokenizer, encode_text, model_context_length, normalize_pixels
 from .storage import save_torch, write_json
@@ -358,10 +359,16 @@ def _shuffled(rows: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return rows[torch.randperm(len(rows), generator=generator)]
 
 
+def _search_caption_orders(rows: torch.Tensor, config: ProtectConfig, generator: torch.Generator) -> list[torch.Tensor]:
+    """The caption rows the trigger search of one batch pairs with `rows` (drawn before any compute,
+    so every process draws every batch's and the stream is the same however batches are shared)."""
+    return [_shuffled(rows, generator) if config.shuffle_search else rows]
+
+
 def _search_batch(model: torch.nn.Module, batch: _ProtectedRows, rows: torch.Tensor, allowed: torch.Tensor,
-                  config: ProtectConfig, generator: torch.Generator) -> tuple[torch.Tensor, float]:
+                  config: ProtectConfig, caption_orders: list[torch.Tensor]) -> tuple[torch.Tensor, float]:
     """HotFlip candidates from the gradient at the trigger embeddings, then beam search."""
-    caption_rows = _shuffled(rows, generator) if config.shuffle_search else rows
+    caption_rows, = caption_orders
     with torch.no_grad():
         image_features = model.encode_image(normalize_pixels(batch.pixels(rows)))
     tokens = batch.token_batch(rows, caption_rows)
@@ -388,18 +395,27 @@ def _search_batch(model: torch.nn.Module, batch: _ProtectedRows, rows: torch.Ten
     return best.cpu(), best_loss
 
 
+def _pgd_caption_orders(rows: torch.Tensor, config: ProtectConfig, generator: torch.Generator) -> list[torch.Tensor]:
+    """The caption rows each PGD step of one batch pairs with `rows`: shuffled at every step, once
+    per batch, or not at all (drawn before any compute, as `_search_caption_orders`)."""
+    if not config.shuffle_pgd:
+        return [rows]
+    draws = config.pgd_steps if config.reshuffle == "step" else 1
+    return [_shuffled(rows, generator) for _ in range(draws)]
+
+
 def _pgd_batch(model: torch.nn.Module, batch: _ProtectedRows, rows: torch.Tensor, config: ProtectConfig,
-               generator: torch.Generator) -> float:
+               caption_orders: list[torch.Tensor]) -> float:
     """One PGD update of the noise groups of `rows` (rows sharing a noise share its update)."""
     groups, inverse = torch.unique(batch.noise_index[rows], return_inverse=True)
     inverse = inverse.to(batch.device)
     clean = batch.clean(rows)
     base = clean.float()
+    orders = iter(caption_orders)
 
     def text_features() -> torch.Tensor:
-        caption_rows = _shuffled(rows, generator) if config.shuffle_pgd else rows
         with torch.no_grad():
-            return encode_text(model, batch.token_batch(rows, caption_rows))
+            return encode_text(model, batch.token_batch(rows, next(orders)))
 
     per_step = config.shuffle_pgd and config.reshuffle == "step"
     batch_text = None if per_step else text_features()
@@ -448,6 +464,7 @@ def generate_protection(dataset: PairDataset, surrogate: torch.nn.Module, config
     atomically after every round and a rerun resumes, ending exactly as an uninterrupted run;
     a rerun with a larger `max_rounds` (all else equal) continues from the saved rounds.
     `on_round` is called with each finished round's record."""
+    check_batch_size(config.batch_size)
     device = TrainConfig(device=config.device).resolved_device()
     surrogate.to(device)
     allowed = trigger_vocabulary(config, dataset.captions)
@@ -470,7 +487,8 @@ def generate_protection(dataset: PairDataset, surrogate: torch.nn.Module, config
             return protection
     batch = _ProtectedRows(dataset, protection, model_context_length(surrogate), device)
     steps = _round_steps(dataset, config)
-    bar = progress_bar(sum(steps[:config.max_rounds]), "step", "protection", enabled=progress,
+    ctx = context()
+    bar = progress_bar(sum(steps[:config.max_rounds]), "step", "protection", enabled=progress and ctx.is_main,
                        initial=sum(steps[:start_round]))
 
     def stage(name: str, items):
@@ -486,43 +504,70 @@ def generate_protection(dataset: PairDataset, surrogate: torch.nn.Module, config
             generator = _round_generator(config, round_index, 0)
             losses = []
             for _ in stage("surrogate", range(config.surrogate_steps)):
-                rows = torch.randperm(dataset.num_rows, generator=generator)[:config.batch_size]
+                rows = shard(torch.randperm(dataset.num_rows, generator=generator)[:config.batch_size], ctx)
                 losses.append(stepper.step(batch.pixels(rows), batch.token_batch(rows)))
             record["surrogate_loss"] = sum(losses) / len(losses)
         surrogate.eval()
         if config.trigger_len and round_index < config.trigger_search_rounds:
             generator = _round_generator(config, round_index, 1)
             before = protection.triggers.clone()
-            losses = []
-            for rows in stage("triggers", row_batches(dataset.row_image, dataset.num_images, config.batch_size,
-                                                      config.search_rows, generator, drop_last=False)):
-                best, loss = _search_batch(surrogate, batch, rows, allowed, config, generator)
+            batches = row_batches(dataset.row_image, dataset.num_images, config.batch_size, config.search_rows,
+                                  generator, drop_last=False)
+            orders = [_search_caption_orders(rows, config, generator) for rows in batches]
+
+            def search(index: int, rows: torch.Tensor) -> float:
+                best, loss = _search_batch(surrogate, batch, rows, allowed, config, orders[index])
                 protection.triggers[batch.trigger_index[rows]] = best
-                losses.append(loss)
-            record["trigger_loss"] = sum(losses) / len(losses)
+                return loss
+
+            record["trigger_loss"] = _shared_pass(batches, stage("triggers", batches), batch.trigger_index, search,
+                                                  protection.triggers, ctx)
             record["triggers_changed"] = float((protection.triggers != before).any(dim=1).float().mean())
         generator = _round_generator(config, round_index, 2)
-        losses = [_pgd_batch(surrogate, batch, rows, config, generator)
-                  for rows in stage("noise", row_batches(dataset.row_image, dataset.num_images, config.batch_size,
-                                                         config.pgd_rows, generator, drop_last=False))]
-        record["noise_loss"] = sum(losses) / max(1, len(losses))
+        batches = row_batches(dataset.row_image, dataset.num_images, config.batch_size, config.pgd_rows, generator,
+                              drop_last=False)
+        orders = [_pgd_caption_orders(rows, config, generator) for rows in batches]
+        record["noise_loss"] = _shared_pass(
+            batches, stage("noise", batches), batch.noise_index,
+            lambda index, rows: _pgd_batch(surrogate, batch, rows, config, orders[index]), protection.noise, ctx)
         record["seconds"] = time.perf_counter() - started
         protection.seconds += record["seconds"]
         protection.history.append(record)
-        if on_round is not None:
+        if on_round is not None and ctx.is_main:
             on_round(record)
         stopped = bool(protection.converged)
-        if checkpoint_path is not None:
+        if checkpoint_path is not None and ctx.is_main:
             save_torch(checkpoint_path, {"config": asdict(config), "dataset": [dataset.num_images, dataset.num_rows],
                                          "noise": protection.noise, "triggers": protection.triggers,
                                          "history": protection.history, "seconds": protection.seconds,
                                          "surrogate": surrogate.state_dict(), "stepper": stepper.state_dict(),
                                          "stopped": stopped})
+        barrier()
         if stopped:
             bar.set_postfix_str(f"stopped after round {round_index + 1}: loss below stop_loss", refresh=True)
             break
     bar.close()
     return protection
+
+
+def _shared_pass(batches: list[torch.Tensor], progress, group_index: torch.Tensor,
+                 update: Callable[[int, torch.Tensor], float], state: torch.Tensor, ctx: Context) -> float:
+    """Run `update(index, rows)` over every batch of one pass (walking `progress`, the same batches
+    wrapped in a progress stage) and return the mean of its losses. In several processes, when no
+    noise or trigger group (`group_index` of a row) spans two batches, rank r updates batches r,
+    r + W, ... and then sends the rows of `state` it updated to the others; otherwise each batch
+    depends on the ones before it and every rank runs them all."""
+    groups = [torch.unique(group_index[rows]) for rows in batches] if ctx.distributed else []
+    if not ctx.distributed or sum(len(g) for g in groups) != len(torch.unique(torch.cat(groups))):
+        return _mean([update(index, rows) for index, rows in enumerate(progress)])
+    mine = [(index, update(index, rows)) for index, rows in enumerate(progress) if index % ctx.world_size == ctx.rank]
+    broadcast_rows(state, [torch.cat(groups[rank::ctx.world_size] or [torch.zeros(0, dtype=torch.long)])
+                           for rank in range(ctx.world_size)])
+    return _mean([loss for _, loss in sorted(gather_objects(mine))])
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / max(1, len(values))
 
 
 def checkpoint_differences(state: dict, config: ProtectConfig, num_images: int, num_rows: int) -> list[str]:

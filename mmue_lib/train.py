@@ -18,7 +18,10 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from torch.nn.parallel import DistributedDataParallel
+
 from .data import PairDataset
+from .distributed import barrier, check_batch_size, context, gathered_features, global_clip_loss, shard
 from .defenses import augment_batch
 from .progress import bar as progress_bar
 from .metrics import retrieval_metrics
@@ -99,19 +102,40 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
     return per_pair_clip_loss(image_features, text_features, logit_scale).mean()
 
 
-def augmented_max_loss(model: torch.nn.Module, pixels: torch.Tensor, tokens: torch.Tensor, views: int,
+class PairEncoder(torch.nn.Module):
+    """A CLIP's features of a batch in one forward pass (what DistributedDataParallel wraps): one
+    image-feature tensor per view of the images (uint8 or [0,1] float), the text features, and
+    the logit scale."""
+
+    def __init__(self, clip: torch.nn.Module) -> None:
+        super().__init__()
+        self.clip = clip
+
+    def forward(self, views: list[torch.Tensor], tokens: torch.Tensor):
+        text_features = encode_text(self.clip, tokens)
+        return [self.clip.encode_image(normalize_pixels(view)) for view in views], text_features, self.clip.logit_scale
+
+
+def augmented_max_loss(encoder: torch.nn.Module, pixels: torch.Tensor, tokens: torch.Tensor, views: int,
                        generator: torch.Generator) -> torch.Tensor:
-    """Mean over pairs of the worst of `views` strongly augmented versions of each image
-    (`defenses.augment_batch`; UEraser's augmentation-max); with one view, plain augmentation."""
-    text_features = encode_text(model, tokens)
-    losses = torch.stack([per_pair_clip_loss(model.encode_image(normalize_pixels(augment_batch(pixels, generator))),
-                                             text_features, model.logit_scale) for _ in range(views)])
-    return losses.max(dim=0).values.mean()
+    """Mean over the global batch's pairs of the worst of `views` strongly augmented versions of
+    each image (`defenses.augment_batch`; UEraser's augmentation-max); with one view, plain
+    augmentation. `encoder` is a `PairEncoder` (or its DDP wrapper)."""
+    image_views, text_features, logit_scale = encoder([augment_batch(pixels, generator) for _ in range(views)], tokens)
+    losses = []
+    for image_features in image_views:
+        all_images, all_texts = gathered_features(image_features, text_features)
+        losses.append(per_pair_clip_loss(all_images, all_texts, logit_scale))
+    return torch.stack(losses).max(dim=0).values.mean()
 
 
-def batch_loss(model: torch.nn.Module, pixels: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """CLIP loss of uint8 or [0,1]-float images and token ids (the model's own logit scale)."""
-    return clip_loss(model.encode_image(normalize_pixels(pixels)), encode_text(model, tokens), model.logit_scale)
+def batch_loss(encoder: torch.nn.Module, pixels: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """CLIP loss over the global batch of uint8 or [0,1]-float images and token ids (this rank's
+    share of them in several processes; the model's own logit scale). `encoder`: a `PairEncoder`."""
+    (image_features,), text_features, logit_scale = encoder([pixels], tokens)
+    if context().distributed:
+        return global_clip_loss(image_features, text_features, logit_scale)
+    return clip_loss(image_features, text_features, logit_scale)
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -127,10 +151,15 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 class ClipStepper:
-    """One optimiser step at a time on a CLIP: used by `train_clip` and by surrogate training."""
+    """One optimiser step at a time on a CLIP: used by `train_clip` and by surrogate training.
+    In several processes the model is wrapped in DistributedDataParallel and each step takes
+    this rank's share of the global batch (`distributed.shard`)."""
 
     def __init__(self, model: torch.nn.Module, config: TrainConfig, total_steps: int) -> None:
         self.model = model
+        self.encoder = PairEncoder(model)
+        if context().distributed:
+            self.encoder = DistributedDataParallel(self.encoder)
         self.config = config
         self.total_steps = max(1, total_steps)
         self.device = next(model.parameters()).device
@@ -148,7 +177,8 @@ class ClipStepper:
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress))) * c.lr
 
     def step(self, pixels: torch.Tensor, tokens: torch.Tensor) -> float:
-        """Train on one batch (uint8 or [0,1] float images, token ids); returns the batch loss."""
+        """Train on one batch (uint8 or [0,1] float images, token ids: this rank's share of the global
+        batch); returns the global batch's loss."""
         lr = self.lr_at(self.step_count)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -156,10 +186,12 @@ class ClipStepper:
         use_bf16 = self.config.precision == "bf16" and self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
             if self.config.augment == "none":
-                loss = batch_loss(self.model, pixels.to(self.device), tokens.to(self.device))
+                loss = batch_loss(self.encoder, pixels.to(self.device), tokens.to(self.device))
             else:
-                generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + self.step_count)
-                loss = augmented_max_loss(self.model, pixels.to(self.device), tokens.to(self.device),
+                ctx = context()
+                generator = torch.Generator().manual_seed((self.config.seed * 1_000_003 + self.step_count)
+                                                          * ctx.world_size + ctx.rank)
+                loss = augmented_max_loss(self.encoder, pixels.to(self.device), tokens.to(self.device),
                                           self.config.augment_views, generator)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -221,9 +253,12 @@ def train_clip(model: torch.nn.Module, train: TokenizedPairs, config: TrainConfi
 
     With `checkpoint_path`, state is written atomically after every epoch and a rerun resumes
     from it (a finished run returns at once); a checkpoint of another config is an error.
+    Under torchrun every rank trains on its share of each global batch (DDP), evaluates the
+    same model, and rank 0 alone writes the checkpoint.
     """
     if train.tokens.shape[1] != model_context_length(model):
         raise ValueError(f"tokens have length {train.tokens.shape[1]}, the model expects {model_context_length(model)}")
+    check_batch_size(config.batch_size)
     device = config.resolved_device()
     model.to(device)
     torch.manual_seed(config.seed)
@@ -240,12 +275,14 @@ def train_clip(model: torch.nn.Module, train: TokenizedPairs, config: TrainConfi
         stepper.load_state_dict(state["stepper"])
         result.history, result.seconds, start_epoch = state["history"], state["seconds"], state["epoch"] + 1
     images = train.images.to(device)
-    bar = progress_bar(steps_per_epoch * config.epochs, "step", "training", enabled=progress,
+    ctx = context()
+    bar = progress_bar(steps_per_epoch * config.epochs, "step", "training", enabled=progress and ctx.is_main,
                        initial=steps_per_epoch * start_epoch)
     for epoch in range(start_epoch, config.epochs):
         started = time.perf_counter()
         losses = []
         for rows in epoch_batches(train, config, epoch):
+            rows = shard(rows, ctx)
             losses.append(stepper.step(images[train.row_image[rows].to(device)], train.tokens[rows]))
             bar.set_postfix_str(f"epoch {epoch + 1}/{config.epochs}, loss {losses[-1]:.3f}", refresh=False)
             bar.update()
@@ -256,9 +293,10 @@ def train_clip(model: torch.nn.Module, train: TokenizedPairs, config: TrainConfi
             record.update(evaluate_retrieval(model, test))
         result.seconds += time.perf_counter() - started
         result.history.append(record)
-        if checkpoint_path is not None:
+        if checkpoint_path is not None and ctx.is_main:
             save_torch(checkpoint_path, {"config": asdict(config), "model": model.state_dict(),
                                          "stepper": stepper.state_dict(), "history": result.history,
                                          "seconds": result.seconds, "epoch": epoch})
+        barrier()
     bar.close()
     return result

@@ -5,7 +5,7 @@ import mmue_lib.runs as runs
 from mmue_lib import defenses
 from mmue_lib.data import PairDataset, make_synthetic_dataset
 from mmue_lib.models import create_clip
-from mmue_lib.train import TokenizedPairs, TrainConfig, augmented_max_loss, train_clip
+from mmue_lib.train import PairEncoder, TokenizedPairs, TrainConfig, augmented_max_loss, train_clip
 
 
 def captioned(*captions: str) -> PairDataset:
@@ -87,8 +87,8 @@ def test_augmentation_max_loss_is_at_least_the_first_views_loss():
     data = TokenizedPairs.from_dataset(make_synthetic_dataset(8, 32, seed=4), 32)
     pixels, tokens = data.images[data.row_image[:8]], data.tokens[:8]
     with torch.no_grad():
-        single = augmented_max_loss(model, pixels, tokens, 1, torch.Generator().manual_seed(5))
-        worst = augmented_max_loss(model, pixels, tokens, 3, torch.Generator().manual_seed(5))
+        single = augmented_max_loss(PairEncoder(model), pixels, tokens, 1, torch.Generator().manual_seed(5))
+        worst = augmented_max_loss(PairEncoder(model), pixels, tokens, 3, torch.Generator().manual_seed(5))
     assert float(worst) > float(single)
 
 
