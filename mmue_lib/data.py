@@ -24,7 +24,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .progress import bar as progress_bar
-from .storage import atomic_path, cache_root, expand_path, save_numpy, stable_hash
+from .storage import atomic_path, cache_root, expand_path, stable_hash
 
 RESIZE_VERSION = "rgb-white-alpha/short-side-bicubic/center-crop/v1"
 
@@ -194,24 +194,27 @@ def check_image_files(table: CaptionTable) -> None:
 
 def decode_images(table: CaptionTable, size: int, cache_dir: str | os.PathLike | None = None,
                   progress: bool = True) -> torch.Tensor:
-    """Decode every image of `table` at `size` px as uint8 [N, 3, S, S], cached on disk."""
+    """Every image of `table` decoded at `size` px as uint8 [N, 3, S, S], memory-mapped from a
+    `.npy` file in the cache (decoded once, straight into that file): a set larger than memory
+    is read page by page as batches index it. The tensor is copy-on-write: writing to it never
+    reaches the file."""
     check_image_files(table)
     stats = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in table.image_paths]
     key = stable_hash([RESIZE_VERSION, size, stats])
     cache_file = Path(cache_dir or cache_root() / "images") / f"{key}.npy"
-    if cache_file.is_file():
-        return torch.from_numpy(np.load(cache_file))
-    jobs = list(zip(table.image_paths, table.image_lines))
-    arrays = []
-    with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool, \
-            progress_bar(len(jobs), "image", f"decoding {table.csv_path.name} at {size} px (once; cached)",
-                         enabled=progress) as bar:
-        for array in pool.map(lambda job: _decode(job[0], size, table.csv_path, job[1]), jobs):
-            arrays.append(array)
-            bar.update()
-    images = np.stack(arrays) if arrays else np.zeros((0, 3, size, size), np.uint8)
-    save_numpy(cache_file, images)
-    return torch.from_numpy(images)
+    if not cache_file.is_file():
+        jobs = list(zip(table.image_paths, table.image_lines))
+        with atomic_path(cache_file) as tmp, \
+                ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool, \
+                progress_bar(len(jobs), "image", f"decoding {table.csv_path.name} at {size} px (once; cached)",
+                             enabled=progress) as bar:
+            images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(jobs), 3, size, size))
+            for index, array in enumerate(pool.map(lambda job: _decode(job[0], size, table.csv_path, job[1]), jobs)):
+                images[index] = array
+                bar.update()
+            images.flush()
+            del images
+    return torch.from_numpy(np.load(cache_file, mmap_mode="c"))
 
 
 def duplicate_rows(table: CaptionTable) -> list[tuple[int, int]]:

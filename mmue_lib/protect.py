@@ -30,7 +30,7 @@ from .distributed import Context, barrier, broadcast_rows, check_batch_size, con
 from .progress import bar as progress_bar
 from .models import Tokenizer, encode_text, model_context_length, normalize_pixels
 from .storage import save_torch, write_json
-from .train import ClipStepper, TrainConfig, clip_loss, row_batches
+from .train import ClipStepper, TrainConfig, clip_loss, row_batches, to_device
 
 
 @dataclass
@@ -331,7 +331,7 @@ class _ProtectedRows:
         self.k = k
         self.device = device
         self.protection = protection
-        self.images = dataset.images.to(device)
+        self.images = dataset.images
         self.row_image = dataset.row_image
         self.tokens = Tokenizer().tokenize(dataset.captions, context_length,
                                            torch.zeros(dataset.num_rows, k, dtype=torch.long) if k else None)
@@ -340,7 +340,7 @@ class _ProtectedRows:
         self.gray = dataset.extra.get("gray_images")
 
     def clean(self, rows: torch.Tensor) -> torch.Tensor:
-        return self.images[self.row_image[rows].to(self.device)]
+        return to_device(self.images[self.row_image[rows]], self.device)
 
     def pixels(self, rows: torch.Tensor) -> torch.Tensor:
         noise = self.protection.noise[self.noise_index[rows]].to(self.device)

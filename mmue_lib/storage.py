@@ -9,7 +9,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -72,12 +71,6 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 def save_torch(path: str | os.PathLike, obj: Any) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-
-
-def save_numpy(path: str | os.PathLike, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
 
 
 CODE_PATHS = ("mmue_lib", "params", "pyproject.toml")

@@ -86,6 +86,14 @@ class TrainConfig:
         return torch.device(self.device)
 
 
+def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A batch on `device`; to a GPU through pinned memory, without blocking. Datasets stay where
+    they are (memory-mapped on the host) and only batches travel."""
+    if device.type != "cuda" or batch.device.type == "cuda":
+        return batch.to(device)
+    return batch.pin_memory().to(device, non_blocking=True)
+
+
 def per_pair_clip_loss(image_features: torch.Tensor, text_features: torch.Tensor,
                        logit_scale: torch.Tensor) -> torch.Tensor:
     """[B] symmetric InfoNCE of each pair of a batch whose i-th image and i-th text match: the
@@ -185,13 +193,14 @@ class ClipStepper:
         self.model.train()
         use_bf16 = self.config.precision == "bf16" and self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            pixels, tokens = to_device(pixels, self.device), to_device(tokens, self.device)
             if self.config.augment == "none":
-                loss = batch_loss(self.encoder, pixels.to(self.device), tokens.to(self.device))
+                loss = batch_loss(self.encoder, pixels, tokens)
             else:
                 ctx = context()
                 generator = torch.Generator().manual_seed((self.config.seed * 1_000_003 + self.step_count)
                                                           * ctx.world_size + ctx.rank)
-                loss = augmented_max_loss(self.encoder, pixels.to(self.device), tokens.to(self.device),
+                loss = augmented_max_loss(self.encoder, pixels, tokens,
                                           self.config.augment_views, generator)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -274,7 +283,6 @@ def train_clip(model: torch.nn.Module, train: TokenizedPairs, config: TrainConfi
         model.load_state_dict(state["model"])
         stepper.load_state_dict(state["stepper"])
         result.history, result.seconds, start_epoch = state["history"], state["seconds"], state["epoch"] + 1
-    images = train.images.to(device)
     ctx = context()
     bar = progress_bar(steps_per_epoch * config.epochs, "step", "training", enabled=progress and ctx.is_main,
                        initial=steps_per_epoch * start_epoch)
@@ -283,7 +291,7 @@ def train_clip(model: torch.nn.Module, train: TokenizedPairs, config: TrainConfi
         losses = []
         for rows in epoch_batches(train, config, epoch):
             rows = shard(rows, ctx)
-            losses.append(stepper.step(images[train.row_image[rows].to(device)], train.tokens[rows]))
+            losses.append(stepper.step(train.images[train.row_image[rows]], train.tokens[rows]))
             bar.set_postfix_str(f"epoch {epoch + 1}/{config.epochs}, loss {losses[-1]:.3f}", refresh=False)
             bar.update()
         record = {"epoch": epoch + 1, "train_loss": sum(losses) / max(1, len(losses)),

@@ -97,6 +97,20 @@ def test_image_cache_is_reused_and_invalidated(tmp_path):
     assert len(list(cache.glob("*.npy"))) == 2 and not torch.equal(second.images, first.images)
 
 
+def test_decoded_images_are_mapped_from_the_cache_and_copy_on_write(tmp_path):
+    cache = tmp_path / "cache"
+    save_image(tmp_path / "a.png")
+    save_image(tmp_path / "b.png", color=(0, 0, 250))
+    csv_path = write_csv(tmp_path / "d.csv", [("a.png", "cap a"), ("b.png", "cap b")])
+    images = load_csv_dataset(csv_path, 8, cache_dir=cache, progress=False).images
+    cache_file, = cache.glob("*.npy")
+    assert isinstance(np.load(cache_file, mmap_mode="r"), np.memmap) and images.shape == (2, 3, 8, 8)
+    assert torch.equal(images, torch.from_numpy(np.load(cache_file)))
+    images[0] = 0
+    assert torch.equal(load_csv_dataset(csv_path, 8, cache_dir=cache, progress=False).images,
+                       torch.from_numpy(np.load(cache_file))) and int(np.load(cache_file)[0].max()) > 0
+
+
 def test_max_images_takes_a_slice(tmp_path):
     for name in "abc":
         save_image(tmp_path / f"{name}.png")
