@@ -1,7 +1,7 @@
 """Does protecting your photos together with other captioned photos (companions) protect
 yours once a collector gathers them among other data?
 
-    .venv/bin/python benchmarks/protect_companions.py --out /tmp/companions     # about 1 h on 2 CPU cores
+    .venv/bin/python benchmarks/protect_companions.py --out /tmp/companions     # about 1.5 h on 2 busy CPU cores
 
 From the Flickr8k train split (first caption of each image): "yours" are the first --photos
 images, the companions the next ones up to --together images in all, and the collector's other

@@ -79,7 +79,7 @@ def test_protect_publishes_every_photo_at_its_own_size_within_the_bound(odd_fold
     printed = capsys.readouterr()
     assert "about " in printed.out and "round 1 of 1: noise loss" in printed.out
     assert "tiny_0.png is 8 x 8 px" in printed.err
-    assert "11 photos: below about 2000 the surrogate learns" in printed.err
+    assert "11 photos: below about 2000 the protection's loss does not fall" in printed.err
     report = json.loads((out / "report.json").read_text())
     table = read_caption_csv(out / "protected.csv")
     assert len(table.image_paths) == len(report["images"]) == 11
