@@ -5,10 +5,22 @@ before it starts (`runs.planning`) and the tests can check their cache keys.
 """
 from __future__ import annotations
 
+from functools import wraps
 from typing import Callable
 
 from . import runs
 from .settings import Settings
+
+
+def _in_processes(function: Callable[[Settings], object]) -> Callable[[Settings], object]:
+    """Compute the experiment's missing runs in `settings.nproc` processes (`runs.processes`)."""
+
+    @wraps(function)
+    def run(settings: Settings):
+        with runs.processes(settings.nproc):
+            return function(settings)
+
+    return run
 
 
 def _leading(settings: Settings) -> tuple:
@@ -17,12 +29,14 @@ def _leading(settings: Settings) -> tuple:
     return settings.data, settings.victim_model, settings.surrogate_model, settings.context_length, settings.train
 
 
+@_in_processes
 def table1(settings: Settings) -> dict:
     """Table 1 (and Figures 4-6): the clean victim, and per method its protection and the victim
     trained on it (`runs.method_runs`)."""
     return runs.method_runs(*_leading(settings), settings.methods, settings.schedule)
 
 
+@_in_processes
 def table2(settings: Settings) -> dict:
     """Table 2: one protection made on the surrogate, victims of several architectures on clean
     and protected data (`runs.transfer_runs`)."""
@@ -31,12 +45,14 @@ def table2(settings: Settings) -> dict:
                               o.victim_models)
 
 
+@_in_processes
 def semantic_triggers(settings: Settings) -> dict:
     """Table 3: free against semantic trigger vocabulary (`runs.vocabulary_runs`)."""
     s, o = settings, settings.options
     return runs.vocabulary_runs(*_leading(s), s.methods, s.schedule, o.semantic_method, o.semantic_mlm_path)
 
 
+@_in_processes
 def poisoning_fraction(settings: Settings) -> dict:
     """Victims trained when only a fraction of the images is protected (`runs.fraction_runs`)."""
     s, o = settings, settings.options
@@ -50,6 +66,7 @@ def face_data(settings: Settings) -> dict:
         people=o.face_people, captions_per_image=o.face_captions_per_image, seed=settings.seed))
 
 
+@_in_processes
 def faces(settings: Settings) -> tuple[dict, dict]:
     """Table 4: pretrained victims fine-tuned on clean and protected face pairs (`runs.face_study_runs`)."""
     s, o = settings, settings.options
@@ -59,18 +76,21 @@ def faces(settings: Settings) -> tuple[dict, dict]:
                                 checkpoints)
 
 
+@_in_processes
 def defenses(settings: Settings) -> dict:
     """Countermeasures against each method (`runs.defense_runs`)."""
     s, o = settings, settings.options
     return runs.defense_runs(*_leading(s), o.defense_methods, s.schedule, o.released_defenses, o.training_defenses)
 
 
+@_in_processes
 def ablation(settings: Settings) -> dict:
     """Paper-vs-code settings flipped one at a time (`runs.ablation_runs`)."""
     s, o = settings, settings.options
     return runs.ablation_runs(*_leading(s), o.ablation_method, s.schedule, o.ablation_flips)
 
 
+@_in_processes
 def seeds(settings: Settings) -> dict:
     """Tables 1 and 2 once per seed (`runs.seed_runs`)."""
     s, o = settings, settings.options

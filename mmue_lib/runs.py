@@ -10,8 +10,11 @@ from its own checkpoint.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from functools import wraps
@@ -20,7 +23,7 @@ from typing import Callable, Mapping
 
 import torch
 
-from . import progress
+from . import distributed, progress
 from .data import PairDataset, load_split
 from .defenses import apply_defenses, defense_label, parse_defenses, parse_settings, settings_label
 from .faces import load_named_faces
@@ -83,20 +86,84 @@ def cached(kind: str, spec: dict, compute: Callable[[Path], dict]) -> dict:
                 plan.todo.append(folder)
         return {"kind": kind, "spec": spec, "folder": str(folder), "planned": True}
     if not result_file.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        write_json(folder / "spec.json", spec)
+        main = distributed.context().is_main
+        if main:
+            folder.mkdir(parents=True, exist_ok=True)
+            write_json(folder / "spec.json", spec)
         description = describe_run(kind, spec)
         label = plan.label(folder, description) if plan else description
         started = time.perf_counter()
         with progress.labelled(label):
-            computed = compute(folder)
-        write_json(result_file, {"kind": kind, "spec": spec, **computed,
-                                 "provenance": provenance(spec.get("train", spec.get("config", {})).get("device"))})
+            if _PROCESSES.get() > 1 and not distributed.context().distributed:
+                _compute_in_processes(folder, _PROCESSES.get())
+            else:
+                computed = compute(folder)
+                if main:
+                    write_json(result_file, {"kind": kind, "spec": spec, **computed,
+                                             "provenance": provenance(spec.get("train", spec.get("config", {}))
+                                                                      .get("device"))})
+                distributed.barrier()
         if plan:
             plan.seconds_done.append(time.perf_counter() - started)
     result = {**json.loads(result_file.read_text(encoding="utf-8")), "folder": str(folder)}
     if plan:
         plan.results[folder] = result
+    return result
+
+
+_PROCESSES: ContextVar[int] = ContextVar("mmue run processes", default=1)
+
+
+@contextmanager
+def processes(count: int):
+    """Compute the runs started inside the block in `count` processes (a `torchrun` subprocess
+    per run, when above 1); their results land in the cache as from one process."""
+    if count < 1:
+        raise ValueError(f"nproc must be at least 1, got {count}")
+    token = _PROCESSES.set(count)
+    try:
+        yield
+    finally:
+        _PROCESSES.reset(token)
+
+
+def _compute_in_processes(folder: Path, count: int) -> None:
+    """Compute the run whose spec.json is in `folder` under torchrun in `count` processes, relaying
+    its output (its progress bars) to this process's stdout, e.g. a notebook cell."""
+    command = distributed.torchrun_command(count, "mmue_lib.runs", [str(folder)])
+    threads = os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // count)))
+    environment = {**os.environ, "OMP_NUM_THREADS": threads}
+    with subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as child:
+        for chunk in iter(lambda: child.stdout.read1(4096), b""):
+            sys.stdout.write(chunk.decode("utf-8", errors="replace"))
+            sys.stdout.flush()
+    if child.returncode or not (folder / "result.json").is_file():
+        raise RuntimeError(f"the run in {folder} failed in {count} processes (exit {child.returncode}): "
+                           f"{distributed.describe(command)}")
+
+
+def _run_of(kind: str, spec: dict | None) -> dict | None:
+    """A run as the run functions take it, from its spec (a checkpoint file stands for itself)."""
+    if spec is None:
+        return None
+    return {"spec": spec} if "checkpoint" in spec else {"spec": spec, "folder": str(run_folder(kind, spec))}
+
+
+def compute_from_folder(folder: Path) -> dict:
+    """Compute (in this process, or as a rank of torchrun) the run whose spec.json is in `folder`,
+    through the run function that made that spec; its result."""
+    kind, spec = folder.parent.name, json.loads((folder / "spec.json").read_text(encoding="utf-8"))
+    main = distributed.context().is_main
+    if kind == "protect":
+        result = protection_run(spec["data"], spec["method"], spec["surrogate_model"], spec["context_length"],
+                                surrogate=_run_of("train", spec["surrogate"]), progress=main, **spec["config"])
+    else:
+        result = training_run(spec["data"], spec["model"], spec["context_length"], spec["train"],
+                              protection=_run_of("protect", spec["protection"]), fraction=spec["fraction"],
+                              pretrained=_run_of("train", spec["pretrained"]), seed=spec["seed"],
+                              defenses=spec.get("defenses"), progress=main)
+    if Path(result["folder"]) != folder:
+        raise RuntimeError(f"{folder}: its spec resolves to another run ({result['folder']})")
     return result
 
 
@@ -249,10 +316,12 @@ def data_spec(data: str, image_size: int, max_train_images: int | None = None,
 
 
 def load_data(spec: dict, split: str) -> PairDataset:
-    if spec.get("named_faces") is not None:
-        return load_named_faces(spec["data"], split, spec["image_size"], progress=False, **spec["named_faces"])
-    limit = spec["max_test_images"] if split in ("val", "test") else spec["max_train_images"]
-    return load_split(spec["data"], split, spec["image_size"], max_images=limit, progress=False)
+    """One split of a run's data (decoded by rank 0 first when several processes share the cache)."""
+    with distributed.main_first():
+        if spec.get("named_faces") is not None:
+            return load_named_faces(spec["data"], split, spec["image_size"], progress=False, **spec["named_faces"])
+        limit = spec["max_test_images"] if split in ("val", "test") else spec["max_train_images"]
+        return load_split(spec["data"], split, spec["image_size"], max_images=limit, progress=False)
 
 
 @planned
@@ -285,8 +354,9 @@ def training_run(data: dict, model: str, context_length: int, train: dict, *, pr
         result = train_clip(clip, TokenizedPairs.from_dataset(train_set, length), TrainConfig(**train),
                             test=TokenizedPairs.from_dataset(load_data(data, "test"), length),
                             checkpoint_path=folder / CHECKPOINT_FILES["train"], progress=progress)
-        save_clip(result.model.cpu(), folder / "model.pt", meta={"spec": spec})
-        (folder / CHECKPOINT_FILES["train"]).unlink(missing_ok=True)
+        if distributed.context().is_main:
+            save_clip(result.model.cpu(), folder / "model.pt", meta={"spec": spec})
+            (folder / CHECKPOINT_FILES["train"]).unlink(missing_ok=True)
         return {"history": result.history, "final": result.history[-1], "seconds": result.seconds}
 
     return cached("train", spec, compute)
@@ -341,10 +411,11 @@ def protection_run(data: dict, method: str, surrogate_model: str, context_length
                              seed=config.seed))
         protection = generate_protection(load_data(data, "train"), model, config,
                                          checkpoint_path=folder / CHECKPOINT_FILES["protect"], progress=progress)
-        save_torch(folder / "protection.pt", {"config": asdict(config), "noise": protection.noise,
-                                              "triggers": protection.triggers, "history": protection.history,
-                                              "seconds": protection.seconds})
-        (folder / CHECKPOINT_FILES["protect"]).unlink(missing_ok=True)
+        if distributed.context().is_main:
+            save_torch(folder / "protection.pt", {"config": asdict(config), "noise": protection.noise,
+                                                  "triggers": protection.triggers, "history": protection.history,
+                                                  "seconds": protection.seconds})
+            (folder / CHECKPOINT_FILES["protect"]).unlink(missing_ok=True)
         return {"history": protection.history, "seconds": protection.seconds}
 
     return cached("protect", spec, compute)
@@ -539,3 +610,17 @@ def face_study_runs(pretrain_data: dict, face_data: dict, victim_models: list[st
             study[model][label] = training_run(face_data, model, context_length, finetune, protection=protection,
                                                pretrained=bases[model], progress=progress)
     return study, protections
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m mmue_lib.runs FOLDER`: compute a cached run from its spec.json (what `processes`
+    launches under torchrun; rank 0 prints and writes)."""
+    folder, = argv if argv is not None else sys.argv[1:]
+    if distributed.setup().distributed and not distributed.context().is_main:
+        sys.stdout = open(os.devnull, "w")
+    compute_from_folder(Path(folder))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

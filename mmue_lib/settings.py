@@ -18,6 +18,7 @@ A params file:
     methods: [em, uap, mem-3, mem-5]
     seed: 0                        # seeds the training runs and the protections
     device: auto
+    nproc: 1                       # processes per run (above 1: torchrun, DDP)
     train: {epochs: 8, ...}        # `TrainConfig` fields
     protect: {schedule: calibrated, ...}   # a named schedule (`protect.SCHEDULES`), `ProtectConfig` fields over it
     example_count: 4               # anything else: the notebook's own options
@@ -38,7 +39,7 @@ PARAMS_DIR = PROJECT_ROOT / "params"
 
 DATA_KEYS = ("path", "image_size", "max_train_images", "max_test_images")
 SHARED_KEYS = ("data", "paper_dataset", "context_length", "victim_model", "surrogate_model", "methods", "seed",
-               "device", "train", "protect")
+               "device", "nproc", "train", "protect")
 """The sections of `shared.yaml`, the same at every scale; a notebook file may set any of them."""
 
 SEEDED = ("seed", "device")
@@ -74,6 +75,8 @@ class Settings:
     methods: list
     seed: int
     device: str
+    nproc: int
+    """Processes per run: above 1, each run the cache lacks is computed under torchrun (DDP)."""
     train: dict
     """The training settings of every victim (`TrainConfig` fields), seed and device included."""
     schedule: dict
@@ -114,7 +117,7 @@ class Settings:
                  f"- data: `{data['data']}` at {data['image_size']} px{f' ({limits})' if limits else ''}; "
                  f"the paper's numbers for {self.paper_dataset}",
                  f"- victim {self.victim_model}, surrogate {self.surrogate_model}, context {self.context_length}, "
-                 f"seed {self.seed}, device {self.device}",
+                 f"seed {self.seed}, device {self.device}{f', {self.nproc} processes per run' if self.nproc > 1 else ''}",
                  f"- methods: {', '.join(METHODS[m].label for m in self.methods)}",
                  f"- training: {_inline(self.train, SEEDED)}",
                  f"- protection: schedule `{self.schedule_name}` ({_inline(self.schedule, SEEDED)})"]
@@ -284,11 +287,18 @@ def load_settings(notebook: str, scale: str = "smoke", overrides: Mapping | None
     except (TypeError, ValueError) as error:
         raise SettingsError(f"{where}: protect: {error}") from None
 
+    nproc = params["nproc"]
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+        raise SettingsError(f"{where}: nproc must be a whole number of processes, got {nproc!r}")
+    batch_sizes = {"train.batch_size": train.get("batch_size"), "protect.batch_size": schedule.get("batch_size")}
+    uneven = [f"{key} {size}" for key, size in batch_sizes.items() if size and size % nproc]
+    if uneven:
+        raise SettingsError(f"{where}: nproc {nproc} must divide {', '.join(uneven)} (each batch is split evenly)")
     options = Options({key: value for key, value in params.items() if key not in SHARED_KEYS})
     return Settings(notebook=notebook, scale=scale,
                     data=data_spec(data["path"], data["image_size"], data["max_train_images"], data["max_test_images"]),
                     paper_dataset=params["paper_dataset"], context_length=params["context_length"],
                     victim_model=params["victim_model"], surrogate_model=params["surrogate_model"], methods=methods,
-                    seed=params["seed"], device=params["device"], train=train, schedule=schedule,
+                    seed=params["seed"], device=params["device"], nproc=nproc, train=train, schedule=schedule,
                     schedule_name=schedule_name, options=options,
                     output_root=Path(output_root).resolve() if output_root else PROJECT_ROOT, sources=sources)

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mmue_lib import runs
 from mmue_lib.cli import main as mmue
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
@@ -88,3 +89,21 @@ def test_two_processes_protect_as_one(tmp_path):
 def test_nproc_must_divide_the_batch(capsys):
     assert mmue(["train", "--csv", "x.csv", "--out", "o", "--batch-size", "15", "--nproc", "2"]) == 2
     assert "--nproc 2" in capsys.readouterr().err
+
+
+def test_runs_computed_in_two_processes_land_in_the_cache_as_from_one(tmp_path, monkeypatch):
+    data = runs.data_spec("synthetic", 32, 64, 32)
+    train = {"epochs": 3, "batch_size": 16, "lr": 1e-3, "rows_per_epoch": "one_per_image", "device": "cpu"}
+    protect = {"max_rounds": 1, "surrogate_steps": 2, "pgd_steps": 1, "trigger_search_rounds": 1, "trigger_top_k": 2,
+               "batch_size": 16, "trigger_per": "image", "search_rows": "one_per_image", "device": "cpu"}
+    victims = {}
+    for nproc in (2, 1):
+        monkeypatch.setenv("MMUE_CACHE", str(tmp_path / f"cache{nproc}"))
+        with runs.processes(nproc):
+            protection = runs.protection_run(data, "mem-3", "ViT-tiny", 32, progress=False, **protect)
+            victims[nproc] = runs.training_run(data, "ViT-tiny", 32, train, protection=protection, progress=False)
+    two, one = victims[2], victims[1]
+    assert Path(two["folder"]).name == Path(one["folder"]).name and str(tmp_path / "cache2") in two["folder"]
+    assert (Path(two["folder"]) / "model.pt").is_file() and not (Path(two["folder"]) / "train_state.ckpt").exists()
+    assert [h["train_loss"] for h in two["history"]] == pytest.approx([h["train_loss"] for h in one["history"]], rel=1e-3)
+    assert abs(two["final"]["i2t_MedR"] - one["final"]["i2t_MedR"]) <= 1

@@ -131,7 +131,9 @@ def test_bad_values_are_refused_before_any_compute(tmp_path, monkeypatch):
              "protect": ({**shared, "protect": {"schedule": "fast"}}, "unknown protection schedule 'fast'"),
              "field": ({**shared, "protect": {"pgd_step": 3}}, "not protection settings"),
              "seed": ({**shared, "train": {**shared["train"], "seed": 3}}, "top level"),
-             "method": ({**shared, "methods": ["mem-4"]}, "methods must be a list of")}
+             "method": ({**shared, "methods": ["mem-4"]}, "methods must be a list of"),
+             "nproc": ({**shared, "nproc": 0}, "nproc must be a whole number"),
+             "uneven": ({**shared, "nproc": 3}, r"nproc 3 must divide train.batch_size 50, protect.batch_size 64")}
     (tmp_path / "smoke").mkdir()
     (tmp_path / "smoke" / "02_table1.yaml").write_text("")
     monkeypatch.setattr(settings_module, "PARAMS_DIR", tmp_path)
