@@ -154,6 +154,7 @@ def compute_from_folder(folder: Path) -> dict:
     through the run function that made that spec; its result."""
     kind, spec = folder.parent.name, json.loads((folder / "spec.json").read_text(encoding="utf-8"))
     main = distributed.context().is_main
+    _PLAN.set(Plan(dry=False))  # the launching process has planned, numbered and will warn
     if kind == "protect":
         result = protection_run(spec["data"], spec["method"], spec["surrogate_model"], spec["context_length"],
                                 surrogate=_run_of("train", spec["surrogate"]), progress=main, **spec["config"])
