@@ -536,9 +536,7 @@ def _run_in_processes(nproc: int, argv: list[str]) -> int:
         skip = argument == "--nproc"
     command = distributed.torchrun_command(nproc, "mmue_lib.cli", kept)
     print(f"running in {nproc} processes: {distributed.describe(command)}", file=sys.stderr, flush=True)
-    threads = os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    environment = {**os.environ, "OMP_NUM_THREADS": threads}
-    return subprocess.run(command, env=environment).returncode
+    return subprocess.run(command, env=distributed.torchrun_environment(nproc)).returncode
 
 
 if __name__ == "__main__":

@@ -162,5 +162,12 @@ def torchrun_command(nproc: int, module: str, arguments: Sequence[str]) -> list[
             "-m", module, *arguments]
 
 
+def torchrun_environment(nproc: int) -> dict[str, str]:
+    """This process's environment for a `torchrun_command`, with each process's thread count set
+    (the CPU's cores shared among the processes) unless OMP_NUM_THREADS already says it."""
+    threads = os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    return {**os.environ, "OMP_NUM_THREADS": threads}
+
+
 def describe(command: Sequence[str]) -> str:
     return " ".join(shlex.quote(part) for part in command)

@@ -131,9 +131,8 @@ def _compute_in_processes(folder: Path, count: int) -> None:
     """Compute the run whose spec.json is in `folder` under torchrun in `count` processes, relaying
     its output (its progress bars) to this process's stdout, e.g. a notebook cell."""
     command = distributed.torchrun_command(count, "mmue_lib.runs", [str(folder)])
-    threads = os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // count)))
-    environment = {**os.environ, "OMP_NUM_THREADS": threads}
-    with subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as child:
+    with subprocess.Popen(command, env=distributed.torchrun_environment(count), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT) as child:
         for chunk in iter(lambda: child.stdout.read1(4096), b""):
             sys.stdout.write(chunk.decode("utf-8", errors="replace"))
             sys.stdout.flush()
