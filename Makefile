@@ -11,11 +11,11 @@ LAB_FLAGS ?=
 BROWSER_VENV := .venv-browser
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: help install test browser-test smoke repro plan executed nb tables figures lab clean
+.PHONY: help install test browser-test smoke paper-slice repro plan executed nb tables figures lab clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
-	@echo "  SCALE=smoke|cpu|paper (now: $(SCALE)); PART=paper|extensions (01-09 or 10-12; default all); MMUE_DATA=$(MMUE_DATA)"
+	@echo "  SCALE=smoke|cpu|paper|paper-flickr30k|paper-coco|gpu-smoke (now: $(SCALE)); PART=paper|extensions (01-09 or 10-12; default all); MMUE_DATA=$(MMUE_DATA)"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,9 @@ browser-test: $(STAMP) ## Run All of 01 and 02 (smoke) in JupyterLab, in headles
 smoke: $(STAMP) ## execute every notebook at smoke scale
 	$(PY) -m mmue_lib.notebooks --scale smoke
 
+paper-slice: $(STAMP) ## every notebook with the paper's models and schedules on a slice (scale gpu-smoke), on this machine's device; prints time and peak memory per notebook
+	$(PY) -m mmue_lib.notebooks --scale gpu-smoke
+
 repro: $(STAMP) ## execute the notebooks at SCALE (PART=paper: 01-09, PART=extensions: 10-12), writing results/ and figures/
 	$(PY) -m mmue_lib.notebooks --scale $(SCALE) $(if $(PART),--part $(PART))
 
@@ -64,5 +67,6 @@ lab: $(STAMP) ## start JupyterLab with the project's kernel (as root too: contai
 	$(VENV)/bin/jupyter lab $(ROOT_FLAG) $(LAB_FLAGS) notebooks
 
 clean: ## remove executed notebooks other than the committed cpu ones, and Python caches (not .venv, not results)
-	rm -rf executed/smoke executed/paper .pytest_cache
+	if [ -d executed ]; then find executed -mindepth 1 -maxdepth 1 ! -name cpu -exec rm -rf {} +; fi
+	rm -rf .pytest_cache
 	find . -name __pycache__ -prune -exec rm -rf {} +

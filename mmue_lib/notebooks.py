@@ -7,17 +7,20 @@
 does) and writes the executed notebook to `<output root>/executed/<scale>/`, its tables to
 `results/<scale>/` and figures to `figures/<scale>/`. It first prints what it will run and about
 how long that takes here (from `params/<scale>/run_hours.yaml`, for the runs the cache lacks);
-`--plan` stops there. `--set` overrides a setting (a
-dotted key; the value is read as YAML) in every notebook that has it; with overrides, write
-under another `--output-root` so that the committed results stay as they are.
+`--plan` stops there. At the end it prints each notebook's time and peak memory. `--set`
+overrides a setting (a dotted key; the value is read as YAML) in every notebook that has it;
+with overrides, write under another `--output-root` so that the committed results stay as they are.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import threading
 import time
 from pathlib import Path
+
+import psutil
 
 import yaml
 
@@ -89,6 +92,37 @@ def plan_lines(names: list[str], scale: str, overrides: dict[str, dict], output_
     return lines
 
 
+class PeakMemory:
+    """Peak resident memory of this process's descendants (a notebook's kernel and the runs it
+    launches under torchrun, together), sampled by a thread every `interval` seconds."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self.interval, self.peak_bytes = interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        me = psutil.Process()
+        while True:
+            total = 0
+            for child in me.children(recursive=True):
+                try:
+                    total += child.memory_info().rss
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    pass
+            self.peak_bytes = max(self.peak_bytes, total)
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> "PeakMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def notebook_parameters(scale: str, overrides: dict | None = None, output_root: Path = PROJECT_ROOT) -> dict:
     """What papermill injects into a notebook's parameters cell."""
     return {"scale": scale, "overrides": overrides or {},
@@ -150,11 +184,19 @@ def main(argv: list[str] | None = None) -> int:
               "runs are cached, so a stopped run resumes where it was", flush=True)
     if args.plan:
         return 0
+    measured = []
     for name in names:
         started = time.perf_counter()
         print(f"[{args.scale}] {name} ...", flush=True)
-        out = run_notebook(name, args.scale, per_notebook[name], output_root)
-        print(f"[{args.scale}] {name} done in {progress.duration(time.perf_counter() - started)} -> {out}", flush=True)
+        with PeakMemory() as memory:
+            out = run_notebook(name, args.scale, per_notebook[name], output_root)
+        seconds, peak = time.perf_counter() - started, memory.peak_bytes / 2 ** 30
+        measured.append((name, seconds, peak))
+        print(f"[{args.scale}] {name} done in {progress.duration(seconds)}, peak memory {peak:.1f} GiB -> {out}",
+              flush=True)
+    print(f"[{args.scale}] time and peak memory (the kernel and the runs it launched) per notebook:")
+    for name, seconds, peak in measured:
+        print(f"  {name:<24} {progress.duration(seconds):>10} {peak:6.1f} GiB")
     return 0
 
 

@@ -22,6 +22,9 @@ A params file:
     train: {epochs: 8, ...}        # `TrainConfig` fields
     protect: {schedule: calibrated, ...}   # a named schedule (`protect.SCHEDULES`), `ProtectConfig` fields over it
     example_count: 4               # anything else: the notebook's own options
+
+A scale can be built on another: `params/gpu-smoke/shared.yaml` says `extends: paper` and sets
+only what differs (the slice), so the paper's values stay written once.
 """
 from __future__ import annotations
 
@@ -41,6 +44,9 @@ DATA_KEYS = ("path", "image_size", "max_train_images", "max_test_images")
 SHARED_KEYS = ("data", "paper_dataset", "context_length", "victim_model", "surrogate_model", "methods", "seed",
                "device", "nproc", "train", "protect")
 """The sections of `shared.yaml`, the same at every scale; a notebook file may set any of them."""
+
+EXTENDS = "extends"
+"""In a scale's shared.yaml: the scale it is built on (`extends: paper`), whose values it changes."""
 
 SEEDED = ("seed", "device")
 """Top-level settings that both the training runs and the protections take."""
@@ -219,20 +225,38 @@ def flat_keys(nested: Mapping, prefix: str = "") -> list[str]:
     return keys
 
 
-def notebook_params(notebook: str, scale: str) -> tuple[dict, list[Path]]:
-    """`params/<scale>/shared.yaml` under `params/<scale>/<notebook>.yaml`, and the two files."""
+def base_scale(scale: str) -> str | None:
+    """The scale that `scale` extends (`extends:` in its shared.yaml), or None."""
+    return read_params_file(PARAMS_DIR / scale / "shared.yaml").get(EXTENDS)
+
+
+def notebook_params(notebook: str, scale: str, _seen: tuple = ()) -> tuple[dict, list[Path]]:
+    """`params/<scale>/shared.yaml` under `params/<scale>/<notebook>.yaml`, and the files read.
+
+    A scale whose shared.yaml says `extends: <base>` starts from everything the base resolves to
+    for the notebook; its shared.yaml and its (optional) notebook file then go over that."""
     folder = PARAMS_DIR / scale
     if not folder.is_dir():
         raise SettingsError(f"unknown scale '{scale}': no folder {folder}; scales: {', '.join(scales())}")
-    files = [folder / "shared.yaml", folder / f"{notebook}.yaml"]
-    shared, own = (read_params_file(path) for path in files)
-    missing = [key for key in SHARED_KEYS if key not in shared]
+    shared_file, own_file = folder / "shared.yaml", folder / f"{notebook}.yaml"
+    shared = read_params_file(shared_file)
+    base = shared.pop(EXTENDS, None)
     unknown = [key for key in shared if key not in SHARED_KEYS]
+    if base is not None:
+        if base == scale or base in _seen or not (PARAMS_DIR / str(base) / "shared.yaml").is_file():
+            raise SettingsError(f"{shared_file}: extends {base!r}, which is not another scale; scales: "
+                                f"{', '.join(s for s in scales() if s != scale)}")
+        if unknown:
+            raise SettingsError(f"{shared_file}: unknown {unknown} (the shared sections are {', '.join(SHARED_KEYS)})")
+        params, files = notebook_params(notebook, base, (*_seen, scale))
+        own = read_params_file(own_file) if own_file.is_file() else {}
+        return merge(merge(params, shared), own), [*files, shared_file, *([own_file] if own_file.is_file() else [])]
+    missing = [key for key in SHARED_KEYS if key not in shared]
     if missing or unknown:
-        raise SettingsError(f"{files[0]}: " + "; ".join(
+        raise SettingsError(f"{shared_file}: " + "; ".join(
             part for part in (missing and f"missing {missing}", unknown and f"unknown {unknown}") if part)
             + f" (the shared sections are {', '.join(SHARED_KEYS)})")
-    return merge(shared, own), files
+    return merge(shared, read_params_file(own_file)), [shared_file, own_file]
 
 
 def applicable_overrides(notebook: str, scale: str, overrides: Mapping) -> dict:

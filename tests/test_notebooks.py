@@ -27,7 +27,7 @@ def read(name: str) -> dict:
 
 
 def test_there_are_notebooks_and_every_scale_has_their_params():
-    assert notebook_names() and scales() == ["cpu", "paper", "smoke"]
+    assert notebook_names() and scales() == ["cpu", "gpu-smoke", "paper", "paper-coco", "paper-flickr30k", "smoke"]
 
 
 @pytest.mark.parametrize("name", notebook_names())
@@ -62,7 +62,7 @@ def settings_as_notebook_resolves_them(notebook: dict) -> object:
     return namespace["settings"]
 
 
-@pytest.mark.parametrize("scale", ["smoke", "cpu", "paper"])
+@pytest.mark.parametrize("scale", ["smoke", "cpu", "paper", "gpu-smoke"])
 @pytest.mark.parametrize("name", notebook_names())
 def test_run_all_in_jupyterlab_and_the_runner_give_the_same_settings_and_run_keys(name, scale):
     in_lab = read(name)

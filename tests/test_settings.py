@@ -11,7 +11,8 @@ from mmue_lib import paper
 from mmue_lib.experiments import BY_NOTEBOOK, planned_runs
 from mmue_lib.notebooks import notebook_names
 from mmue_lib.protect import METHODS, SCHEDULES, ProtectConfig, method_config
-from mmue_lib.settings import PARAMS_DIR, SHARED_KEYS, SettingsError, load_settings, scales
+from mmue_lib.settings import (EXTENDS, PARAMS_DIR, SHARED_KEYS, SettingsError, base_scale, flat_keys, load_settings,
+                               notebook_params, scales)
 from mmue_lib.storage import PROJECT_ROOT
 from mmue_lib.train import TrainConfig
 
@@ -23,7 +24,11 @@ COMMITTED_RECORDS = {"table1": "02_table1", "table2": "03_table2", "table3_seman
 def test_every_notebook_has_an_experiment_entry_and_params_at_every_scale():
     assert sorted(BY_NOTEBOOK) == notebook_names()
     for scale in scales():
-        assert sorted(set(yaml.safe_load((PARAMS_DIR / scale / "shared.yaml").read_text()))) == sorted(SHARED_KEYS)
+        shared = set(yaml.safe_load((PARAMS_DIR / scale / "shared.yaml").read_text()))
+        if base_scale(scale) is None:
+            assert sorted(shared) == sorted(SHARED_KEYS)
+        else:
+            assert EXTENDS in shared and shared <= {EXTENDS, *SHARED_KEYS}
         for name in notebook_names():
             load_settings(name, scale)
 
@@ -61,7 +66,7 @@ def test_no_value_is_written_twice():
     for name, schedule in SCHEDULES.items():
         same = [key for key, value in schedule.items() if getattr(defaults, key) == value]
         assert not same, f"schedule {name} repeats defaults {same}"
-    for scale in scales():
+    for scale in filter(lambda scale: base_scale(scale) is None, scales()):
         shared = yaml.safe_load((PARAMS_DIR / scale / "shared.yaml").read_text())
         sections = [("shared.yaml", shared)]
         for name in notebook_names():
@@ -79,6 +84,50 @@ def test_no_value_is_written_twice():
             same = [key for key, value in protect.items()
                     if named.get(key, getattr(defaults, key)) == value and key not in shared["protect"]]
             assert not same, f"{scale}/{file} repeats its schedule's {same}"
+
+
+def value_at(params: dict, dotted: str):
+    for part in dotted.split("."):
+        params = params.get(part, {}) if isinstance(params, dict) else {}
+    return params
+
+
+def test_a_scale_built_on_another_sets_only_what_differs_from_it():
+    derived = [scale for scale in scales() if base_scale(scale)]
+    assert {"gpu-smoke", "paper-flickr30k", "paper-coco"} <= set(derived)
+    for scale in derived:
+        for name in notebook_names():
+            base, _ = notebook_params(name, base_scale(scale))
+            for file in (PARAMS_DIR / scale / "shared.yaml", PARAMS_DIR / scale / f"{name}.yaml"):
+                own = yaml.safe_load(file.read_text()) if file.is_file() else {}
+                own.pop(EXTENDS, None)
+                same = [key for key in flat_keys(own) if value_at(base, key) == value_at(own, key)]
+                assert not same, f"{file} repeats {base_scale(scale)}'s {same}"
+
+
+def test_the_paper_slice_is_the_paper_experiment_cut_short():
+    paper_settings, slice_settings = load_settings("02_table1", "paper"), load_settings("02_table1", "gpu-smoke")
+    assert slice_settings.sources[:2] == paper_settings.sources
+    assert (slice_settings.victim_model, slice_settings.data["image_size"], slice_settings.schedule_name) == \
+        (paper_settings.victim_model, 224, "official")
+    assert slice_settings.train == {**paper_settings.train, "epochs": 1, "batch_size": 8, "warmup_steps": 1}
+    assert slice_settings.schedule == {**paper_settings.schedule, "max_rounds": 1, "surrogate_steps": 1,
+                                       "trigger_search_rounds": 1, "batch_size": 8}
+    assert load_settings("02_table1", "paper-coco").data["data"] == "$MMUE_DATA/coco"
+
+
+@pytest.mark.parametrize("extends, message", [("slice", "not another scale"), ("nowhere", "not another scale"),
+                                              ("loop", "not another scale")])
+def test_a_scale_extending_itself_or_nothing_is_named(tmp_path, monkeypatch, extends, message):
+    import mmue_lib.settings as settings_module
+
+    for scale, base in (("slice", extends), ("loop", "slice")):
+        (tmp_path / scale).mkdir()
+        (tmp_path / scale / "shared.yaml").write_text(f"extends: {base}\n")
+    monkeypatch.setattr(settings_module, "PARAMS_DIR", tmp_path)
+    with pytest.raises(SettingsError, match=message) as error:
+        load_settings("02_table1", "slice")
+    assert "shared.yaml" in str(error.value)
 
 
 def test_overrides_take_dotted_or_nested_keys_and_unknown_ones_are_named(tmp_path):
@@ -160,7 +209,7 @@ def test_method_registry_feeds_paper_rows_and_the_cli():
     assert [name for name, m in METHODS.items() if m.needs_trained_surrogate] == ["uap", "tap"]
 
 
-@pytest.mark.parametrize("scale", ["smoke", "cpu", "paper"])
+@pytest.mark.parametrize("scale", scales())
 def test_setting_strings_in_params_parse_at_every_scale(scale):
     """Ablation flips and countermeasures are strings in params: a typo must fail here, not hours into a run."""
     from mmue_lib import defenses, runs
