@@ -6,6 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 export MMUE_DATA ?= $(abspath ../shared/data)
 SCALE ?= $(if $(wildcard $(MMUE_DATA)/flickr8k/train.csv),cpu,smoke)
 NB ?=
+NPROC ?= 1
 PART ?=
 LAB_FLAGS ?=
 BROWSER_VENV := .venv-browser
@@ -42,8 +43,8 @@ browser-test: $(STAMP) ## Run All of 01 and 02 (smoke) in JupyterLab, in headles
 smoke: $(STAMP) ## execute every notebook at smoke scale
 	$(PY) -m mmue_lib.notebooks --scale smoke
 
-paper-slice: $(STAMP) ## every notebook with the paper's models and schedules on a slice (scale gpu-smoke), on this machine's device; prints time and peak memory per notebook
-	$(PY) -m mmue_lib.notebooks --scale gpu-smoke
+paper-slice: $(STAMP) ## every notebook with the paper's models and schedules on a slice (scale gpu-smoke; NPROC=2: two processes per run); prints time and peak memory per notebook
+	$(PY) -m mmue_lib.notebooks --scale gpu-smoke $(if $(filter-out 1,$(NPROC)),--set nproc=$(NPROC))
 
 repro: $(STAMP) ## execute the notebooks at SCALE (PART=paper: 01-09, PART=extensions: 10-12), writing results/ and figures/
 	$(PY) -m mmue_lib.notebooks --scale $(SCALE) $(if $(PART),--part $(PART))

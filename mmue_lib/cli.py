@@ -62,7 +62,7 @@ def _train_victim(args: argparse.Namespace, model, train_csv: str, train: data.P
     size, length = model_image_size(model), model_context_length(model)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.wd,
                          warmup_steps=args.warmup_steps, rows_per_epoch=args.rows_per_epoch, seed=args.seed,
-                         device=args.device)
+                         device=args.device, precision=args.precision)
     result = train_clip(model, TokenizedPairs.from_dataset(train, length), config,
                         test=None if test is None else TokenizedPairs.from_dataset(test, length),
                         checkpoint_path=out / "train_state.ckpt")
@@ -199,7 +199,8 @@ def _protect(args: argparse.Namespace) -> None:
     for line, first in data.duplicate_rows(table):
         print(f"warning: {args.csv}: line {line} repeats line {first} (same image and caption)", file=sys.stderr)
     data.check_image_files(table)
-    overrides = {"eps": args.eps, "seed": args.seed, "device": args.device, "batch_size": args.batch_size}
+    overrides = {"eps": args.eps, "seed": args.seed, "device": args.device, "batch_size": args.batch_size,
+                 "precision": args.precision}
     for key in ("trigger_len", "max_rounds", "surrogate_steps", "pgd_steps", "trigger_per", "noise_per"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
@@ -384,9 +385,11 @@ def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rows-per-epoch", choices=["all", "one_per_image"], default="all")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help=PRECISION_HELP)
     parser.add_argument("--nproc", type=int, default=1, help=NPROC_HELP)
 
 
+PRECISION_HELP = "bf16: autocast of the forward passes on a GPU (ignored on the CPU)"
 NPROC_HELP = ("processes: above 1 the command reruns itself under torchrun (DDP; one GPU per process on CUDA, "
               "gloo on CPU); the global batch is split across them, so --batch-size must divide by it")
 
@@ -495,6 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
     protect.add_argument("--batch-size", type=int, default=128, help="pairs per contrastive batch")
     protect.add_argument("--seed", type=int, default=0, help="seed of the surrogate, the noise and the trigger search")
     protect.add_argument("--device", default="auto", help="auto: a GPU when there is one")
+    protect.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                         help=PRECISION_HELP)
     protect.add_argument("--nproc", type=int, default=1, help=NPROC_HELP)
     protect.add_argument("--force", action="store_true", help="empty --out of an earlier output and start over")
     protect.set_defaults(run=_protect)

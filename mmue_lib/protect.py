@@ -30,7 +30,11 @@ from .distributed import Context, barrier, broadcast_rows, check_batch_size, con
 from .progress import bar as progress_bar
 from .models import Tokenizer, encode_text, model_context_length, normalize_pixels
 from .storage import save_torch, write_json
-from .train import ClipStepper, TrainConfig, clip_loss, row_batches, to_device
+from .train import ClipStepper, TrainConfig, autocast, clip_loss, row_batches, to_device
+
+
+LATER_FIELDS = {"precision": "fp32"}
+"""`ProtectConfig` fields added after the committed cpu runs were keyed, with their defaults."""
 
 
 @dataclass
@@ -63,6 +67,15 @@ class ProtectConfig:
     batch_size: int = 128
     seed: int = 0
     device: str = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16: autocast of the surrogate's forward passes on CUDA (surrogate steps, PGD, trigger search)."""
+
+    def keyed(self) -> dict:
+        """The settings that key a protection run and its checkpoint: every field, less those added
+        after the committed runs were keyed (`LATER_FIELDS`) while they hold their default."""
+        settings = asdict(self)
+        return {key: value for key, value in settings.items()
+                if key not in LATER_FIELDS or value != LATER_FIELDS[key]}
 
     def __post_init__(self) -> None:
         if self.direction == "maximize" and self.trigger_len:
@@ -369,13 +382,14 @@ def _search_batch(model: torch.nn.Module, batch: _ProtectedRows, rows: torch.Ten
                   config: ProtectConfig, caption_orders: list[torch.Tensor]) -> tuple[torch.Tensor, float]:
     """HotFlip candidates from the gradient at the trigger embeddings, then beam search."""
     caption_rows, = caption_orders
-    with torch.no_grad():
+    with torch.no_grad(), autocast(batch.device, config.precision):
         image_features = model.encode_image(normalize_pixels(batch.pixels(rows)))
     tokens = batch.token_batch(rows, caption_rows)
     embeddings = model.token_embedding(tokens).detach()
     trigger = embeddings[:, 1:1 + batch.k].clone().requires_grad_(True)
     full = torch.cat([embeddings[:, :1], trigger, embeddings[:, 1 + batch.k:]], dim=1)
-    loss = clip_loss(image_features, encode_text(model, tokens, full), model.logit_scale)
+    with autocast(batch.device, config.precision):
+        loss = clip_loss(image_features, encode_text(model, tokens, full), model.logit_scale)
     grad, = torch.autograd.grad(loss, trigger)
     groups, inverse = torch.unique(batch.trigger_index[rows], return_inverse=True)
     grad = torch.zeros(len(groups), *grad.shape[1:], device=grad.device).index_add_(0, inverse.to(grad.device), grad)
@@ -386,8 +400,9 @@ def _search_batch(model: torch.nn.Module, batch: _ProtectedRows, rows: torch.Ten
     def score(trigger_sets: torch.Tensor) -> torch.Tensor:
         losses = []
         for trigger_set in trigger_sets:
-            text = encode_text(model, batch.token_batch(rows, caption_rows, trigger_set.to(tokens.device)))
-            losses.append(clip_loss(image_features, text, model.logit_scale))
+            with autocast(batch.device, config.precision):
+                text = encode_text(model, batch.token_batch(rows, caption_rows, trigger_set.to(tokens.device)))
+                losses.append(clip_loss(image_features, text, model.logit_scale).float())
         return torch.stack(losses).cpu()
 
     current = batch.protection.triggers[batch.trigger_index[rows]].to(tokens.device)
@@ -414,7 +429,7 @@ def _pgd_batch(model: torch.nn.Module, batch: _ProtectedRows, rows: torch.Tensor
     orders = iter(caption_orders)
 
     def text_features() -> torch.Tensor:
-        with torch.no_grad():
+        with torch.no_grad(), autocast(batch.device, config.precision):
             return encode_text(model, batch.token_batch(rows, next(orders)))
 
     per_step = config.shuffle_pgd and config.reshuffle == "step"
@@ -423,7 +438,8 @@ def _pgd_batch(model: torch.nn.Module, batch: _ProtectedRows, rows: torch.Tensor
     def loss_of_noise(noise: torch.Tensor) -> torch.Tensor:
         pixels = (base + noise[inverse]).clamp(0, 255) / 255
         text = text_features() if per_step else batch_text
-        return clip_loss(model.encode_image(normalize_pixels(pixels)), text, model.logit_scale)
+        with autocast(batch.device, config.precision):
+            return clip_loss(model.encode_image(normalize_pixels(pixels)), text, model.logit_scale)
 
     one_clean_per_group = None
     if config.noise_per != "universal":
@@ -470,7 +486,8 @@ def generate_protection(dataset: PairDataset, surrogate: torch.nn.Module, config
     allowed = trigger_vocabulary(config, dataset.captions)
     protection = _initial_protection(dataset, config, allowed)
     stepper = ClipStepper(surrogate, TrainConfig(lr=config.surrogate_lr, weight_decay=config.surrogate_wd,
-                                                 schedule="constant", batch_size=config.batch_size),
+                                                 schedule="constant", batch_size=config.batch_size,
+                                                 precision=config.precision),
                           total_steps=max(1, config.surrogate_steps * config.max_rounds))
     start_round = 0
     if checkpoint_path is not None and Path(checkpoint_path).is_file():
@@ -537,7 +554,7 @@ def generate_protection(dataset: PairDataset, surrogate: torch.nn.Module, config
             on_round(record)
         stopped = bool(protection.converged)
         if checkpoint_path is not None and ctx.is_main:
-            save_torch(checkpoint_path, {"config": asdict(config), "dataset": [dataset.num_images, dataset.num_rows],
+            save_torch(checkpoint_path, {"config": config.keyed(), "dataset": [dataset.num_images, dataset.num_rows],
                                          "noise": protection.noise, "triggers": protection.triggers,
                                          "history": protection.history, "seconds": protection.seconds,
                                          "surrogate": surrogate.state_dict(), "stepper": stepper.state_dict(),
@@ -574,7 +591,7 @@ def checkpoint_differences(state: dict, config: ProtectConfig, num_images: int, 
     """What differs between a saved protection state and a run of `config` on `num_images` images
     with `num_rows` captions, in words ('eps 8 saved, 16 now'); `max_rounds` may grow, so it
     differs only when fewer rounds are asked than were saved."""
-    saved, now = state["config"], asdict(config)
+    saved, now = {**LATER_FIELDS, **state["config"]}, asdict(config)
     differences = [f"{key} {saved.get(key)!r} saved, {value!r} now" for key, value in now.items()
                    if key != "max_rounds" and saved.get(key) != value]
     if len(state["history"]) > config.max_rounds:

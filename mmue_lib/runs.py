@@ -402,7 +402,7 @@ def protection_run(data: dict, method: str, surrogate_model: str, context_length
     surrogate starts from random initialisation, or from the `surrogate` training run (UAP/TAP
     need a clean-trained one)."""
     config = protection_config(method, schedule, **overrides)
-    spec = {"data": data, "method": method, "config": asdict(config), "surrogate_model": surrogate_model,
+    spec = {"data": data, "method": method, "config": config.keyed(), "surrogate_model": surrogate_model,
             "context_length": context_length, "surrogate": surrogate and surrogate["spec"]}
 
     def compute(folder: Path) -> dict:

@@ -86,6 +86,12 @@ class TrainConfig:
         return torch.device(self.device)
 
 
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """bf16 autocast of the forward passes on CUDA when `precision` is "bf16"; fp32 elsewhere
+    (on the CPU bf16 is slower than fp32)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16" and device.type == "cuda")
+
+
 def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A batch on `device`; to a GPU through pinned memory, without blocking. Datasets stay where
     they are (memory-mapped on the host) and only batches travel."""
@@ -191,8 +197,7 @@ class ClipStepper:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
-        use_bf16 = self.config.precision == "bf16" and self.device.type == "cuda"
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        with autocast(self.device, self.config.precision):
             pixels, tokens = to_device(pixels, self.device), to_device(tokens, self.device)
             if self.config.augment == "none":
                 loss = batch_loss(self.encoder, pixels, tokens)

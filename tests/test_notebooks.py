@@ -2,17 +2,20 @@
 in JupyterLab and the papermill runner resolve the same settings and the same runs."""
 import ast
 import json
+import shlex
+import subprocess
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from papermill.iorw import load_notebook_node
 from papermill.parameterize import parameterize_notebook
 
 from mmue_lib.experiments import planned_runs
 from mmue_lib.notebooks import NOTEBOOK_DIR, notebook_metadata, notebook_names, notebook_parameters, run_notebook
 from mmue_lib.settings import load_settings, scales
-from mmue_lib.storage import expand_path
+from mmue_lib.storage import PROJECT_ROOT, expand_path
 
 PARAMETER_NAMES = ["scale", "overrides", "output_root"]
 
@@ -151,3 +154,22 @@ def test_plan_lists_the_parts_without_running_anything(tmp_path, monkeypatch, ca
     assert notebooks.main(["--scale", "cpu", "--part", "paper", "--plan"]) == 0
     printed = capsys.readouterr().out
     assert "will run 9 notebook(s)" in printed and "10_defenses" not in printed and "about 5.2 h" in printed
+
+
+def test_gpu_workflow_parses_and_runs_the_make_target_that_runs_every_notebook_at_gpu_smoke():
+    """The GPU workflow cannot run here: its YAML must parse, its make commands must exist and expand
+    to the notebook runner at the gpu-smoke scale, and it must keep what that scale writes."""
+    workflow = yaml.safe_load((PROJECT_ROOT / ".github" / "workflows" / "gpu-notebooks.yml").read_text())
+    job = workflow["jobs"]["notebooks"]
+    assert "self-hosted" in job["runs-on"] and True in workflow  # YAML reads the key `on` as True
+    commands = [line.strip() for step in job["steps"] if "run" in step for line in step["run"].splitlines()]
+    make_commands = [line for line in commands if line.startswith("make ")]
+    assert any(command.startswith("make paper-slice") for command in make_commands)
+    for command in make_commands:
+        words = [word.replace('"$NPROC"', "2") for word in shlex.split(command, posix=False)]
+        dry = subprocess.run(["make", "-n", *words[1:]], cwd=PROJECT_ROOT, capture_output=True, text=True)
+        assert dry.returncode == 0, dry.stderr
+        if words[1] == "paper-slice":
+            assert "-m mmue_lib.notebooks --scale gpu-smoke --set nproc=2" in dry.stdout
+    kept = next(step for step in job["steps"] if "upload-artifact" in step.get("uses", ""))["with"]["path"].split()
+    assert kept == [f"{folder}/gpu-smoke/" for folder in ("executed", "results", "figures")]

@@ -219,12 +219,25 @@ def test_resume_after_kill_gives_identical_noise_and_triggers(small_set, tmp_pat
     assert [h["noise_loss"] for h in resumed.history] == [h["noise_loss"] for h in reference.history]
     with pytest.raises(ValueError, match="another protection .trigger_len 3 saved, 5 now"):
         generate_protection(small_set, create_clip("RN-tiny"), quick("mem-5"), checkpoint_path=checkpoint)
+    with pytest.raises(ValueError, match="precision 'fp32' saved, 'bf16' now"):
+        generate_protection(small_set, create_clip("RN-tiny"), replace(config, precision="bf16"),
+                            checkpoint_path=checkpoint)
     continued = tmp_path / "continued.ckpt"
     generate_protection(small_set, create_clip("RN-tiny", seed=0), replace(config, max_rounds=2),
                         checkpoint_path=continued, progress=False)
     more = generate_protection(small_set, create_clip("RN-tiny", seed=7), config, checkpoint_path=continued,
                                progress=False)
     assert torch.equal(more.noise, reference.noise) and len(more.history) == 3
+
+
+def test_bf16_is_for_gpus_and_keys_only_runs_that_ask_for_it(small_set):
+    """On the CPU bf16 changes nothing; a run keeps its cache key unless it asks for bf16."""
+    config = quick("mem-3", max_rounds=1)
+    fp32 = generate_protection(small_set, create_clip("RN-tiny", seed=0), config, progress=False)
+    bf16 = generate_protection(small_set, create_clip("RN-tiny", seed=0), replace(config, precision="bf16"),
+                               progress=False)
+    assert torch.equal(fp32.noise, bf16.noise) and torch.equal(fp32.triggers, bf16.triggers)
+    assert "precision" not in config.keyed() and replace(config, precision="bf16").keyed()["precision"] == "bf16"
 
 
 def test_stop_loss_ends_early(small_set):
