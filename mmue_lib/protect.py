@@ -23,13 +23,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Literal
 
+import numpy as np
 import torch
 
 from .data import PairDataset, image_file_names, write_dataset_folder
 from .distributed import Context, barrier, broadcast_rows, check_batch_size, context, gather_objects, shard
 from .progress import bar as progress_bar
 from .models import Tokenizer, encode_text, model_context_length, normalize_pixels
-from .storage import save_torch, write_json
+from .storage import atomic_path, save_torch, write_json
 from .train import ClipStepper, TrainConfig, autocast, clip_loss, row_batches, to_device
 
 
@@ -645,11 +646,17 @@ def _round_steps(dataset: PairDataset, config: ProtectConfig) -> list[int]:
             for index in range(config.max_rounds)]
 
 
+PROTECTED_CHUNK = 1024
+"""Images made protected at a time: memory beyond the result stays a chunk's, whatever the set's size."""
+
+
 def protected_dataset(dataset: PairDataset, protection: Protection, fraction: float = 1.0,
-                      seed: int = 0) -> PairDataset:
+                      seed: int = 0, images_file: str | os.PathLike | None = None) -> PairDataset:
     """What a victim trains on: noisy images and triggered captions (as text) for a seeded
     random `fraction` of the images (exactly round(fraction * N) of them); the rest stays clean.
-    With per-row noise every row becomes its own image."""
+    With per-row noise every row becomes its own image. The images are made a chunk at a time;
+    with `images_file` (a `.npy`) they go straight into that file and come back memory-mapped,
+    so a set larger than memory never sits in RAM (a complete file from an earlier call is reused)."""
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"fraction must be in [0, 1], got {fraction}")
     chosen = torch.zeros(dataset.num_images, dtype=torch.bool)
@@ -658,8 +665,26 @@ def protected_dataset(dataset: PairDataset, protection: Protection, fraction: fl
     per_row = protection.config.noise_per == "row"
     row_chosen = chosen[dataset.row_image]
     source = dataset.row_image if per_row else torch.arange(dataset.num_images)
-    noise = protection.noise[_group_index(protection.config.noise_per, torch.arange(len(source)))].short()
-    images = (dataset.images[source].short() + noise * chosen[source].view(-1, 1, 1, 1)).clamp(0, 255).to(torch.uint8)
+    group = _group_index(protection.config.noise_per, torch.arange(len(source)))
+    shape = (len(source), *dataset.images.shape[1:])
+
+    def fill(images: torch.Tensor) -> None:
+        for start in range(0, len(source), PROTECTED_CHUNK):
+            part = slice(start, start + PROTECTED_CHUNK)
+            noise = protection.noise[group[part]].short() * chosen[source[part]].view(-1, 1, 1, 1)
+            images[part] = (dataset.images[source[part]].short() + noise).clamp(0, 255).to(torch.uint8)
+
+    if images_file is None:
+        images = torch.empty(shape, dtype=torch.uint8)
+        fill(images)
+    else:
+        if not Path(images_file).is_file():
+            with atomic_path(images_file) as tmp:
+                written = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+                fill(torch.from_numpy(written))
+                written.flush()
+                del written
+        images = torch.from_numpy(np.load(images_file, mmap_mode="c"))
     triggers = protection.trigger_texts(dataset.row_image)
     captions = [f"{t} {c}" if t and keep else c for t, c, keep in zip(triggers, dataset.captions, row_chosen.tolist())]
     return PairDataset(images, captions, torch.arange(dataset.num_rows) if per_row else dataset.row_image.clone(),

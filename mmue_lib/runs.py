@@ -39,6 +39,8 @@ CODE_VERSION = 1
 
 CHECKPOINT_FILES = {"train": "train_state.ckpt", "protect": "state.ckpt"}
 """The checkpoint an unfinished run of each kind resumes from, in its folder."""
+PROTECTED_IMAGES = "protected_images.npy"
+"""A victim's protected train images, memory-mapped while it trains (removed when it is done)."""
 
 
 def run_folder(kind: str, spec: dict) -> Path:
@@ -345,7 +347,9 @@ def training_run(data: dict, model: str, context_length: int, train: dict, *, pr
                 create_clip(model, image_size=data["image_size"], context_length=context_length, seed=seed))
         train_set = load_data(data, "train")
         if protection is not None:
-            train_set = protected_dataset(train_set, load_protection(protection), fraction, seed)
+            with distributed.main_first():
+                train_set = protected_dataset(train_set, load_protection(protection), fraction, seed,
+                                              images_file=folder / PROTECTED_IMAGES)
         if defenses:
             needs_reference = any(entry["name"] == "dictionary_filter" for entry in spec["defenses"])
             train_set = apply_defenses(train_set, spec["defenses"],
@@ -357,6 +361,7 @@ def training_run(data: dict, model: str, context_length: int, train: dict, *, pr
         if distributed.context().is_main:
             save_clip(result.model.cpu(), folder / "model.pt", meta={"spec": spec})
             (folder / CHECKPOINT_FILES["train"]).unlink(missing_ok=True)
+            (folder / PROTECTED_IMAGES).unlink(missing_ok=True)
         return {"history": result.history, "final": result.history[-1], "seconds": result.seconds}
 
     return cached("train", spec, compute)
@@ -423,7 +428,7 @@ def protection_run(data: dict, method: str, surrogate_model: str, context_length
 
 def load_protection(run: dict) -> Protection:
     """The `Protection` of a finished protection run."""
-    state = torch.load(Path(run["folder"]) / "protection.pt", map_location="cpu", weights_only=True)
+    state = torch.load(Path(run["folder"]) / "protection.pt", map_location="cpu", weights_only=True, mmap=True)
     return Protection(ProtectConfig(**state["config"]), state["noise"], state["triggers"], state["history"],
                       state["seconds"])
 

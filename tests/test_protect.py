@@ -1,6 +1,7 @@
 import json
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -184,6 +185,25 @@ def test_fraction_protects_exactly_round_p_n_images(small_set):
         assert torch.equal(triggered, changed[small_set.row_image])
     with pytest.raises(ValueError, match="fraction"):
         protected_dataset(small_set, protection, 1.5)
+
+
+@pytest.mark.parametrize("noise_per", ["image", "row"])
+def test_protected_images_made_in_chunks_into_a_file_equal_the_whole_set_at_once(small_set, tmp_path, monkeypatch,
+                                                                                  noise_per):
+    groups = small_set.num_rows if noise_per == "row" else small_set.num_images
+    noise = torch.randint(-8, 9, (groups, 3, 32, 32), generator=torch.Generator().manual_seed(0)).to(torch.int8)
+    protection = Protection(ProtectConfig(noise_per=noise_per), noise, torch.zeros(groups, 0, dtype=torch.long))
+    source = small_set.row_image if noise_per == "row" else torch.arange(small_set.num_images)
+    chosen = protected_dataset(small_set, protection, 0.5, seed=1).extra["protected_images"][source]
+    expected = (small_set.images[source].short() + noise.short() * chosen.view(-1, 1, 1, 1)).clamp(0, 255).byte()
+    monkeypatch.setattr(protect_module, "PROTECTED_CHUNK", 5)
+    in_memory = protected_dataset(small_set, protection, 0.5, seed=1)
+    in_file = protected_dataset(small_set, protection, 0.5, seed=1, images_file=tmp_path / "images.npy")
+    assert torch.equal(in_memory.images, expected) and torch.equal(in_file.images, expected)
+    assert torch.equal(torch.from_numpy(np.load(tmp_path / "images.npy")), expected)
+    np.save(tmp_path / "images.npy", np.zeros(tuple(expected.shape), dtype=np.uint8))
+    reused = protected_dataset(small_set, protection, 0.5, seed=1, images_file=tmp_path / "images.npy")
+    assert int(reused.images.max()) == 0, "a finished file (a victim resuming after a kill) is read, not remade"
 
 
 def test_noise_per_row_and_universal(small_set):
