@@ -646,7 +646,7 @@ def _round_steps(dataset: PairDataset, config: ProtectConfig) -> list[int]:
             for index in range(config.max_rounds)]
 
 
-PROTECTED_CHUNK = 1024
+PROTECTED_CHUNK = 256
 """Images made protected at a time: memory beyond the result stays a chunk's, whatever the set's size."""
 
 
