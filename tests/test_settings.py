@@ -110,9 +110,10 @@ def test_the_paper_slice_is_the_paper_experiment_cut_short():
     assert slice_settings.sources[:2] == paper_settings.sources
     assert (slice_settings.victim_model, slice_settings.data["image_size"], slice_settings.schedule_name) == \
         (paper_settings.victim_model, 224, "official")
-    assert slice_settings.train == {**paper_settings.train, "epochs": 1, "batch_size": 8, "warmup_steps": 1}
-    assert slice_settings.schedule == {**paper_settings.schedule, "max_rounds": 1, "surrogate_steps": 1,
-                                       "trigger_search_rounds": 1, "batch_size": 8}
+    assert slice_settings.train == {**paper_settings.train, "epochs": 1, "batch_size": 8, "warmup_steps": 1,
+                                    "rows_per_epoch": "one_per_image"}
+    assert slice_settings.schedule == {**paper_settings.schedule, "max_rounds": 1, "surrogate_steps": 1, "pgd_steps": 2,
+                                       "trigger_search_rounds": 1, "trigger_top_k": 2, "batch_size": 8}
     assert load_settings("02_table1", "paper-coco").data["data"] == "$MMUE_DATA/coco"
 
 
