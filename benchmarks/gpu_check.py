@@ -12,8 +12,8 @@ Prints, one block each:
 2. Trainer throughput: `train.train_clip` against a bare open_clip loop (`model(images, texts)`,
    `ClipLoss`, AdamW) on the same batches, RN50 at 224 px, fp32 and bf16 autocast; pairs/s, ratio.
 3. MEM-3 generation (calibrated schedule, RN50 surrogate at 224 px, the 1,000-image slice) against
-   one victim training run (RN50, 8 epochs, one caption per image): minutes each, the ratio, and
-   the peak GPU memory of each.
+   one victim training run (RN50, 8 epochs, one caption per image), in fp32 and in bf16 autocast:
+   minutes each, the ratio, and the peak GPU memory of each.
 4. Where there are two GPUs or more: the same victim under `mmue train --nproc 2` (DDP, NCCL)
    against one GPU: pairs/s and final MedR.
 """
@@ -111,18 +111,24 @@ def throughput(pairs: TokenizedPairs, model_name: str, size: int, batch_size: in
 
 def generation_against_victim(pairs: TokenizedPairs, dataset, model_name: str, size: int, victim_epochs: int,
                               batch_size: int, device: torch.device) -> None:
-    config = protection_config("mem-3", SCHEDULES["calibrated"], batch_size=batch_size, device=str(device))
-    reset_peak(device)
-    started = time.perf_counter()
-    protection = generate_protection(dataset, create_clip(model_name, image_size=size, seed=0), config, progress=False)
-    protect_seconds, protect_memory = time.perf_counter() - started, peak_memory_gib(device)
-    reset_peak(device)
-    victim = TrainConfig(epochs=victim_epochs, batch_size=batch_size, rows_per_epoch="one_per_image", device=str(device))
-    victim_seconds = train_clip(create_clip(model_name, image_size=size, seed=0), pairs, victim, progress=False).seconds
-    print(f"[3] MEM-3 calibrated on {dataset.num_images} images, {model_name} {size} px: {protect_seconds / 60:.1f} min "
-          f"(losses {[round(h['noise_loss'], 2) for h in protection.history]}), peak GPU memory "
-          f"{protect_memory:.1f} GiB; one victim of {victim_epochs} epochs {victim_seconds / 60:.1f} min, peak "
-          f"{peak_memory_gib(device):.1f} GiB; generation / victim = {protect_seconds / victim_seconds:.2f}", flush=True)
+    for precision in ("fp32", "bf16") if device.type == "cuda" else ("fp32",):
+        config = protection_config("mem-3", SCHEDULES["calibrated"], batch_size=batch_size, device=str(device),
+                                   precision=precision)
+        reset_peak(device)
+        started = time.perf_counter()
+        protection = generate_protection(dataset, create_clip(model_name, image_size=size, seed=0), config,
+                                         progress=False)
+        protect_seconds, protect_memory = time.perf_counter() - started, peak_memory_gib(device)
+        reset_peak(device)
+        victim = TrainConfig(epochs=victim_epochs, batch_size=batch_size, rows_per_epoch="one_per_image",
+                             device=str(device), precision=precision)
+        victim_seconds = train_clip(create_clip(model_name, image_size=size, seed=0), pairs, victim,
+                                    progress=False).seconds
+        print(f"[3] MEM-3 calibrated on {dataset.num_images} images, {model_name} {size} px, {precision}: "
+              f"{protect_seconds / 60:.1f} min (losses {[round(h['noise_loss'], 2) for h in protection.history]}), "
+              f"peak GPU memory {protect_memory:.1f} GiB; one victim of {victim_epochs} epochs "
+              f"{victim_seconds / 60:.1f} min, peak {peak_memory_gib(device):.1f} GiB; generation / victim = "
+              f"{protect_seconds / victim_seconds:.2f}", flush=True)
 
 
 def two_gpus(data: Path, model_name: str, epochs: int, batch_size: int) -> None:
