@@ -6,21 +6,26 @@ squeezing), and caption cleaning that needs no knowledge of the method: strip th
 words, drop words rare in the corpus, keep only words of a dictionary built from a clean
 corpus. Each is a named transform; a list of them (`parse_defenses`) applies in order.
 Training-time defenses are `augment_batch` (random resized crop, flip, colour jitter) and
-its augmentation-max use in `train` (UEraser-style: the worst of r augmented views per pair).
+its augmentation-max use in `train` (UEraser-style: the worst of r augmented views per pair),
+and `open_clip_crop`, open_clip's own training transform, which a collector applies without
+meaning to defend.
 """
 from __future__ import annotations
 
 import io
 import re
 from collections import Counter
+from functools import lru_cache
 from typing import Callable, Iterable
 
 import numpy as np
 import torch
 import yaml
 from PIL import Image
+import open_clip
 from torchvision.ops import roi_align
-from torchvision.transforms.functional import gaussian_blur
+from torchvision.transforms import RandomResizedCrop
+from torchvision.transforms.functional import gaussian_blur, resized_crop
 
 from .data import PairDataset
 
@@ -211,3 +216,27 @@ def augment_batch(images: torch.Tensor, generator: torch.Generator, min_scale: f
     x = gray + (x - gray) * saturation
     return x.clamp(0, 1)
 
+
+
+@lru_cache(maxsize=None)
+def open_clip_train_crop(size: int) -> RandomResizedCrop:
+    """The random resized crop that opens open_clip's training transform at `size` px
+    (`open_clip.image_transform(is_train=True)`: area share 0.9-1.0, aspect 3/4-4/3, bicubic)."""
+    crop = open_clip.image_transform(size, is_train=True).transforms[0]
+    if not isinstance(crop, RandomResizedCrop):
+        raise RuntimeError(f"open_clip's training transform no longer opens with a RandomResizedCrop: {crop}")
+    return crop
+
+
+def open_clip_crop(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """open_clip's training transform on uint8 or [0,1] images [B,3,S,S] -> [0,1] floats: each
+    image cropped and resized back as `open_clip_train_crop` does, its crop drawn by torchvision's
+    own rule from a seed that `generator` gives (a seeded run repeats exactly)."""
+    x = images.float().div(255) if images.dtype == torch.uint8 else images
+    crop = open_clip_train_crop(x.shape[-1])
+    seed = int(torch.randint(2 ** 62, (1,), generator=generator))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        boxes = [crop.get_params(image, list(crop.scale), list(crop.ratio)) for image in x]
+    return torch.stack([resized_crop(image, *box, list(crop.size), crop.interpolation, antialias=True)
+                        for image, box in zip(x, boxes)]).clamp(0, 1)

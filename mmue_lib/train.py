@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .data import PairDataset
 from .distributed import barrier, check_batch_size, context, gathered_features, global_clip_loss, shard
-from .defenses import augment_batch
+from .defenses import augment_batch, open_clip_crop
 from .progress import bar as progress_bar
 from .metrics import retrieval_metrics
 from .models import (Tokenizer, encode_images, encode_text, encode_texts, model_context_length,
@@ -73,12 +73,12 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
-    augment: Literal["none", "strong"] = "none"
+    augment: Literal["none", "strong", "open_clip"] = "none"
     augment_views: int = 1
 
     def __post_init__(self) -> None:
         if self.augment_views < 1 or (self.augment_views > 1 and self.augment == "none"):
-            raise ValueError(f"augment_views={self.augment_views} needs augment='strong' and must be >= 1")
+            raise ValueError(f"augment_views={self.augment_views} needs augment='strong' or 'open_clip' and must be >= 1")
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":
@@ -130,12 +130,17 @@ class PairEncoder(torch.nn.Module):
         return [self.clip.encode_image(normalize_pixels(view)) for view in views], text_features, self.clip.logit_scale
 
 
+AUGMENTATIONS = {"strong": augment_batch, "open_clip": open_clip_crop}
+"""`TrainConfig.augment` -> the transform of a batch of images (`defenses`)."""
+
+
 def augmented_max_loss(encoder: torch.nn.Module, pixels: torch.Tensor, tokens: torch.Tensor, views: int,
-                       generator: torch.Generator) -> torch.Tensor:
-    """Mean over the global batch's pairs of the worst of `views` strongly augmented versions of
-    each image (`defenses.augment_batch`; UEraser's augmentation-max); with one view, plain
-    augmentation. `encoder` is a `PairEncoder` (or its DDP wrapper)."""
-    image_views, text_features, logit_scale = encoder([augment_batch(pixels, generator) for _ in range(views)], tokens)
+                       generator: torch.Generator, augment: str = "strong") -> torch.Tensor:
+    """Mean over the global batch's pairs of the worst of `views` augmented versions of each
+    image (`AUGMENTATIONS[augment]`; UEraser's augmentation-max with strong augmentation); with
+    one view, plain augmentation. `encoder` is a `PairEncoder` (or its DDP wrapper)."""
+    transform = AUGMENTATIONS[augment]
+    image_views, text_features, logit_scale = encoder([transform(pixels, generator) for _ in range(views)], tokens)
     losses = []
     for image_features in image_views:
         all_images, all_texts = gathered_features(image_features, text_features)
@@ -205,8 +210,8 @@ class ClipStepper:
                 ctx = context()
                 generator = torch.Generator().manual_seed((self.config.seed * 1_000_003 + self.step_count)
                                                           * ctx.world_size + ctx.rank)
-                loss = augmented_max_loss(self.encoder, pixels, tokens,
-                                          self.config.augment_views, generator)
+                loss = augmented_max_loss(self.encoder, pixels, tokens, self.config.augment_views, generator,
+                                          self.config.augment)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -81,6 +83,22 @@ def test_augment_batch_is_seeded_and_stays_in_range():
     assert (first - images.float() / 255).abs().mean() > 0.01
 
 
+def test_open_clip_crop_is_open_clips_training_crop_seeded_and_mild():
+    images = make_synthetic_dataset(6, 32, seed=3).images
+    crop = defenses.open_clip_train_crop(32)
+    assert (tuple(crop.scale), crop.interpolation.value) == ((0.9, 1.0), "bicubic")
+
+    def cropped(seed: int) -> torch.Tensor:
+        return defenses.open_clip_crop(images, torch.Generator().manual_seed(seed))
+
+    first = cropped(0)
+    assert first.shape == images.shape and 0 <= float(first.min()) and float(first.max()) <= 1
+    assert torch.equal(first, cropped(0)) and not torch.equal(first, cropped(1))
+    change = (first - images.float() / 255).abs().mean()
+    strong = (defenses.augment_batch(images, torch.Generator().manual_seed(0)) - images.float() / 255).abs().mean()
+    assert 0 < change < strong
+
+
 def test_augmentation_max_loss_is_at_least_the_first_views_loss():
     torch.manual_seed(0)
     model = create_clip("RN-tiny", image_size=32, context_length=32, seed=0)
@@ -98,6 +116,10 @@ def test_augmented_training_is_deterministic_and_checked():
     histories = [train_clip(create_clip("RN-tiny", image_size=32, seed=0), data, config, progress=False).history
                  for _ in range(2)]
     assert histories[0][0]["train_loss"] == histories[1][0]["train_loss"]
+    open_clip_training = TrainConfig(epochs=1, batch_size=12, augment="open_clip", device="cpu")
+    losses = [train_clip(create_clip("RN-tiny", image_size=32, seed=0), data, config, progress=False).history[0]
+              for config in (open_clip_training, open_clip_training, replace(open_clip_training, augment="none"))]
+    assert losses[0]["train_loss"] == losses[1]["train_loss"] != losses[2]["train_loss"]
     with pytest.raises(ValueError, match="augment='strong'"):
         TrainConfig(augment_views=2)
 
