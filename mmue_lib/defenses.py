@@ -240,3 +240,81 @@ def open_clip_crop(images: torch.Tensor, generator: torch.Generator) -> torch.Te
         boxes = [crop.get_params(image, list(crop.scale), list(crop.ratio)) for image in x]
     return torch.stack([resized_crop(image, *box, list(crop.size), crop.interpolation, antialias=True)
                         for image, box in zip(x, boxes)]).clamp(0, 1)
+
+
+_JPEG_LUMA = torch.tensor([
+    [16, 11, 10, 16, 24, 40, 51, 61], [12, 12, 14, 19, 26, 58, 60, 55], [14, 13, 16, 24, 40, 57, 69, 56],
+    [14, 17, 22, 29, 51, 87, 80, 62], [18, 22, 37, 56, 68, 109, 103, 77], [24, 35, 55, 64, 81, 104, 113, 92],
+    [49, 64, 78, 87, 103, 121, 120, 101], [72, 92, 95, 98, 112, 100, 103, 99]], dtype=torch.float32)
+_JPEG_CHROMA = torch.full((8, 8), 99.0)
+_JPEG_CHROMA[:4, :4] = torch.tensor([[17, 18, 24, 47], [18, 21, 26, 66], [24, 26, 56, 99], [47, 66, 99, 99]],
+                                    dtype=torch.float32)
+_RGB_TO_YCBCR = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+
+
+def _jpeg_tables(quality: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B,8,8] luma and chroma quantisation tables at IJG `quality` (1-100), as libjpeg scales them."""
+    quality = quality.float().clamp(1, 100).view(-1, 1, 1)
+    scale = torch.where(quality < 50, 5000 / quality, 200 - 2 * quality)
+    return tuple(((table * scale + 50) / 100).floor().clamp(1, 255) for table in (_JPEG_LUMA, _JPEG_CHROMA))
+
+
+def _dct_matrix() -> torch.Tensor:
+    """The orthonormal 8-point DCT-II matrix (JPEG's block transform)."""
+    k, n = torch.arange(8.0).view(-1, 1), torch.arange(8.0).view(1, -1)
+    matrix = torch.cos(torch.pi * (2 * n + 1) * k / 16) * (2 / 8) ** 0.5
+    matrix[0] /= 2 ** 0.5
+    return matrix
+
+
+def _soft_round(x: torch.Tensor) -> torch.Tensor:
+    """Rounding whose gradient is not zero everywhere (Shin & Song 2017): round(x) + (x - round(x))^3."""
+    return torch.round(x) + (x - torch.round(x)) ** 3
+
+
+def differentiable_jpeg(images: torch.Tensor, quality: torch.Tensor | float) -> torch.Tensor:
+    """JPEG compression and decoding of [0,1] images [B,3,S,S] (S a multiple of 16) as libjpeg does
+    it at `quality` (a number or one per image): YCbCr, 4:2:0 chroma, 8x8 DCT, quantisation by the
+    IJG tables, with a rounding that lets gradients through, so that noise can be optimised to
+    survive the `jpeg` countermeasure. [0,1] images out."""
+    batch, _, size, _ = images.shape
+    if size % 16:
+        raise ValueError(f"differentiable_jpeg needs a size that is a multiple of 16, got {size}")
+    quality = torch.as_tensor(quality, dtype=torch.float32).expand(batch)
+    luma_table, chroma_table = (t.to(images.device) for t in _jpeg_tables(quality))
+    dct = _dct_matrix().to(images.device)
+    ycbcr = torch.einsum("ij,bjhw->bihw", _RGB_TO_YCBCR.to(images.device), images * 255)
+    ycbcr[:, 1:] += 128
+    channels = [ycbcr[:, :1], torch.nn.functional.avg_pool2d(ycbcr[:, 1:], 2)]
+    decoded = []
+    for channel, table in zip(channels, (luma_table, chroma_table)):
+        b, c, h, w = channel.shape
+        blocks = (channel - 128).reshape(b, c, h // 8, 8, w // 8, 8).permute(0, 1, 2, 4, 3, 5)
+        coefficients = dct @ blocks @ dct.T
+        table = table.view(b, 1, 1, 1, 8, 8)
+        coefficients = _soft_round(coefficients / table) * table
+        blocks = dct.T @ coefficients @ dct + 128
+        decoded.append(blocks.permute(0, 1, 2, 4, 3, 5).reshape(b, c, h, w))
+    chroma = torch.nn.functional.interpolate(decoded[1], scale_factor=2, mode="bilinear", align_corners=False)
+    ycbcr = torch.cat([decoded[0], chroma - 128], dim=1)
+    rgb = torch.einsum("ij,bjhw->bihw", torch.linalg.inv(_RGB_TO_YCBCR).to(images.device), ycbcr)
+    return (rgb / 255).clamp(0, 1)
+
+
+COLLECTOR_JPEG_QUALITY = (10, 75)
+"""The JPEG qualities a collector's re-compression is drawn from in `collector_view`."""
+
+
+def collector_view(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """What a careful collector's pipeline may make of [0,1] images [B,3,S,S], differentiably: half
+    of them (at random) JPEG-compressed at a quality drawn from `COLLECTOR_JPEG_QUALITY`, then every
+    one through open_clip's training crop and a horizontal flip at probability 1/2. Noise optimised
+    in expectation over these views (`ProtectConfig.noise_eot`) is made to survive them."""
+    batch = images.shape[0]
+    compress = (torch.rand(batch, generator=generator) < 0.5).to(images.device).view(-1, 1, 1, 1)
+    low, high = COLLECTOR_JPEG_QUALITY
+    quality = low + (high - low) * torch.rand(batch, generator=generator)
+    x = torch.where(compress, differentiable_jpeg(images, quality.to(images.device)), images)
+    x = open_clip_crop(x, generator)
+    flip = (torch.rand(batch, generator=generator) < 0.5).to(images.device).view(-1, 1, 1, 1)
+    return torch.where(flip, x.flip(-1), x)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .data import PairDataset, image_file_names, write_dataset_folder
+from .defenses import collector_view
 from .distributed import Context, barrier, broadcast_rows, check_batch_size, context, gather_objects, shard
 from .progress import bar as progress_bar
 from .models import Tokenizer, encode_text, model_context_length, normalize_pixels
@@ -34,7 +35,7 @@ from .storage import atomic_path, save_torch, write_json
 from .train import ClipStepper, TrainConfig, autocast, clip_loss, row_batches, to_device
 
 
-LATER_FIELDS = {"precision": "fp32"}
+LATER_FIELDS = {"precision": "fp32", "noise_eot": "none", "eot_samples": 1}
 """`ProtectConfig` fields added after the committed cpu runs were keyed, with their defaults."""
 
 
@@ -70,6 +71,10 @@ class ProtectConfig:
     device: str = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
     """bf16: autocast of the surrogate's forward passes on CUDA (surrogate steps, PGD, trigger search)."""
+    noise_eot: Literal["none", "collector"] = "none"
+    """collector: each PGD step's loss is the mean over `eot_samples` views of the noisy images through
+    a careful collector's transforms (`defenses.collector_view`: JPEG, open_clip's crop, flips)."""
+    eot_samples: int = 1
 
     def keyed(self) -> dict:
         """The settings that key a protection run and its checkpoint: every field, less those added
@@ -86,6 +91,8 @@ class ProtectConfig:
         if self.search_rows == "one_per_image" and self.trigger_len and self.trigger_per == "row":
             raise ValueError("search_rows='one_per_image' would leave most per-row triggers unsearched; "
                              "use it with trigger_per='image' or 'universal'")
+        if self.eot_samples < 1:
+            raise ValueError(f"eot_samples must be >= 1, got {self.eot_samples}")
         if self.eps < 0 or self.alpha < 1 or self.pgd_steps < 0:
             raise ValueError("eps, alpha and pgd_steps are in whole 1/255 steps: eps >= 0, alpha >= 1, pgd_steps >= 0")
 
@@ -159,6 +166,8 @@ def method_config(method: str, **overrides) -> ProtectConfig:
         unused += ["surrogate_lr", "surrogate_wd"]
     if config.direction == "maximize":
         unused += ["stop_loss"]
+    if config.noise_eot == "none":
+        unused += ["eot_samples"]
     defaults = ProtectConfig()
     return replace(config, **{name: getattr(defaults, name) for name in unused})
 
@@ -421,8 +430,9 @@ def _pgd_caption_orders(rows: torch.Tensor, config: ProtectConfig, generator: to
 
 
 def _pgd_batch(model: torch.nn.Module, batch: _ProtectedRows, rows: torch.Tensor, config: ProtectConfig,
-               caption_orders: list[torch.Tensor]) -> float:
-    """One PGD update of the noise groups of `rows` (rows sharing a noise share its update)."""
+               caption_orders: list[torch.Tensor], eot_seed: int | None = None) -> float:
+    """One PGD update of the noise groups of `rows` (rows sharing a noise share its update); with
+    `noise_eot`, the collector's views are drawn from `eot_seed`."""
     groups, inverse = torch.unique(batch.noise_index[rows], return_inverse=True)
     inverse = inverse.to(batch.device)
     clean = batch.clean(rows)
@@ -436,11 +446,15 @@ def _pgd_batch(model: torch.nn.Module, batch: _ProtectedRows, rows: torch.Tensor
     per_step = config.shuffle_pgd and config.reshuffle == "step"
     batch_text = None if per_step else text_features()
 
+    views = torch.Generator().manual_seed(eot_seed) if config.noise_eot == "collector" else None
+
     def loss_of_noise(noise: torch.Tensor) -> torch.Tensor:
         pixels = (base + noise[inverse]).clamp(0, 255) / 255
         text = text_features() if per_step else batch_text
+        seen = [pixels] if views is None else [collector_view(pixels, views) for _ in range(config.eot_samples)]
         with autocast(batch.device, config.precision):
-            return clip_loss(model.encode_image(normalize_pixels(pixels)), text, model.logit_scale)
+            return torch.stack([clip_loss(model.encode_image(normalize_pixels(view)), text, model.logit_scale)
+                                for view in seen]).mean()
 
     one_clean_per_group = None
     if config.noise_per != "universal":
@@ -545,9 +559,12 @@ def generate_protection(dataset: PairDataset, surrogate: torch.nn.Module, config
         batches = row_batches(dataset.row_image, dataset.num_images, config.batch_size, config.pgd_rows, generator,
                               drop_last=False)
         orders = [_pgd_caption_orders(rows, config, generator) for rows in batches]
+        eot_seeds = ([int(torch.randint(2 ** 62, (1,), generator=generator)) for _ in batches]
+                     if config.noise_eot != "none" else [None] * len(batches))
         record["noise_loss"] = _shared_pass(
             batches, stage("noise", batches), batch.noise_index,
-            lambda index, rows: _pgd_batch(surrogate, batch, rows, config, orders[index]), protection.noise, ctx)
+            lambda index, rows: _pgd_batch(surrogate, batch, rows, config, orders[index], eot_seeds[index]),
+            protection.noise, ctx)
         record["seconds"] = time.perf_counter() - started
         protection.seconds += record["seconds"]
         protection.history.append(record)

@@ -149,3 +149,26 @@ def test_settings_round_trip_through_their_label():
     assert defenses.parse_settings(defenses.settings_label(settings)) == settings
     with pytest.raises(ValueError, match="plain values"):
         defenses.parse_settings("eps: [1, 2]")
+
+
+def test_differentiable_jpeg_is_close_to_libjpeg_and_lets_gradients_through():
+    data = make_synthetic_dataset(16, 32, seed=8)
+    clean = data.images.float() / 255
+    for quality in (10, 30, 75):
+        real = defenses.jpeg(data, quality).images.float() / 255
+        ours = defenses.differentiable_jpeg(clean, quality)
+        assert (ours - real).abs().mean() < 0.35 * (clean - real).abs().mean(), quality
+    x = clean.clone().requires_grad_(True)
+    defenses.differentiable_jpeg(x, torch.full((16,), 30.0)).sum().backward()
+    assert (x.grad != 0).float().mean() > 0.9
+    with pytest.raises(ValueError, match="multiple of 16"):
+        defenses.differentiable_jpeg(torch.zeros(1, 3, 24, 24), 30)
+
+
+def test_collector_view_is_seeded_and_differentiable():
+    x = (make_synthetic_dataset(8, 32, seed=9).images.float() / 255).requires_grad_(True)
+    first = defenses.collector_view(x, torch.Generator().manual_seed(0))
+    assert first.shape == x.shape and torch.equal(first, defenses.collector_view(x, torch.Generator().manual_seed(0)))
+    assert not torch.equal(first, defenses.collector_view(x, torch.Generator().manual_seed(1)))
+    first.sum().backward()
+    assert x.grad.abs().sum() > 0

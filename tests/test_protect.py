@@ -260,6 +260,16 @@ def test_bf16_is_for_gpus_and_keys_only_runs_that_ask_for_it(small_set):
     assert "precision" not in config.keyed() and replace(config, precision="bf16").keyed()["precision"] == "bf16"
 
 
+def test_noise_made_in_expectation_over_the_collectors_views_is_seeded_and_keyed(small_set):
+    config = quick("mem-3", max_rounds=1, noise_eot="collector", eot_samples=2)
+    runs = [generate_protection(small_set, create_clip("RN-tiny", seed=0), config, progress=False) for _ in range(2)]
+    plain = generate_protection(small_set, create_clip("RN-tiny", seed=0), quick("mem-3", max_rounds=1),
+                                progress=False)
+    assert torch.equal(runs[0].noise, runs[1].noise) and not torch.equal(runs[0].noise, plain.noise)
+    assert int(runs[0].noise.abs().max()) <= config.eps
+    assert config.keyed()["noise_eot"] == "collector" and "eot_samples" not in quick("mem-3", eot_samples=4).keyed()
+
+
 def test_stop_loss_ends_early(small_set):
     protection = generate_protection(small_set, create_clip("RN-tiny", seed=0),
                                      quick("em", max_rounds=5, stop_loss=100.0), progress=False)
