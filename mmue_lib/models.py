@@ -114,19 +114,35 @@ class Tokenizer:
         return self.bpe.decode(ids).strip()
 
     def tokenize(self, captions: Sequence[str], context_length: int,
-                 prefix: torch.Tensor | None = None) -> torch.Tensor:
-        """[M, context_length] ids: start, `prefix[i]` (if given, [M, k]), caption, end, zeros.
+                 prefix: torch.Tensor | None = None, at: Sequence[int] | None = None) -> torch.Tensor:
+        """[M, context_length] ids: start, `prefix[i]` (if given, [M, k]), caption, end, zeros; with
+        `at`, `prefix[i]` goes before word `at[i]` of caption i instead (0: right after the start).
         Long captions are truncated so that the prefix and the end token always fit."""
+        tokens = torch.zeros(len(captions), context_length, dtype=torch.long)
+        for row, (before, inserted, after) in enumerate(self._parts(captions, context_length, prefix, at)):
+            ids = [self.sot] + before + inserted + after + [self.eot]
+            tokens[row, :len(ids)] = torch.tensor(ids)
+        return tokens
+
+    def slots(self, captions: Sequence[str], context_length: int, k: int, at: Sequence[int] | None = None
+              ) -> torch.Tensor:
+        """[M] where `tokenize` puts each caption's k prefix tokens (1 without `at`)."""
+        prefix = torch.zeros(len(captions), k, dtype=torch.long)
+        return torch.tensor([1 + len(before) for before, _, _ in self._parts(captions, context_length, prefix, at)],
+                            dtype=torch.long)
+
+    def _parts(self, captions: Sequence[str], context_length: int, prefix: torch.Tensor | None,
+               at: Sequence[int] | None):
         k = 0 if prefix is None else int(prefix.shape[1])
         room = context_length - 2 - k
         if room < 1:
             raise ValueError(f"context length {context_length} leaves no room for a caption after {k} prefix tokens")
-        tokens = torch.zeros(len(captions), context_length, dtype=torch.long)
         for row, caption in enumerate(captions):
-            ids = self.encode(caption)[:room]
-            head = [self.sot] + ([] if prefix is None else prefix[row].tolist())
-            tokens[row, : len(head) + len(ids) + 1] = torch.tensor(head + ids + [self.eot])
-        return tokens
+            words = caption.split()
+            split = 0 if at is None else min(int(at[row]), len(words))
+            before = self.encode(" ".join(words[:split]))[:room] if split else []
+            after = self.encode(" ".join(words[split:]) if split else caption)[:room - len(before)]
+            yield before, ([] if prefix is None else prefix[row].tolist()), after
 
 
 @lru_cache(maxsize=1)

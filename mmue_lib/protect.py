@@ -35,7 +35,7 @@ from .storage import atomic_path, save_torch, write_json
 from .train import ClipStepper, TrainConfig, autocast, clip_loss, row_batches, to_device
 
 
-LATER_FIELDS = {"precision": "fp32", "noise_eot": "none", "eot_samples": 1}
+LATER_FIELDS = {"precision": "fp32", "noise_eot": "none", "eot_samples": 1, "trigger_position": "start"}
 """`ProtectConfig` fields added after the committed cpu runs were keyed, with their defaults."""
 
 
@@ -75,6 +75,9 @@ class ProtectConfig:
     """collector: each PGD step's loss is the mean over `eot_samples` views of the noisy images through
     a careful collector's transforms (`defenses.collector_view`: JPEG, open_clip's crop, flips)."""
     eot_samples: int = 1
+    trigger_position: Literal["start", "random"] = "start"
+    """start: the trigger opens the caption (the paper's). random: it goes before a word drawn once
+    per image (seeded, never the first), out of reach of stripping a fixed number of leading words."""
 
     def keyed(self) -> dict:
         """The settings that key a protection run and its checkpoint: every field, less those added
@@ -158,7 +161,7 @@ def method_config(method: str, **overrides) -> ProtectConfig:
     config = ProtectConfig(**{**METHODS[method].preset, **overrides})
     unused = []
     if not config.trigger_len:
-        unused += ["trigger_per", "trigger_init", "trigger_vocab", "mlm_path", "trigger_top_k", "beam_size",
+        unused += ["trigger_position", "trigger_per", "trigger_init", "trigger_vocab", "mlm_path", "trigger_top_k", "beam_size",
                    "trigger_search_rounds", "search_rows", "shuffle_search"]
     if not config.shuffle_pgd:
         unused += ["reshuffle"]
@@ -337,6 +340,32 @@ class Protection:
         texts = [tokenizer.decode(t) for t in self.triggers.tolist()]
         return [texts[i] for i in self.trigger_index(row_image).tolist()]
 
+    def trigger_words_at(self, row_image: torch.Tensor, captions: list[str]) -> list[int] | None:
+        """Before which word of its caption each row's trigger goes; None: at the start (the
+        paper's). With `trigger_position` "random", word 1 + floor(u n) of a caption of n words,
+        u drawn once per image id from the protection's seed."""
+        if self.config.trigger_position == "start" or not self.config.trigger_len:
+            return None
+        share = torch.rand(int(row_image.max()) + 1 if len(row_image) else 0,
+                           generator=torch.Generator().manual_seed(self.config.seed))
+        return [min(1 + int(share[image] * len(caption.split())), len(caption.split()))
+                for image, caption in zip(row_image.tolist(), captions)]
+
+    def triggered_captions(self, row_image: torch.Tensor, captions: list[str], chosen: list[bool]) -> list[str]:
+        """The released captions: each chosen row's caption with its trigger's words at its place."""
+        triggers = self.trigger_texts(row_image)
+        at = self.trigger_words_at(row_image, captions) or [0] * len(captions)
+        released = []
+        for trigger, caption, keep, where in zip(triggers, captions, chosen, at):
+            if not (trigger and keep):
+                released.append(caption)
+            elif where:
+                words = caption.split()
+                released.append(" ".join(words[:where] + [trigger] + words[where:]))
+            else:
+                released.append(f"{trigger} {caption}")
+        return released
+
 
 def _group_index(granularity: str, row_image: torch.Tensor) -> torch.Tensor:
     if granularity == "image":
@@ -356,8 +385,11 @@ class _ProtectedRows:
         self.protection = protection
         self.images = dataset.images
         self.row_image = dataset.row_image
-        self.tokens = Tokenizer().tokenize(dataset.captions, context_length,
-                                           torch.zeros(dataset.num_rows, k, dtype=torch.long) if k else None)
+        at = protection.trigger_words_at(dataset.row_image, dataset.captions)
+        placeholder = torch.zeros(dataset.num_rows, k, dtype=torch.long) if k else None
+        self.tokens = Tokenizer().tokenize(dataset.captions, context_length, placeholder, at)
+        self.slots = (Tokenizer().slots(dataset.captions, context_length, k, at) if at is not None
+                      else torch.ones(dataset.num_rows, dtype=torch.long))
         self.noise_index = protection.noise_index(dataset.row_image)
         self.trigger_index = protection.trigger_index(dataset.row_image)
         self.gray = dataset.extra.get("gray_images")
@@ -372,10 +404,16 @@ class _ProtectedRows:
     def token_batch(self, rows: torch.Tensor, caption_rows: torch.Tensor | None = None,
                     triggers: torch.Tensor | None = None) -> torch.Tensor:
         """Tokens of `rows` with their triggers (or the given [B, k] ones), captions of `caption_rows`."""
-        tokens = self.tokens[rows if caption_rows is None else caption_rows].clone()
+        captions = rows if caption_rows is None else caption_rows
+        tokens = self.tokens[captions].clone()
         if self.k:
-            tokens[:, 1:1 + self.k] = self.protection.triggers[self.trigger_index[rows]] if triggers is None else triggers
+            chosen = self.protection.triggers[self.trigger_index[rows]] if triggers is None else triggers.cpu()
+            tokens.scatter_(1, self.trigger_columns(captions), chosen)
         return tokens.to(self.device)
+
+    def trigger_columns(self, caption_rows: torch.Tensor) -> torch.Tensor:
+        """[B, k] token positions of the trigger in each of these captions."""
+        return self.slots[caption_rows].view(-1, 1) + torch.arange(self.k)
 
 
 def _shuffled(rows: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -396,8 +434,9 @@ def _search_batch(model: torch.nn.Module, batch: _ProtectedRows, rows: torch.Ten
         image_features = model.encode_image(normalize_pixels(batch.pixels(rows)))
     tokens = batch.token_batch(rows, caption_rows)
     embeddings = model.token_embedding(tokens).detach()
-    trigger = embeddings[:, 1:1 + batch.k].clone().requires_grad_(True)
-    full = torch.cat([embeddings[:, :1], trigger, embeddings[:, 1 + batch.k:]], dim=1)
+    columns = batch.trigger_columns(caption_rows).to(tokens.device).unsqueeze(-1).expand(-1, -1, embeddings.shape[-1])
+    trigger = embeddings.gather(1, columns).clone().requires_grad_(True)
+    full = embeddings.scatter(1, columns, trigger)
     with autocast(batch.device, config.precision):
         loss = clip_loss(image_features, encode_text(model, tokens, full), model.logit_scale)
     grad, = torch.autograd.grad(loss, trigger)
@@ -702,8 +741,7 @@ def protected_dataset(dataset: PairDataset, protection: Protection, fraction: fl
                 written.flush()
                 del written
         images = torch.from_numpy(np.load(images_file, mmap_mode="c"))
-    triggers = protection.trigger_texts(dataset.row_image)
-    captions = [f"{t} {c}" if t and keep else c for t, c, keep in zip(triggers, dataset.captions, row_chosen.tolist())]
+    captions = protection.triggered_captions(dataset.row_image, dataset.captions, row_chosen.tolist())
     return PairDataset(images, captions, torch.arange(dataset.num_rows) if per_row else dataset.row_image.clone(),
                        name=f"{dataset.name}-protected",
                        image_paths=[dataset.image_paths[i] for i in source.tolist()] if dataset.image_paths else None,

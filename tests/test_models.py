@@ -92,3 +92,16 @@ def test_paper_architectures_build_at_224(name):
     assert model_image_size(model) == 224 and model_context_length(model) == 77
     features = encode_images(model, torch.zeros(1, 3, 224, 224, dtype=torch.uint8))
     assert features.shape == (1, 1024 if name == "RN50" else 512)
+
+
+def test_tokenize_puts_the_prefix_before_a_given_word_and_says_where():
+    tokenizer = Tokenizer()
+    captions, prefix = ["a dog runs in the park", "two kids"], torch.tensor([[7, 8], [9, 10]])
+    at_start = tokenizer.tokenize(captions, 16, prefix)
+    assert torch.equal(at_start, tokenizer.tokenize(captions, 16, prefix, [0, 0]))
+    inside = tokenizer.tokenize(captions, 16, prefix, [2, 5])
+    slots = tokenizer.slots(captions, 16, 2, [2, 5])
+    assert slots.tolist() == [1 + len(tokenizer.encode("a dog")), 1 + len(tokenizer.encode("two kids"))]
+    assert [inside[row, slot:slot + 2].tolist() for row, slot in enumerate(slots.tolist())] == prefix.tolist()
+    assert tokenizer.decode(inside[0]) == tokenizer.decode(tokenizer.encode("a dog") + [7, 8] +
+                                                           tokenizer.encode("runs in the park"))

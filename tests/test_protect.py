@@ -270,6 +270,23 @@ def test_noise_made_in_expectation_over_the_collectors_views_is_seeded_and_keyed
     assert config.keyed()["noise_eot"] == "collector" and "eot_samples" not in quick("mem-3", eot_samples=4).keyed()
 
 
+def test_triggers_at_a_random_word_are_where_the_surrogate_saw_them_and_survive_stripping(small_set):
+    config = quick("mem-3", max_rounds=1, trigger_position="random", trigger_per="image")
+    protection = generate_protection(small_set, create_clip("RN-tiny", seed=0), config, progress=False)
+    released = protected_dataset(small_set, protection).captions
+    triggers = protection.trigger_texts(small_set.row_image)
+    at = protection.trigger_words_at(small_set.row_image, small_set.captions)
+    assert all(1 <= where <= len(c.split()) for where, c in zip(at, small_set.captions))
+    assert len({at[row] for row in range(0, small_set.num_rows, 5)}) > 1, "positions vary across images"
+    assert all(r.split() == c.split()[:w] + t.split() + c.split()[w:]
+               for r, c, t, w in zip(released, small_set.captions, triggers, at))
+    rows = protect_module._ProtectedRows(small_set, protection, 32, torch.device("cpu"))
+    seen = rows.token_batch(torch.arange(small_set.num_rows))
+    assert torch.equal(seen, Tokenizer().tokenize(released, 32)), "the surrogate saw the released captions"
+    stripped = [" ".join(r.split()[3:]) for r in released]
+    assert sum(t in s for t, s in zip(triggers, stripped)) > 0.5 * len(released)
+
+
 def test_stop_loss_ends_early(small_set):
     protection = generate_protection(small_set, create_clip("RN-tiny", seed=0),
                                      quick("em", max_rounds=5, stop_loss=100.0), progress=False)
