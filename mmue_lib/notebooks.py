@@ -7,7 +7,8 @@
 does) and writes the executed notebook to `<output root>/executed/<scale>/`, its tables to
 `results/<scale>/` and figures to `figures/<scale>/`. It first prints what it will run and about
 how long that takes here (from `params/<scale>/run_hours.yaml`, for the runs the cache lacks);
-`--plan` stops there. At the end it prints each notebook's time and peak memory. `--set`
+`--plan` stops there. A notebook that fails does not stop the others; at the end it prints
+each notebook's outcome, time and peak memory, and exits non-zero if any failed. `--set`
 overrides a setting (a dotted key; the value is read as YAML) in every notebook that has it;
 with overrides, write under another `--output-root` so that the committed results stay as they are.
 """
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 
 import psutil
+from papermill.exceptions import PapermillExecutionError
 
 import yaml
 
@@ -189,15 +191,22 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         print(f"[{args.scale}] {name} ...", flush=True)
         with PeakMemory() as memory:
-            out = run_notebook(name, args.scale, per_notebook[name], output_root)
+            try:
+                out, outcome = run_notebook(name, args.scale, per_notebook[name], output_root), "done"
+            except PapermillExecutionError as error:
+                out, outcome = f"{error.ename}: {error.evalue} (cell {error.exec_count})", "FAILED"
         seconds, peak = time.perf_counter() - started, memory.peak_bytes / 2 ** 30
-        measured.append((name, seconds, peak))
-        print(f"[{args.scale}] {name} done in {progress.duration(seconds)}, peak memory {peak:.1f} GiB -> {out}",
+        measured.append((name, outcome, seconds, peak))
+        print(f"[{args.scale}] {name} {outcome} in {progress.duration(seconds)}, peak memory {peak:.1f} GiB -> {out}",
               flush=True)
     print(f"[{args.scale}] time and peak memory (the kernel and the runs it launched) per notebook:")
-    for name, seconds, peak in measured:
-        print(f"  {name:<24} {progress.duration(seconds):>10} {peak:6.1f} GiB")
-    return 0
+    for name, outcome, seconds, peak in measured:
+        print(f"  {name:<24} {outcome:<6} {progress.duration(seconds):>10} {peak:6.1f} GiB")
+    failed = [name for name, outcome, _, _ in measured if outcome == "FAILED"]
+    if failed:
+        print(f"[{args.scale}] {len(failed)} notebook(s) failed: {', '.join(failed)} (their executed copies show "
+              f"the error under the failing cell)", flush=True)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
