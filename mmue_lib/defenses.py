@@ -273,13 +273,16 @@ def _soft_round(x: torch.Tensor) -> torch.Tensor:
 
 
 def differentiable_jpeg(images: torch.Tensor, quality: torch.Tensor | float) -> torch.Tensor:
-    """JPEG compression and decoding of [0,1] images [B,3,S,S] (S a multiple of 16) as libjpeg does
-    it at `quality` (a number or one per image): YCbCr, 4:2:0 chroma, 8x8 DCT, quantisation by the
-    IJG tables, with a rounding that lets gradients through, so that noise can be optimised to
-    survive the `jpeg` countermeasure. [0,1] images out."""
-    batch, _, size, _ = images.shape
-    if size % 16:
-        raise ValueError(f"differentiable_jpeg needs a size that is a multiple of 16, got {size}")
+    """JPEG compression and decoding of [0,1] images [B,3,H,W] as libjpeg does it at `quality` (a
+    number or one per image): YCbCr, 4:2:0 chroma, 8x8 DCT, quantisation by the IJG tables, with a
+    rounding that lets gradients through, so that noise can be optimised to survive the `jpeg`
+    countermeasure. Sides that are not multiples of 16 are padded by repeating the edge, as
+    encoders fill partial blocks. [0,1] images out."""
+    batch, _, height, width = images.shape
+    pad_bottom, pad_right = -height % 16, -width % 16
+    if pad_bottom or pad_right:
+        padded = torch.nn.functional.pad(images, (0, pad_right, 0, pad_bottom), mode="replicate")
+        return differentiable_jpeg(padded, quality)[..., :height, :width]
     quality = torch.as_tensor(quality, dtype=torch.float32).expand(batch)
     luma_table, chroma_table = (t.to(images.device) for t in _jpeg_tables(quality))
     dct = _dct_matrix().to(images.device)

@@ -9,7 +9,7 @@ from functools import wraps
 from typing import Callable
 
 from . import runs
-from .settings import Settings
+from .settings import Settings, load_settings
 
 
 def _in_processes(function: Callable[[Settings], object]) -> Callable[[Settings], object]:
@@ -97,10 +97,26 @@ def seeds(settings: Settings) -> dict:
     return runs.seed_runs(*_leading(s), o.seed_methods, s.schedule, o.transfer_method, o.victim_models, o.seeds)
 
 
+@_in_processes
+def careful_collector(settings: Settings) -> dict:
+    """A careful collector against every protection (`runs.collector_runs`): the combined
+    countermeasure and open_clip's default training against every method; the robust methods
+    under each countermeasure of 10_defenses (read from its params at the same scale); victims
+    trained as long as the paper's on Table 1's data (its protections are shared); a seed check."""
+    s, o = settings, settings.options
+    single = load_settings("10_defenses", s.scale).options
+    return runs.collector_runs(*_leading(s), o.collector_methods, s.schedule, o.combined_released,
+                               o.collector_training, o.robust_methods, single.released_defenses,
+                               single.training_defenses, load_settings("02_table1", s.scale).data,
+                               o.persistence["methods"], o.persistence["epochs"], o.seed_check["method"],
+                               o.seed_check["countermeasure"], o.seed_check["seeds"])
+
+
 BY_NOTEBOOK: dict[str, Callable[[Settings], object] | None] = {
     "01_data_overview": None, "02_table1": table1, "03_table2": table2, "04_figure4": table1, "05_figure5": table1,
     "06_figure6": table1, "07_semantic_triggers": semantic_triggers, "08_poisoning_fraction": poisoning_fraction,
     "09_faces": faces, "10_defenses": defenses, "11_ablation": ablation, "12_seeds": seeds,
+    "13_careful_collector": careful_collector,
 }
 """The experiment function of every notebook (None: it trains nothing)."""
 

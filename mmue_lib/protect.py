@@ -120,9 +120,14 @@ METHODS: dict[str, Method] = {
                   in_paper=False),
     "mem-3": Method("MEM-3", {"trigger_len": 3}),
     "mem-5": Method("MEM-5", {"trigger_len": 5}),
+    "rmem-3": Method("R-MEM-3", {"trigger_len": 3, "trigger_vocab": "captions", "trigger_position": "random",
+                                 "noise_eot": "collector", "eot_samples": 2}, in_paper=False),
 }
 """The method registry, read by the runs, the notebooks, the CLI and the paper tables. UAP and
-TAP (the official code's "UAP" script) maximise the loss of a clean-trained surrogate."""
+TAP (the official code's "UAP" script) maximise the loss of a clean-trained surrogate. R-MEM-3
+(ours, `13_careful_collector`) is MEM-3 made for a careful collector: trigger words from the
+captions' own vocabulary at a random word of each caption, noise made in expectation over the
+collector's JPEG, crops and flips."""
 
 SCHEDULES: dict[str, dict] = {
     "official": {},

@@ -198,6 +198,47 @@ def defense_table(settings: dict[str, dict[str, dict]], chance: dict) -> pd.Data
     return pd.DataFrame(rows)
 
 
+def plot_closure_heatmap(table: pd.DataFrame, group: str = "defense", column: str = "data") -> plt.Figure:
+    """Closure C as two heat maps (image -> text, text -> image): one row per `group`
+    (countermeasure), one column per `column` (training data), the value in each cell; blank where
+    that pair was not run. Green: the protection holds (C near 1); red: it is broken (C near 0)."""
+    rows, columns = list(dict.fromkeys(table[group])), list(dict.fromkeys(table[column]))
+    figure, axes = plt.subplots(1, 2, figsize=(2.2 + 1.3 * len(columns) * 2, 1.0 + 0.38 * len(rows)), sharey=True)
+    for axis, direction in zip(axes, ("i2t", "t2i")):
+        grid = table.pivot_table(index=group, columns=column, values=f"{direction} C", sort=False)
+        seaborn.heatmap(grid.reindex(index=rows, columns=columns), ax=axis, vmin=-0.2, vmax=1.2, center=0.5,
+                        cmap="RdYlGn", annot=True, fmt=".2f", annot_kws={"fontsize": 7}, cbar=axis is axes[1],
+                        cbar_kws={"label": "closure C (1: chance, 0: as clean)"})
+        axis.set_title(f"{'image -> text' if direction == 'i2t' else 'text -> image'} C")
+        axis.set_xlabel("training data")
+        axis.set_ylabel(group if axis is axes[0] else "")
+        axis.tick_params(axis="x", rotation=30, labelsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def seed_check_table(seeded: dict[str, dict[str, dict[str, dict]]], chance: dict, label: str) -> pd.DataFrame:
+    """The headline cell once per seed (`runs.collector_runs`' "seeds"): per seed and countermeasure
+    the closure C of `label`'s victim against that seed's undefended clean victim, then a row with
+    the mean over the seeds and one with the half-width of its 95% interval."""
+    rows = []
+    for seed, settings in seeded.items():
+        for setting, victims in settings.items():
+            if setting != "none":
+                rows.append({"seed": seed, "defense": setting, **{
+                    f"{d} C": protection_closure(victims[label]["final"], settings["none"]["Clean"]["final"],
+                                                 chance, d) for d in ("i2t", "t2i")}})
+    table = pd.DataFrame(rows)
+    summary = []
+    for setting, group in table.groupby("defense", sort=False):
+        intervals = {key: interval(group[key]) for key in ("i2t C", "t2i C")}
+        summary += [{"seed": f"mean of {len(group)}", "defense": setting,
+                     **{key: mean for key, (mean, _) in intervals.items()}},
+                    {"seed": "95% half-width", "defense": setting,
+                     **{key: half for key, (_, half) in intervals.items()}}]
+    return pd.concat([table, pd.DataFrame(summary)], ignore_index=True)
+
+
 def ablation_table(experiment: dict[str, dict], chance: dict) -> pd.DataFrame:
     """One row per protection setting of `runs.ablation_runs` (the clean victim first, at no
     cost): generation time in seconds and in clean-victim runs, rounds run, the victim's Hit@10
@@ -309,13 +350,13 @@ def plot_seed_intervals(summary: pd.DataFrame, values: tuple[str, ...] = ("i2t C
 
 def caption_defense_examples(protected: PairDataset, released: list[str], reference_captions: list[str],
                              count: int = 4, seed: int = 0) -> pd.DataFrame:
-    """Some protected captions (triggers included) and what each caption-only defense of
-    `released` leaves of them (defenses that touch images are skipped)."""
+    """Some protected captions (triggers included) and what the caption defenses of each item of
+    `released` leave of them (a chain's image defenses are left out; items with none are skipped)."""
     chosen = torch.randperm(protected.num_rows, generator=torch.Generator().manual_seed(seed))[:count].tolist()
     table = pd.DataFrame({"protected caption": [protected.captions[r] for r in chosen]})
     for item in released:
-        chain = defenses.parse_defenses(item)
-        if all(entry["name"] in defenses.CAPTION_DEFENSES for entry in chain):
+        chain = [entry for entry in defenses.parse_defenses(item) if entry["name"] in defenses.CAPTION_DEFENSES]
+        if chain:
             cleaned = defenses.apply_defenses(protected, chain, reference_captions)
             table[defenses.defense_label(chain)] = [cleaned.captions[r] for r in chosen]
     return table

@@ -433,22 +433,36 @@ def load_protection(run: dict) -> Protection:
                       state["seconds"])
 
 
+def method_variant(item: str) -> tuple[str, dict, str]:
+    """"mem-3" or "mem-3(trigger_vocab: captions)" -> (method, protection overrides, label):
+    ("mem-3", {}, "MEM-3"), ("mem-3", {"trigger_vocab": "captions"}, "MEM-3 (trigger_vocab: captions)")."""
+    name, _, arguments = str(item).partition("(")
+    name = name.strip()
+    if name not in METHODS or (arguments and not arguments.endswith(")")):
+        raise ValueError(f"method {item!r}: expected one of {list(METHODS)}, optionally with protection settings "
+                         "in brackets, e.g. 'mem-3(trigger_vocab: captions)'")
+    overrides = protection_overrides(arguments[:-1]) if arguments else {}
+    label = METHODS[name].label + (f" ({settings_label(overrides)})" if overrides else "")
+    return name, overrides, label
+
+
 @planned
 def method_runs(data: dict, victim_model: str, surrogate_model: str, context_length: int, train: dict,
                 methods: list[str], schedule: dict, progress: bool = True) -> dict[str, dict]:
     """Table 1's rows: the clean victim, and per method its protection and the victim trained on it.
+    A method may carry protection settings (`method_variant`: "mem-3(trigger_vocab: captions)").
     Error-maximising methods (UAP, TAP) attack the clean victim itself as their surrogate."""
-    unknown = [m for m in methods if m not in METHODS] if isinstance(methods, list) else [methods]
-    if unknown:
+    if not isinstance(methods, list):
         raise ValueError(f"methods must be a list of {list(METHODS)}; got {methods!r}")
+    variants = [method_variant(item) for item in methods]
     clean = training_run(data, victim_model, context_length, train, progress=progress)
     experiment = {"Clean": {"protection": None, "victim": clean}}
-    for method in methods:
+    for method, overrides, label in variants:
         surrogate = clean if METHODS[method].needs_trained_surrogate else None
         protection = protection_run(data, method, surrogate_model, context_length, schedule=schedule,
-                                    surrogate=surrogate, progress=progress)
+                                    surrogate=surrogate, progress=progress, **overrides)
         victim = training_run(data, victim_model, context_length, train, protection=protection, progress=progress)
-        experiment[METHODS[method].label] = {"protection": protection, "victim": victim}
+        experiment[label] = {"protection": protection, "victim": victim}
     return experiment
 
 
@@ -529,6 +543,35 @@ def defense_runs(data: dict, victim_model: str, surrogate_model: str, context_le
         TrainConfig(**defended)
         settings[settings_label(overrides)] = victims(defended, None)
     return settings
+
+
+@planned
+def collector_runs(data: dict, victim_model: str, surrogate_model: str, context_length: int, train: dict,
+                   methods: list[str], schedule: dict, released: list[str], training: list[str],
+                   robust_methods: list[str], single_released: list[str], single_training: list[str],
+                   persistence_data: dict, persistence_methods: list[str], persistence_epochs: int,
+                   seed_method: str, seed_countermeasure: str, seeds: list[int], progress: bool = True) -> dict:
+    """The careful collector's runs: {"methods": `method_runs` of `methods` (variants welcome:
+    "mem-3(trigger_vocab: captions)"); "countermeasures": `defense_runs` of them under each of
+    `released` and `training`; "single": `defense_runs` of `robust_methods` under each of
+    `single_released` and `single_training`; "persistence": `method_runs` of `persistence_methods`
+    on `persistence_data` with victims trained `persistence_epochs` epochs (each epoch's test
+    metrics in their histories); "seeds": {"seed s": `defense_runs` of `seed_method` under
+    `seed_countermeasure` alone, with seed s}}."""
+    def under(methods_: list[str], released_: list[str], training_: list[str], seed: int | None = None) -> dict:
+        seeded_train, seeded_schedule = (train, schedule) if seed is None else (
+            {**train, "seed": seed}, {**schedule, "seed": seed})
+        return defense_runs(data, victim_model, surrogate_model, context_length, seeded_train, methods_,
+                            seeded_schedule, released_, training_, progress)
+
+    return {"methods": method_runs(data, victim_model, surrogate_model, context_length, train, methods, schedule,
+                                   progress),
+            "countermeasures": under(methods, released, training),
+            "single": under(robust_methods, single_released, single_training),
+            "persistence": method_runs(persistence_data, victim_model, surrogate_model, context_length,
+                                       {**train, "epochs": persistence_epochs}, persistence_methods, schedule,
+                                       progress),
+            "seeds": {f"seed {seed}": under([seed_method], [seed_countermeasure], [], seed) for seed in seeds}}
 
 
 def protection_overrides(text: str) -> dict:

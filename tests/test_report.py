@@ -84,3 +84,25 @@ def test_markdown_table_gives_small_valued_columns_two_decimals():
     assert report.markdown_table(table).splitlines() == [
         "| method | i2t_MedR | i2t C | note |", "|---|---|---|---|",
         "| EM | 289 | 0.32 | a |", "| MEM-3 | 665.5 | 1 |  |"]
+
+
+def test_seed_check_gives_each_seeds_closure_against_its_own_clean_victim_and_their_interval():
+    cm = "jpeg(quality: 30) + dictionary_filter"
+    seeded = {f"seed {s}": {"none": {"Clean": {"final": final(clean, clean)}, "R": {"final": final(450, 350)}},
+                            cm: {"Clean": {"final": final(130, 130)}, "R": {"final": final(protected, protected)}}}
+              for s, (clean, protected) in enumerate([(100, 300), (200, 350), (100, 500)])}
+    table = report.seed_check_table(seeded, CHANCE, "R")
+    per_seed = table[table["seed"].str.startswith("seed")]
+    assert per_seed["i2t C"].tolist() == pytest.approx([0.5, 0.5, 1.0])
+    mean, half = table.iloc[-2], table.iloc[-1]
+    assert (mean["seed"], half["seed"], mean["defense"]) == ("mean of 3", "95% half-width", cm)
+    assert (mean["i2t C"], half["i2t C"]) == pytest.approx(report.interval([0.5, 0.5, 1.0]))
+
+
+def test_closure_heatmap_has_a_cell_per_countermeasure_and_data():
+    table = pd.DataFrame([{"defense": d, "data": t, "i2t C": c, "t2i C": c / 2}
+                          for d, t, c in (("none", "Clean", 0.0), ("none", "R", 1.0), ("jpeg", "Clean", 0.1))])
+    figure = report.plot_closure_heatmap(table)
+    texts = [t.get_text() for t in figure.axes[0].texts]
+    assert texts == ["0.00", "1.00", "0.10"], "the missing (jpeg, R) cell stays blank"
+    assert [t.get_text() for t in figure.axes[0].get_yticklabels()] == ["none", "jpeg"]

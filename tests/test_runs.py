@@ -188,3 +188,13 @@ def test_cache_status_lists_done_and_interrupted_runs(fresh_cache, monkeypatch, 
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 5 and "epoch 1 of 3 saved" in lines[3]
     assert lines[-1].startswith("2 done") and "1 unfinished" in lines[-1]
+
+
+def test_a_method_may_carry_protection_settings():
+    assert runs.method_variant("mem-3") == ("mem-3", {}, "MEM-3")
+    assert runs.method_variant("mem-3(trigger_vocab: captions)") == (
+        "mem-3", {"trigger_vocab": "captions"}, "MEM-3 (trigger_vocab: captions)")
+    for bad, message in (("mem-4", "expected one of"), ("mem-3(trigger_vocab: captions", "expected one of"),
+                         ("mem-3(trigger_vocabulary: captions)", "not protection settings")):
+        with pytest.raises(ValueError, match=message):
+            runs.method_variant(bad)

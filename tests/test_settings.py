@@ -221,3 +221,9 @@ def test_setting_strings_in_params_parse_at_every_scale(scale):
     defenses.parse_defenses(countermeasures.released_defenses)
     for setting in countermeasures.training_defenses:
         defenses.parse_settings(setting)
+    collector = load_settings("13_careful_collector", scale).options
+    for item in [*collector.collector_methods, *collector.robust_methods, collector.seed_check["method"]]:
+        runs.method_variant(item)
+    defenses.parse_defenses([*collector.combined_released, collector.seed_check["countermeasure"]])
+    for setting in collector.collector_training:
+        TrainConfig(**defenses.parse_settings(setting))
