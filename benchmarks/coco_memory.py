@@ -107,7 +107,8 @@ def main() -> None:
             rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
             row = rows[-1]
             print(f"{count:>7} images ({count * 3 * SIZE * SIZE / 2 ** 30:5.2f} GiB of pixels): peak own memory "
-                  f"{row['peak_own_gib']:.2f} GiB (at the start {row['start_own_gib']:.2f}); protected set made in {row['protect_seconds']:.0f} s, "
+                  f"{row['peak_own_gib']:.2f} GiB (at the start {row['start_own_gib']:.2f}); protected set made in "
+                  f"{row['protect_seconds']:.0f} s, "
                   f"an epoch of batches in {row['epoch_seconds']:.0f} s", flush=True)
     counts = np.array([row["images"] for row in rows], dtype=float)
     peaks = np.array([row["peak_own_gib"] for row in rows])

@@ -166,8 +166,8 @@ def method_config(method: str, **overrides) -> ProtectConfig:
     config = ProtectConfig(**{**METHODS[method].preset, **overrides})
     unused = []
     if not config.trigger_len:
-        unused += ["trigger_position", "trigger_per", "trigger_init", "trigger_vocab", "mlm_path", "trigger_top_k", "beam_size",
-                   "trigger_search_rounds", "search_rows", "shuffle_search"]
+        unused += ["trigger_position", "trigger_per", "trigger_init", "trigger_vocab", "mlm_path", "trigger_top_k",
+                   "beam_size", "trigger_search_rounds", "search_rows", "shuffle_search"]
     if not config.shuffle_pgd:
         unused += ["reshuffle"]
     if not config.surrogate_steps:

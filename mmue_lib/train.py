@@ -78,7 +78,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.augment_views < 1 or (self.augment_views > 1 and self.augment == "none"):
-            raise ValueError(f"augment_views={self.augment_views} needs augment='strong' or 'open_clip' and must be >= 1")
+            raise ValueError(f"augment_views={self.augment_views} needs augment='strong' or 'open_clip' "
+                             "and must be >= 1")
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":
