@@ -267,6 +267,7 @@ def plot_strength_vs_cost(table: pd.DataFrame) -> plt.Figure:
             axis.plot(row["victim runs"], row[f"{direction} C"], linestyle="", marker=f"${number}$", markersize=7,
                       color="black", label=row["setting"])
         _closure_axis(axis, direction, "generation time (clean-victim training runs, log scale)")
+        axis.set_xlim(shown["victim runs"].min() / 1.5, shown["victim runs"].max() * 1.5)
         axis.set_xscale("log", base=2)
         axis.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())

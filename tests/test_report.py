@@ -106,3 +106,12 @@ def test_closure_heatmap_has_a_cell_per_countermeasure_and_data():
     texts = [t.get_text() for t in figure.axes[0].texts]
     assert texts == ["0.00", "1.00", "0.10"], "the missing (jpeg, R) cell stays blank"
     assert [t.get_text() for t in figure.axes[0].get_yticklabels()] == ["none", "jpeg"]
+
+
+def test_strength_against_cost_draws_when_closure_is_undefined():
+    """A slice whose clean victim is no better than chance has no closure (nan): the plot still draws."""
+    table = pd.DataFrame([{"setting": "clean data", "victim runs": 0.0, "i2t C": float("nan"), "t2i C": float("nan")},
+                          {"setting": "default", "victim runs": 2.7, "i2t C": float("nan"), "t2i C": float("nan")}])
+    figure = report.plot_strength_vs_cost(table)
+    figure.canvas.draw()
+    assert figure.axes[0].get_xscale() == "log"
