@@ -19,7 +19,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -31,37 +30,19 @@ SIZE = 224
 CHUNK = 512
 
 
-def own_memory_gib() -> float:
+def own_memory_bytes() -> int:
+    """This process's anonymous resident pages (Linux: /proc/self/status), in bytes."""
     for line in open("/proc/self/status", encoding="ascii"):
         if line.startswith("RssAnon:"):
-            return int(line.split()[1]) / 2 ** 20
+            return int(line.split()[1]) * 1024
     raise RuntimeError("no RssAnon in /proc/self/status (Linux only)")
-
-
-class PeakOwnMemory:
-    def __init__(self) -> None:
-        self.start = self.peak = own_memory_gib()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.02):
-            self.peak = max(self.peak, own_memory_gib())
-
-    def __enter__(self) -> "PeakOwnMemory":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, own_memory_gib())
 
 
 def measure(count: int, workdir: Path) -> dict:
     """One size, in this process: the peak own memory of the victim's data path and its stages' times."""
     from mmue_lib.data import PairDataset
     from mmue_lib.models import normalize_pixels
+    from mmue_lib.notebooks import PeakMemory
     from mmue_lib.protect import ProtectConfig, Protection, protected_dataset
     from mmue_lib.train import row_batches
 
@@ -75,7 +56,7 @@ def measure(count: int, workdir: Path) -> dict:
     del written
     torch.save({"noise": torch.from_numpy(rng.integers(-8, 9, (count, 3, SIZE, SIZE), dtype=np.int8))}, noise_file)
     started = time.perf_counter()
-    with PeakOwnMemory() as peak:
+    with PeakMemory(own_memory_bytes, interval=0.02) as peak:
         images = torch.from_numpy(np.load(clean_file, mmap_mode="c"))
         dataset = PairDataset(images, ["a photo of a thing"] * (5 * count), torch.arange(count).repeat_interleave(5))
         noise = torch.load(noise_file, map_location="cpu", weights_only=True, mmap=True)["noise"]
@@ -86,7 +67,8 @@ def measure(count: int, workdir: Path) -> dict:
             normalize_pixels(protected.images[protected.row_image[rows]].float() / 255)
     for path in (clean_file, noise_file, protected_file):
         path.unlink()
-    return {"images": count, "peak_own_gib": peak.peak, "start_own_gib": peak.start, "protect_seconds": made - started,
+    return {"images": count, "peak_own_gib": peak.peak_bytes / 2 ** 30, "start_own_gib": peak.start_bytes / 2 ** 30,
+            "protect_seconds": made - started,
             "epoch_seconds": time.perf_counter() - made}
 
 

@@ -24,7 +24,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .progress import bar as progress_bar
-from .storage import atomic_path, cache_root, expand_path, stable_hash
+from .storage import atomic_path, cache_root, expand_path, mapped_uint8, stable_hash
 
 RESIZE_VERSION = "rgb-white-alpha/short-side-bicubic/center-crop/v1"
 
@@ -202,19 +202,17 @@ def decode_images(table: CaptionTable, size: int, cache_dir: str | os.PathLike |
     stats = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in table.image_paths]
     key = stable_hash([RESIZE_VERSION, size, stats])
     cache_file = Path(cache_dir or cache_root() / "images") / f"{key}.npy"
-    if not cache_file.is_file():
-        jobs = list(zip(table.image_paths, table.image_lines))
-        with atomic_path(cache_file) as tmp, \
-                ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool, \
+    jobs = list(zip(table.image_paths, table.image_lines))
+
+    def decode_into(images: np.ndarray) -> None:
+        with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool, \
                 progress_bar(len(jobs), "image", f"decoding {table.csv_path.name} at {size} px (once; cached)",
                              enabled=progress) as bar:
-            images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(jobs), 3, size, size))
             for index, array in enumerate(pool.map(lambda job: _decode(job[0], size, table.csv_path, job[1]), jobs)):
                 images[index] = array
                 bar.update()
-            images.flush()
-            del images
-    return torch.from_numpy(np.load(cache_file, mmap_mode="c"))
+
+    return mapped_uint8(cache_file, (len(jobs), 3, size, size), decode_into)
 
 
 def duplicate_rows(table: CaptionTable) -> list[tuple[int, int]]:

@@ -118,18 +118,18 @@ class Tokenizer:
         """[M, context_length] ids: start, `prefix[i]` (if given, [M, k]), caption, end, zeros; with
         `at`, `prefix[i]` goes before word `at[i]` of caption i instead (0: right after the start).
         Long captions are truncated so that the prefix and the end token always fit."""
+        return self.place(captions, context_length, prefix, at)[0]
+
+    def place(self, captions: Sequence[str], context_length: int, prefix: torch.Tensor | None = None,
+              at: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`tokenize`'s ids, and [M] the column where each caption's prefix starts (1 without `at`)."""
         tokens = torch.zeros(len(captions), context_length, dtype=torch.long)
+        slots = torch.ones(len(captions), dtype=torch.long)
         for row, (before, inserted, after) in enumerate(self._parts(captions, context_length, prefix, at)):
             ids = [self.sot] + before + inserted + after + [self.eot]
             tokens[row, :len(ids)] = torch.tensor(ids)
-        return tokens
-
-    def slots(self, captions: Sequence[str], context_length: int, k: int, at: Sequence[int] | None = None
-              ) -> torch.Tensor:
-        """[M] where `tokenize` puts each caption's k prefix tokens (1 without `at`)."""
-        prefix = torch.zeros(len(captions), k, dtype=torch.long)
-        return torch.tensor([1 + len(before) for before, _, _ in self._parts(captions, context_length, prefix, at)],
-                            dtype=torch.long)
+            slots[row] += len(before)
+        return tokens, slots
 
     def _parts(self, captions: Sequence[str], context_length: int, prefix: torch.Tensor | None,
                at: Sequence[int] | None):

@@ -20,11 +20,11 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import psutil
-from papermill.exceptions import PapermillExecutionError
-
 import yaml
+from papermill.exceptions import PapermillExecutionError
 
 from . import progress
 from .settings import PARAMS_DIR, SettingsError, applicable_overrides, load_settings, scales
@@ -94,35 +94,41 @@ def plan_lines(names: list[str], scale: str, overrides: dict[str, dict], output_
     return lines
 
 
-class PeakMemory:
-    """Peak resident memory of this process's descendants (a notebook's kernel and the runs it
-    launches under torchrun, together), sampled by a thread every `interval` seconds."""
+def descendants_resident_bytes() -> int:
+    """Resident memory of this process's descendants together (a notebook's kernel and the runs
+    it launches under torchrun)."""
+    total = 0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            total += child.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return total
 
-    def __init__(self, interval: float = 0.5) -> None:
-        self.interval, self.peak_bytes = interval, 0
+
+class PeakMemory:
+    """The peak of `measure()` (bytes) while the block runs, sampled by a thread every `interval`
+    seconds and once more at its end; `start_bytes` is the first sample."""
+
+    def __init__(self, measure: Callable[[], int] = descendants_resident_bytes, interval: float = 0.5) -> None:
+        self.measure, self.interval = measure, interval
+        self.start_bytes = self.peak_bytes = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
-        me = psutil.Process()
-        while True:
-            total = 0
-            for child in me.children(recursive=True):
-                try:
-                    total += child.memory_info().rss
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
-                    pass
-            self.peak_bytes = max(self.peak_bytes, total)
-            if self._stop.wait(self.interval):
-                return
+        while not self._stop.wait(self.interval):
+            self.peak_bytes = max(self.peak_bytes, self.measure())
 
     def __enter__(self) -> "PeakMemory":
+        self.start_bytes = self.peak_bytes = self.measure()
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+        self.peak_bytes = max(self.peak_bytes, self.measure())
 
 
 def notebook_parameters(scale: str, overrides: dict | None = None, output_root: Path = PROJECT_ROOT) -> dict:

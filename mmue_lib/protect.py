@@ -23,7 +23,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Literal
 
-import numpy as np
 import torch
 
 from .data import PairDataset, image_file_names, write_dataset_folder
@@ -31,7 +30,7 @@ from .defenses import collector_view
 from .distributed import Context, barrier, broadcast_rows, check_batch_size, context, gather_objects, shard
 from .progress import bar as progress_bar
 from .models import Tokenizer, encode_text, model_context_length, normalize_pixels
-from .storage import atomic_path, save_torch, write_json
+from .storage import mapped_uint8, save_torch, write_json
 from .train import ClipStepper, TrainConfig, autocast, clip_loss, row_batches, to_device
 
 
@@ -390,11 +389,9 @@ class _ProtectedRows:
         self.protection = protection
         self.images = dataset.images
         self.row_image = dataset.row_image
-        at = protection.trigger_words_at(dataset.row_image, dataset.captions)
         placeholder = torch.zeros(dataset.num_rows, k, dtype=torch.long) if k else None
-        self.tokens = Tokenizer().tokenize(dataset.captions, context_length, placeholder, at)
-        self.slots = (Tokenizer().slots(dataset.captions, context_length, k, at) if at is not None
-                      else torch.ones(dataset.num_rows, dtype=torch.long))
+        self.tokens, self.slots = Tokenizer().place(dataset.captions, context_length, placeholder,
+                                                    protection.trigger_words_at(dataset.row_image, dataset.captions))
         self.noise_index = protection.noise_index(dataset.row_image)
         self.trigger_index = protection.trigger_index(dataset.row_image)
         self.gray = dataset.extra.get("gray_images")
@@ -739,13 +736,7 @@ def protected_dataset(dataset: PairDataset, protection: Protection, fraction: fl
         images = torch.empty(shape, dtype=torch.uint8)
         fill(images)
     else:
-        if not Path(images_file).is_file():
-            with atomic_path(images_file) as tmp:
-                written = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-                fill(torch.from_numpy(written))
-                written.flush()
-                del written
-        images = torch.from_numpy(np.load(images_file, mmap_mode="c"))
+        images = mapped_uint8(images_file, shape, lambda array: fill(torch.from_numpy(array)))
     captions = protection.triggered_captions(dataset.row_image, dataset.captions, row_chosen.tolist())
     return PairDataset(images, captions, torch.arange(dataset.num_rows) if per_row else dataset.row_image.clone(),
                        name=f"{dataset.name}-protected",

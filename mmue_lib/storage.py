@@ -7,8 +7,9 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -57,6 +58,21 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+
+def mapped_uint8(path: str | os.PathLike, shape: tuple[int, ...], fill: Callable[[np.ndarray], None]) -> torch.Tensor:
+    """The uint8 array of `shape` in the `.npy` file `path`, memory-mapped copy-on-write (writing to
+    the tensor never reaches the file). A missing file is made first: `fill(array)` writes straight
+    into a memory-mapped temporary file, which replaces `path` only once it is complete."""
+    path = Path(path)
+    if not path.is_file():
+        with atomic_path(path) as tmp:
+            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+            fill(array)
+            array.flush()
+            del array
+    return torch.from_numpy(np.load(path, mmap_mode="c"))
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -99,8 +99,9 @@ def test_tokenize_puts_the_prefix_before_a_given_word_and_says_where():
     captions, prefix = ["a dog runs in the park", "two kids"], torch.tensor([[7, 8], [9, 10]])
     at_start = tokenizer.tokenize(captions, 16, prefix)
     assert torch.equal(at_start, tokenizer.tokenize(captions, 16, prefix, [0, 0]))
-    inside = tokenizer.tokenize(captions, 16, prefix, [2, 5])
-    slots = tokenizer.slots(captions, 16, 2, [2, 5])
+    inside, slots = tokenizer.place(captions, 16, prefix, [2, 5])
+    assert torch.equal(inside, tokenizer.tokenize(captions, 16, prefix, [2, 5]))
+    assert tokenizer.place(captions, 16, prefix)[1].tolist() == [1, 1]
     assert slots.tolist() == [1 + len(tokenizer.encode("a dog")), 1 + len(tokenizer.encode("two kids"))]
     assert [inside[row, slot:slot + 2].tolist() for row, slot in enumerate(slots.tolist())] == prefix.tolist()
     assert tokenizer.decode(inside[0]) == tokenizer.decode(tokenizer.encode("a dog") + [7, 8] +
