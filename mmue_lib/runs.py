@@ -310,15 +310,24 @@ def write_run_records(runs: Mapping, results_dir: str | Path, name: str) -> Path
 
 
 def data_spec(data: str, image_size: int, max_train_images: int | None = None,
-              max_test_images: int | None = None, named_faces: dict | None = None) -> dict:
+              max_test_images: int | None = None, named_faces: dict | None = None,
+              evaluate_on: str = "test") -> dict:
     """What a run's data is. `named_faces` (the keyword arguments of `faces.load_named_faces`
-    beyond folder, split and size) reads `data` as a face folder captioned from names."""
-    return {"data": data, "image_size": image_size, "max_train_images": max_train_images,
+    beyond folder, split and size) reads `data` as a face folder captioned from names.
+    `evaluate_on: val` scores victims on the val split instead of test, for choosing settings
+    (it enters the spec only then, so that the keys of runs scored on test stay as they were)."""
+    if evaluate_on not in ("test", "val"):
+        raise ValueError(f"evaluate_on must be 'test' or 'val', got {evaluate_on!r}")
+    spec = {"data": data, "image_size": image_size, "max_train_images": max_train_images,
             "max_test_images": max_test_images, "named_faces": named_faces}
+    return spec if evaluate_on == "test" else {**spec, "evaluate_on": evaluate_on}
 
 
 def load_data(spec: dict, split: str) -> PairDataset:
-    """One split of a run's data (decoded by rank 0 first when several processes share the cache)."""
+    """One split of a run's data (decoded by rank 0 first when several processes share the cache);
+    "test" is the split victims are scored on (val under `evaluate_on: val`)."""
+    if split == "test":
+        split = spec.get("evaluate_on", "test")
     with distributed.main_first():
         if spec.get("named_faces") is not None:
             return load_named_faces(spec["data"], split, spec["image_size"], progress=False, **spec["named_faces"])

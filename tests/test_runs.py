@@ -198,3 +198,13 @@ def test_a_method_may_carry_protection_settings():
                          ("mem-3(trigger_vocabulary: captions)", "not protection settings")):
         with pytest.raises(ValueError, match=message):
             runs.method_variant(bad)
+
+
+def test_victims_can_be_scored_on_val_under_their_own_keys():
+    on_test = runs.data_spec("synthetic", 32, max_train_images=24, max_test_images=10)
+    on_val = runs.data_spec("synthetic", 32, max_train_images=24, max_test_images=10, evaluate_on="val")
+    assert "evaluate_on" not in on_test and runs.run_folder("train", on_val) != runs.run_folder("train", on_test)
+    assert runs.load_data(on_val, "test").name == runs.load_data(on_test, "val").name == "synthetic-val"
+    assert runs.load_data(on_val, "train").name == "synthetic-train"
+    with pytest.raises(ValueError, match="evaluate_on"):
+        runs.data_spec("synthetic", 32, evaluate_on="train")

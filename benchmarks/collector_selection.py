@@ -1,0 +1,70 @@
+"""Choose a protection's settings against the careful collector on the val split, never test.
+
+    .venv/bin/python benchmarks/collector_selection.py --scale cpu --candidate "" --candidate "eot_samples: 1"
+    .venv/bin/python benchmarks/collector_selection.py --scale cpu --method mem-3 --candidate ""
+
+The data, victims and shared schedule are `13_careful_collector`'s (`params/<scale>/`); each
+`--candidate` is protection settings over `--method`'s preset ("" for the preset itself). Every
+candidate is protected once, and victims are trained on it undefended, under each `--released`
+countermeasure (released-data defense chains) and each `--training` one (training-config
+overrides), beside clean victims under the same countermeasures. Victims are scored on val
+(`runs.data_spec(evaluate_on="val")`), so these runs have their own cache keys; they are cached
+and resume after a kill like the notebooks' runs. Prints the closure C of every (countermeasure,
+training data) pair and each protection's cost in clean victim runs.
+"""
+from __future__ import annotations
+
+import argparse
+
+import pandas as pd
+
+from mmue_lib import runs
+from mmue_lib.metrics import random_metrics
+from mmue_lib.notebooks import parse_overrides
+from mmue_lib.report import defense_table, protection_costs
+from mmue_lib.settings import load_settings
+
+COMBINED = "jpeg(quality: 30) + dictionary_filter"
+OPEN_CLIP_TRAINING = "augment: open_clip, rows_per_epoch: all"
+
+
+def candidate_method(method: str, settings: str) -> str:
+    """ "rmem-3", "eot_samples: 1" -> "rmem-3(eot_samples: 1)" (the method alone for "")."""
+    return f"{method}({settings})" if settings.strip() else method
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", default="cpu", help="params/<scale>/13_careful_collector.yaml gives the experiment")
+    parser.add_argument("--method", default="rmem-3", help="the method whose preset the candidates change")
+    parser.add_argument("--candidate", action="append", metavar="SETTINGS",
+                        help='protection settings, e.g. "eot_samples: 1, max_rounds: 4" ("" for the preset)')
+    parser.add_argument("--released", action="append", metavar="DEFENSES",
+                        help=f'released-data countermeasure (default: "{COMBINED}")')
+    parser.add_argument("--training", action="append", metavar="OVERRIDES",
+                        help=f'training countermeasure (default: "{OPEN_CLIP_TRAINING}")')
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
+    args = parser.parse_args()
+
+    settings = load_settings("13_careful_collector", args.scale, parse_overrides(args.set))
+    data = runs.data_spec(**{key: settings.data[key] for key in ("data", "image_size", "max_train_images",
+                                                                   "max_test_images", "named_faces")},
+                          evaluate_on="val")
+    methods = [candidate_method(args.method, text) for text in (args.candidate or [""])]
+    leading = (data, settings.victim_model, settings.surrogate_model, settings.context_length, settings.train)
+    released = args.released or [COMBINED]
+    training = args.training or [OPEN_CLIP_TRAINING]
+    plan = runs.planning(runs.defense_runs, *leading, methods, settings.schedule, released, training)
+    print(f"{len(plan.runs)} runs, {len(plan.todo)} not in the cache; victims scored on val")
+
+    experiment = runs.defense_runs(*leading, methods, settings.schedule, released, training)
+    val = runs.load_data(data, "test")
+    chance = random_metrics(val.row_image, val.num_images)
+    table = defense_table(experiment, chance)
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.precision", 2):
+        print(table[["defense", "data", "i2t_MedR", "t2i_MedR", "i2t C", "t2i C"]].to_string(index=False))
+        print(protection_costs(runs.method_runs(*leading, methods, settings.schedule)).to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()
