@@ -1,7 +1,7 @@
 """Choose a protection's settings against the careful collector on the val split, never test.
 
     .venv/bin/python benchmarks/collector_selection.py --scale cpu --candidate "" --candidate "eot_samples: 1"
-    .venv/bin/python benchmarks/collector_selection.py --scale cpu --method mem-3 --candidate ""
+    .venv/bin/python benchmarks/collector_selection.py --scale cpu --candidate "" --training ""
 
 The data, victims and shared schedule are `13_careful_collector`'s (`params/<scale>/`); each
 `--candidate` is protection settings over `--method`'s preset ("" for the preset itself). Every
@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--released", action="append", metavar="DEFENSES",
                         help=f'released-data countermeasure (default: "{COMBINED}")')
     parser.add_argument("--training", action="append", metavar="OVERRIDES",
-                        help=f'training countermeasure (default: "{OPEN_CLIP_TRAINING}")')
+                        help=f'training countermeasure (default: "{OPEN_CLIP_TRAINING}"; "" for none)')
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
     args = parser.parse_args()
 
@@ -53,7 +53,7 @@ def main() -> None:
     methods = [candidate_method(args.method, text) for text in (args.candidate or [""])]
     leading = (data, settings.victim_model, settings.surrogate_model, settings.context_length, settings.train)
     released = args.released or [COMBINED]
-    training = args.training or [OPEN_CLIP_TRAINING]
+    training = [item for item in (args.training or [OPEN_CLIP_TRAINING]) if item.strip()]
     plan = runs.planning(runs.defense_runs, *leading, methods, settings.schedule, released, training)
     print(f"{len(plan.runs)} runs, {len(plan.todo)} not in the cache; victims scored on val")
 
