@@ -28,7 +28,7 @@ from papermill.exceptions import PapermillExecutionError
 
 from . import progress
 from .settings import PARAMS_DIR, SettingsError, applicable_overrides, load_settings, scales
-from .storage import PROJECT_ROOT
+from .storage import PROJECT_ROOT, write_text
 
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 PARTS = {"paper": False, "extensions": True}
@@ -143,10 +143,26 @@ def run_notebook(name: str, scale: str, overrides: dict | None = None, output_ro
 
     out = output_root / "executed" / scale / f"{name}.ipynb"
     out.parent.mkdir(parents=True, exist_ok=True)
-    papermill.execute_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"), str(out),
-                               parameters=notebook_parameters(scale, overrides, output_root),
-                               kernel_name="python3", cwd=str(NOTEBOOK_DIR), progress_bar=False)
+    try:
+        papermill.execute_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"), str(out),
+                                   parameters=notebook_parameters(scale, overrides, output_root),
+                                   kernel_name="python3", cwd=str(NOTEBOOK_DIR), progress_bar=False)
+    finally:
+        if out.exists():
+            tidy_outputs(out)
     return out
+
+
+def tidy_outputs(path: Path) -> None:
+    """Rewrite an executed notebook as a reader sees it in a terminal: each cell's consecutive
+    stream outputs merged, and of a line redrawn with carriage returns (a progress bar) only its
+    last state kept (nbconvert's `CoalesceStreamsPreprocessor`), where papermill stores every redraw."""
+    import nbformat
+    from nbconvert.preprocessors import CoalesceStreamsPreprocessor
+
+    notebook = nbformat.read(path, as_version=4)
+    CoalesceStreamsPreprocessor().preprocess(notebook, {})
+    write_text(path, nbformat.writes(notebook) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

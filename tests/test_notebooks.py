@@ -13,7 +13,7 @@ from papermill.iorw import load_notebook_node
 from papermill.parameterize import parameterize_notebook
 
 from mmue_lib.experiments import planned_runs
-from mmue_lib.notebooks import NOTEBOOK_DIR, notebook_metadata, notebook_names, notebook_parameters, run_notebook
+from mmue_lib.notebooks import NOTEBOOK_DIR, notebook_metadata, notebook_names, notebook_parameters, run_notebook, tidy_outputs
 from mmue_lib.settings import load_settings, scales
 from mmue_lib.storage import PROJECT_ROOT, expand_path
 
@@ -173,3 +173,19 @@ def test_gpu_workflow_parses_and_runs_the_make_target_that_runs_every_notebook_a
             assert "-m mmue_lib.notebooks --scale gpu-smoke --set nproc=2" in dry.stdout
     kept = next(step for step in job["steps"] if "upload-artifact" in step.get("uses", ""))["with"]["path"].split()
     assert kept == [f"{folder}/gpu-smoke/" for folder in ("executed", "results", "figures")]
+
+
+def test_executed_notebooks_keep_only_the_last_state_of_progress_bars(tmp_path):
+    import nbformat
+
+    cell = nbformat.v4.new_code_cell("train()")
+    cell.outputs = [nbformat.v4.new_output("stream", name="stderr", text="\rrun 1/2: 10%"),
+                    nbformat.v4.new_output("stream", name="stderr", text="\rrun 1/2: 100%\n"),
+                    nbformat.v4.new_output("stream", name="stdout", text="done\n"),
+                    nbformat.v4.new_output("stream", name="stdout", text="MedR 12\n")]
+    path = tmp_path / "executed.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[cell]), path)
+    tidy_outputs(path)
+    outputs = nbformat.read(path, as_version=4).cells[0].outputs
+    assert [(output.name, output.text) for output in outputs] == [("stderr", "run 1/2: 100%\n"),
+                                                                  ("stdout", "done\nMedR 12\n")]
