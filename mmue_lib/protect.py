@@ -74,9 +74,10 @@ class ProtectConfig:
     """collector: each PGD step's loss is the mean over `eot_samples` views of the noisy images through
     a careful collector's transforms (`defenses.collector_view`: JPEG, open_clip's crop, flips)."""
     eot_samples: int = 1
-    trigger_position: Literal["start", "random"] = "start"
+    trigger_position: Literal["start", "random", "end"] = "start"
     """start: the trigger opens the caption (the paper's). random: it goes before a word drawn once
-    per image (seeded, never the first), out of reach of stripping a fixed number of leading words."""
+    per image (seeded, never the first), out of reach of stripping a fixed number of leading words.
+    end: it closes the caption (after its last word)."""
 
     def keyed(self) -> dict:
         """The settings that key a protection run and its checkpoint: every field, less those added
@@ -93,6 +94,8 @@ class ProtectConfig:
         if self.search_rows == "one_per_image" and self.trigger_len and self.trigger_per == "row":
             raise ValueError("search_rows='one_per_image' would leave most per-row triggers unsearched; "
                              "use it with trigger_per='image' or 'universal'")
+        if self.trigger_position not in ("start", "random", "end"):
+            raise ValueError(f"trigger_position must be start, random or end, got {self.trigger_position!r}")
         if self.eot_samples < 1:
             raise ValueError(f"eot_samples must be >= 1, got {self.eot_samples}")
         if self.eps < 0 or self.alpha < 1 or self.pgd_steps < 0:
@@ -347,9 +350,11 @@ class Protection:
     def trigger_words_at(self, row_image: torch.Tensor, captions: list[str]) -> list[int] | None:
         """Before which word of its caption each row's trigger goes; None: at the start (the
         paper's). With `trigger_position` "random", word 1 + floor(u n) of a caption of n words,
-        u drawn once per image id from the protection's seed."""
+        u drawn once per image id from the protection's seed; with "end", after word n."""
         if self.config.trigger_position == "start" or not self.config.trigger_len:
             return None
+        if self.config.trigger_position == "end":
+            return [len(caption.split()) for caption in captions]
         share = torch.rand(int(row_image.max()) + 1 if len(row_image) else 0,
                            generator=torch.Generator().manual_seed(self.config.seed))
         return [min(1 + int(share[image] * len(caption.split())), len(caption.split()))

@@ -270,14 +270,18 @@ def test_noise_made_in_expectation_over_the_collectors_views_is_seeded_and_keyed
     assert config.keyed()["noise_eot"] == "collector" and "eot_samples" not in quick("mem-3", eot_samples=4).keyed()
 
 
-def test_triggers_at_a_random_word_are_where_the_surrogate_saw_them_and_survive_stripping(small_set):
-    config = quick("mem-3", max_rounds=1, trigger_position="random", trigger_per="image")
+@pytest.mark.parametrize("position", ["random", "end"])
+def test_triggers_inside_captions_are_where_the_surrogate_saw_them_and_survive_stripping(small_set, position):
+    config = quick("mem-3", max_rounds=1, trigger_position=position, trigger_per="image")
     protection = generate_protection(small_set, create_clip("RN-tiny", seed=0), config, progress=False)
     released = protected_dataset(small_set, protection).captions
     triggers = protection.trigger_texts(small_set.row_image)
     at = protection.trigger_words_at(small_set.row_image, small_set.captions)
     assert all(1 <= where <= len(c.split()) for where, c in zip(at, small_set.captions))
-    assert len({at[row] for row in range(0, small_set.num_rows, 5)}) > 1, "positions vary across images"
+    if position == "random":
+        assert len({at[row] for row in range(0, small_set.num_rows, 5)}) > 1, "positions vary across images"
+    else:
+        assert all(r.endswith(" " + t) for r, t in zip(released, triggers))
     assert all(r.split() == c.split()[:w] + t.split() + c.split()[w:]
                for r, c, t, w in zip(released, small_set.captions, triggers, at))
     rows = protect_module._ProtectedRows(small_set, protection, 32, torch.device("cpu"))
@@ -332,6 +336,8 @@ def test_config_checks():
         ProtectConfig(direction="maximize", trigger_len=3)
     with pytest.raises(ValueError, match="unknown method"):
         method_config("mem-7")
+    with pytest.raises(ValueError, match="trigger_position must be start, random or end"):
+        ProtectConfig(trigger_len=3, trigger_position="middle")
 
 
 MEM_SMOKE = dict(trigger_per="image", max_rounds=6, trigger_search_rounds=6, surrogate_steps=30,
