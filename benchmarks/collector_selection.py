@@ -61,9 +61,10 @@ def main() -> None:
     val = runs.load_data(data, "test")
     chance = random_metrics(val.row_image, val.num_images)
     table = defense_table(experiment, chance)
-    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.precision", 2):
-        print(table[["defense", "data", "i2t_MedR", "t2i_MedR", "i2t C", "t2i C"]].to_string(index=False))
-        print(protection_costs(runs.method_runs(*leading, methods, settings.schedule)).to_string(index=False))
+    costs = protection_costs(runs.method_runs(*leading, methods, settings.schedule))
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(table[["defense", "data", "i2t_MedR", "t2i_MedR", "i2t C", "t2i C"]].round(2).to_string(index=False))
+        print(costs.round(2).to_string(index=False))
 
 
 if __name__ == "__main__":
