@@ -47,9 +47,7 @@ def main() -> None:
     args = parser.parse_args()
 
     settings = load_settings("13_careful_collector", args.scale, parse_overrides(args.set))
-    data = runs.data_spec(**{key: settings.data[key] for key in ("data", "image_size", "max_train_images",
-                                                                   "max_test_images", "named_faces")},
-                          evaluate_on="val")
+    data = runs.data_spec(**settings.data, evaluate_on="val")
     methods = [candidate_method(args.method, text) for text in (args.candidate or [""])]
     leading = (data, settings.victim_model, settings.surrogate_model, settings.context_length, settings.train)
     released = args.released or [COMBINED]

@@ -60,7 +60,6 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-
 def mapped_uint8(path: str | os.PathLike, shape: tuple[int, ...], fill: Callable[[np.ndarray], None]) -> torch.Tensor:
     """The uint8 array of `shape` in the `.npy` file `path`, memory-mapped copy-on-write (writing to
     the tensor never reaches the file). A missing file is made first: `fill(array)` writes straight

@@ -13,7 +13,8 @@ from papermill.iorw import load_notebook_node
 from papermill.parameterize import parameterize_notebook
 
 from mmue_lib.experiments import planned_runs
-from mmue_lib.notebooks import NOTEBOOK_DIR, notebook_metadata, notebook_names, notebook_parameters, run_notebook, tidy_outputs
+from mmue_lib.notebooks import (NOTEBOOK_DIR, notebook_metadata, notebook_names, notebook_parameters, run_notebook,
+                                tidy_outputs)
 from mmue_lib.settings import load_settings, scales
 from mmue_lib.storage import PROJECT_ROOT, expand_path
 
