@@ -31,7 +31,7 @@ from .distributed import Context, barrier, broadcast_rows, check_batch_size, con
 from .progress import bar as progress_bar
 from .models import Tokenizer, encode_text, model_context_length, normalize_pixels
 from .storage import mapped_uint8, save_torch, write_json
-from .train import ClipStepper, TrainConfig, autocast, clip_loss, row_batches, to_device
+from .train import ClipStepper, TrainConfig, autocast, check_choices, clip_loss, row_batches, to_device
 
 
 LATER_FIELDS = {"precision": "fp32", "noise_eot": "none", "eot_samples": 1, "trigger_position": "start"}
@@ -87,6 +87,7 @@ class ProtectConfig:
                 if key not in LATER_FIELDS or value != LATER_FIELDS[key]}
 
     def __post_init__(self) -> None:
+        check_choices(self)
         if self.direction == "maximize" and self.trigger_len:
             raise ValueError("triggers are searched to minimise the loss; use direction='minimize' with trigger_len > 0")
         if self.trigger_vocab == "mlm" and not self.mlm_path:
@@ -94,8 +95,6 @@ class ProtectConfig:
         if self.search_rows == "one_per_image" and self.trigger_len and self.trigger_per == "row":
             raise ValueError("search_rows='one_per_image' would leave most per-row triggers unsearched; "
                              "use it with trigger_per='image' or 'universal'")
-        if self.trigger_position not in ("start", "random", "end"):
-            raise ValueError(f"trigger_position must be start, random or end, got {self.trigger_position!r}")
         if self.eot_samples < 1:
             raise ValueError(f"eot_samples must be >= 1, got {self.eot_samples}")
         if self.eps < 0 or self.alpha < 1 or self.pgd_steps < 0:

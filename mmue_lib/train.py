@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args, get_origin, get_type_hints
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +56,15 @@ class TokenizedPairs:
         return int(self.tokens.shape[0])
 
 
+def check_choices(config) -> None:
+    """A ValueError naming the field, the value and the choices where a dataclass field typed
+    `Literal[...]` holds another value (a typo would otherwise pass as some other setting)."""
+    for name, kind in get_type_hints(type(config)).items():
+        if get_origin(kind) is Literal and getattr(config, name) not in get_args(kind):
+            raise ValueError(f"{type(config).__name__}.{name} must be one of {', '.join(map(repr, get_args(kind)))}; "
+                             f"got {getattr(config, name)!r}")
+
+
 @dataclass
 class TrainConfig:
     """Hyper-parameters of one CLIP training run (all plain values, so a run is keyed by them)."""
@@ -77,6 +86,7 @@ class TrainConfig:
     augment_views: int = 1
 
     def __post_init__(self) -> None:
+        check_choices(self)
         if self.augment_views < 1 or (self.augment_views > 1 and self.augment == "none"):
             raise ValueError(f"augment_views={self.augment_views} needs augment='strong' or 'open_clip' "
                              "and must be >= 1")

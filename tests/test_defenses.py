@@ -122,6 +122,8 @@ def test_augmented_training_is_deterministic_and_checked():
     assert losses[0]["train_loss"] == losses[1]["train_loss"] != losses[2]["train_loss"]
     with pytest.raises(ValueError, match="augment='strong'"):
         TrainConfig(augment_views=2)
+    with pytest.raises(ValueError, match="TrainConfig.augment must be one of 'none', 'strong', 'open_clip'; got 'storng'"):
+        TrainConfig(augment="storng")
 
 
 def test_training_run_applies_defenses_and_keys_them(tmp_path, monkeypatch):

@@ -336,8 +336,10 @@ def test_config_checks():
         ProtectConfig(direction="maximize", trigger_len=3)
     with pytest.raises(ValueError, match="unknown method"):
         method_config("mem-7")
-    with pytest.raises(ValueError, match="trigger_position must be start, random or end"):
+    with pytest.raises(ValueError, match="ProtectConfig.trigger_position must be one of 'start', 'random', 'end'; got 'middle'"):
         ProtectConfig(trigger_len=3, trigger_position="middle")
+    with pytest.raises(ValueError, match="ProtectConfig.noise_per must be one of .*; got 'imgae'"):
+        ProtectConfig(noise_per="imgae")
 
 
 MEM_SMOKE = dict(trigger_per="image", max_rounds=6, trigger_search_rounds=6, surrogate_steps=30,
