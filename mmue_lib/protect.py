@@ -26,7 +26,7 @@ from typing import Callable, Literal
 import torch
 
 from .data import PairDataset, image_file_names, write_dataset_folder
-from .defenses import collector_view
+from .defenses import collector_view, normalized_word, word_counts
 from .distributed import Context, barrier, broadcast_rows, check_batch_size, context, gather_objects, shard
 from .progress import bar as progress_bar
 from .models import Tokenizer, encode_text, model_context_length, normalize_pixels
@@ -34,7 +34,8 @@ from .storage import mapped_uint8, save_torch, write_json
 from .train import ClipStepper, TrainConfig, autocast, check_choices, clip_loss, row_batches, to_device
 
 
-LATER_FIELDS = {"precision": "fp32", "noise_eot": "none", "eot_samples": 1, "trigger_position": "start"}
+LATER_FIELDS = {"precision": "fp32", "noise_eot": "none", "eot_samples": 1, "trigger_position": "start",
+                "trigger_min_count": 1}
 """`ProtectConfig` fields added after the committed cpu runs were keyed, with their defaults."""
 
 
@@ -78,6 +79,9 @@ class ProtectConfig:
     """start: the trigger opens the caption (the paper's). random: it goes before a word drawn once
     per image (seeded, never the first), out of reach of stripping a fixed number of leading words.
     end: it closes the caption (after its last word)."""
+    trigger_min_count: int = 1
+    """With trigger_vocab 'captions': only words seen at least this often in the training captions
+    (common words, which a dictionary built from other captions of the domain keeps)."""
 
     def keyed(self) -> dict:
         """The settings that key a protection run and its checkpoint: every field, less those added
@@ -95,6 +99,8 @@ class ProtectConfig:
         if self.search_rows == "one_per_image" and self.trigger_len and self.trigger_per == "row":
             raise ValueError("search_rows='one_per_image' would leave most per-row triggers unsearched; "
                              "use it with trigger_per='image' or 'universal'")
+        if self.trigger_min_count < 1:
+            raise ValueError(f"trigger_min_count must be >= 1, got {self.trigger_min_count}")
         if self.eot_samples < 1:
             raise ValueError(f"eot_samples must be >= 1, got {self.eot_samples}")
         if self.eps < 0 or self.alpha < 1 or self.pgd_steps < 0:
@@ -168,7 +174,9 @@ def method_config(method: str, **overrides) -> ProtectConfig:
     unused = []
     if not config.trigger_len:
         unused += ["trigger_position", "trigger_per", "trigger_init", "trigger_vocab", "mlm_path", "trigger_top_k",
-                   "beam_size", "trigger_search_rounds", "search_rows", "shuffle_search"]
+                   "beam_size", "trigger_search_rounds", "search_rows", "shuffle_search", "trigger_min_count"]
+    if config.trigger_vocab != "captions":
+        unused += ["trigger_min_count"]
     if not config.shuffle_pgd:
         unused += ["reshuffle"]
     if not config.surrogate_steps:
@@ -254,8 +262,8 @@ def whole_word_tokens() -> torch.Tensor:
 
 def trigger_vocabulary(config: ProtectConfig, captions: list[str]) -> torch.Tensor:
     """[V] bool mask of tokens a trigger may use, by `config.trigger_vocab`: `words` (whole words),
-    `captions` (whole words that occur in the training captions: the built-in semantic
-    vocabulary), `mlm` (whole words a local masked language model proposes for the trigger
+    `captions` (whole words that occur in the training captions, at least `trigger_min_count`
+    times: the built-in semantic vocabulary), `mlm` (whole words a local masked language model proposes for the trigger
     slots: the paper's BERT variant), `all` (any token, special ones included, as the official code)."""
     tokenizer = Tokenizer()
     kind = config.trigger_vocab
@@ -265,6 +273,9 @@ def trigger_vocabulary(config: ProtectConfig, captions: list[str]) -> torch.Tens
         return whole_word_tokens()
     if kind == "captions":
         words = {w.lower() for c in captions for w in c.split()}
+        if config.trigger_min_count > 1:
+            counts = word_counts(captions)
+            words = {w for w in words if counts[normalized_word(w)] >= config.trigger_min_count}
     elif kind == "mlm":
         words = mlm_proposals(config.mlm_path, captions, max(1, config.trigger_len), seed=config.seed)
     else:

@@ -105,6 +105,12 @@ def test_semantic_vocabulary_is_caption_words():
     assert words == {"a", "red", "circle", "two", "blue", "squares"}
     assert trigger_vocabulary(ProtectConfig(trigger_vocab="all"), []).all()
     assert not whole_word_tokens()[Tokenizer().sot]
+    common = trigger_vocabulary(ProtectConfig(trigger_vocab="captions", trigger_min_count=2),
+                                ["A red circle.", "a blue circle", "two blue squares"])
+    assert {Tokenizer().decode([i]) for i in common.nonzero().squeeze(1).tolist()} == {"a", "blue", "circle"}
+    assert method_config("mem-3", trigger_min_count=5).trigger_min_count == 1
+    assert method_config("mem-3", trigger_vocab="captions", trigger_min_count=5).keyed()["trigger_min_count"] == 5
+    assert "trigger_min_count" not in method_config("mem-3", trigger_vocab="captions").keyed()
 
 
 @pytest.fixture(scope="module")
