@@ -280,7 +280,11 @@ def trigger_vocabulary(config: ProtectConfig, captions: list[str]) -> torch.Tens
         words = mlm_proposals(config.mlm_path, captions, max(1, config.trigger_len), seed=config.seed)
     else:
         raise ValueError(f"unknown trigger vocabulary '{kind}' (words, captions, mlm, all)")
-    return _words_to_mask(words) & whole_word_tokens()
+    mask = _words_to_mask(words) & whole_word_tokens()
+    if not mask.any():
+        raise ValueError(f"trigger_vocab '{kind}' leaves no word for the triggers"
+                         + (f" (none seen {config.trigger_min_count} times)" if kind == "captions" else ""))
+    return mask
 
 
 def _words_to_mask(words: set[str]) -> torch.Tensor:

@@ -111,6 +111,8 @@ def test_semantic_vocabulary_is_caption_words():
     assert method_config("mem-3", trigger_min_count=5).trigger_min_count == 1
     assert method_config("mem-3", trigger_vocab="captions", trigger_min_count=5).keyed()["trigger_min_count"] == 5
     assert "trigger_min_count" not in method_config("mem-3", trigger_vocab="captions").keyed()
+    with pytest.raises(ValueError, match="none seen 4 times"):
+        trigger_vocabulary(ProtectConfig(trigger_vocab="captions", trigger_min_count=4), ["a red circle"])
 
 
 @pytest.fixture(scope="module")
