@@ -29,14 +29,14 @@ OPEN_CLIP_TRAINING = "augment: open_clip, rows_per_epoch: all"
 
 
 def candidate_method(method: str, settings: str) -> str:
-    """ "rmem-3", "eot_samples: 1" -> "rmem-3(eot_samples: 1)" (the method alone for "")."""
+    """ "rmem-8", "eot_samples: 1" -> "rmem-8(eot_samples: 1)" (the method alone for "")."""
     return f"{method}({settings})" if settings.strip() else method
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", default="cpu", help="params/<scale>/13_careful_collector.yaml gives the experiment")
-    parser.add_argument("--method", default="rmem-3", help="the method whose preset the candidates change")
+    parser.add_argument("--method", default="rmem-8", help="the method whose preset the candidates change")
     parser.add_argument("--candidate", action="append", metavar="SETTINGS",
                         help='protection settings, e.g. "eot_samples: 1, max_rounds: 4" ("" for the preset)')
     parser.add_argument("--released", action="append", metavar="DEFENSES",

@@ -188,7 +188,7 @@ def _protect(args: argparse.Namespace) -> None:
     from .models import create_clip, load_clip, model_image_size
     from .photos import check_photo_noise, export_photos, published_names, read_photos
     from .progress import duration
-    from .protect import estimate_seconds, export_protected, generate_protection, protected_dataset
+    from .protect import estimate_seconds, export_protected, generate_protection, protected_dataset, trigger_vocabulary
     from .runs import protection_config
     from .train import TrainConfig
 
@@ -201,10 +201,13 @@ def _protect(args: argparse.Namespace) -> None:
     data.check_image_files(table)
     overrides = {"eps": args.eps, "seed": args.seed, "device": args.device, "batch_size": args.batch_size,
                  "precision": args.precision}
-    for key in ("trigger_len", "max_rounds", "surrogate_steps", "pgd_steps", "trigger_per", "noise_per"):
+    for key in ("trigger_len", "max_rounds", "surrogate_steps", "pgd_steps", "trigger_per", "noise_per",
+                "trigger_min_count"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
     config = protection_config(args.method, SCHEDULES[args.schedule], **overrides)
+    if config.trigger_len and config.trigger_vocab == "captions":
+        trigger_vocabulary(config, table.captions)
     if config.direction == "maximize" and not args.surrogate:
         raise ValueError(f"--method {args.method} attacks a clean-trained surrogate: pass --surrogate PATH")
     if args.resolution == "photo":
@@ -304,6 +307,7 @@ PROTECT_RANGES = {"eps": (1, 32, "the L-inf bound in 1/255 pixel steps; the pape
                   "pgd_steps": (1, 1000, "PGD steps per batch"),
                   "batch_size": (2, 65_536, "a contrastive batch needs at least 2 pairs"),
                   "trigger_len": (0, 16, "trigger tokens after the start token"),
+                  "trigger_min_count": (1, 1_000_000, "times a caption word must occur to be a trigger word"),
                   "size": (16, 1024, "the surrogate's image size in px")}
 """`mmue protect` options with integer ranges: (lowest, highest, what the option is)."""
 
@@ -483,6 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="photo: publish each photo at its own size and orientation, as PNG under its own name; "
                               "model: the square crop the surrogate saw")
     protect.add_argument("--trigger-len", type=int, help="override the method's trigger length (MEM-k)")
+    protect.add_argument("--trigger-min-count", type=int,
+                         help="with caption-vocabulary triggers: how often a word must occur in the captions to be "
+                              "used (default: the method's; lower it for a small collection)")
     protect.add_argument("--eps", type=int, default=8, help="L-inf bound in 1/255 steps")
     protect.add_argument("--model", default="auto",
                          help=f"architecture of the fresh surrogate when no --surrogate is given; auto: "

@@ -127,14 +127,14 @@ METHODS: dict[str, Method] = {
                   in_paper=False),
     "mem-3": Method("MEM-3", {"trigger_len": 3}),
     "mem-5": Method("MEM-5", {"trigger_len": 5}),
-    "rmem-3": Method("R-MEM-3", {"trigger_len": 3, "trigger_vocab": "captions", "trigger_position": "random",
-                                 "noise_eot": "collector", "eot_samples": 2}, in_paper=False),
+    "rmem-8": Method("R-MEM-8", {"trigger_len": 8, "trigger_vocab": "captions", "trigger_min_count": 20},
+                     in_paper=False),
 }
 """The method registry, read by the runs, the notebooks, the CLI and the paper tables. UAP and
-TAP (the official code's "UAP" script) maximise the loss of a clean-trained surrogate. R-MEM-3
-(ours, `13_careful_collector`) is MEM-3 made for a careful collector: trigger words from the
-captions' own vocabulary at a random word of each caption, noise made in expectation over the
-collector's JPEG, crops and flips."""
+TAP (the official code's "UAP" script) maximise the loss of a clean-trained surrogate. R-MEM-8
+(ours, `13_careful_collector`, chosen on val) is MEM made for a careful collector: an 8-word
+trigger at the start of each caption, of words seen at least 20 times in the captions, so that an
+in-domain dictionary keeps them and stripping fewer than 8 leading words leaves a trigger."""
 
 SCHEDULES: dict[str, dict] = {
     "official": {},
@@ -283,7 +283,8 @@ def trigger_vocabulary(config: ProtectConfig, captions: list[str]) -> torch.Tens
     mask = _words_to_mask(words) & whole_word_tokens()
     if not mask.any():
         raise ValueError(f"trigger_vocab '{kind}' leaves no word for the triggers"
-                         + (f" (none seen {config.trigger_min_count} times)" if kind == "captions" else ""))
+                         + (f" (none seen {config.trigger_min_count} times: lower trigger_min_count, "
+                            "`mmue protect --trigger-min-count`)" if kind == "captions" else ""))
     return mask
 
 

@@ -89,6 +89,8 @@ def small_photo_csv(folder):
     (["--max-rounds", "0"], "--max-rounds 0: allowed 1 to"),
     (["--batch-size", "1"], "--batch-size 1: allowed 2 to"),
     (["--size", "4"], "--size 4: allowed 16 to"),
+    (["--trigger-min-count", "0"], "--trigger-min-count 0: allowed 1 to"),
+    (["--method", "rmem-8"], "none seen 20 times: lower trigger_min_count, `mmue protect --trigger-min-count`"),
     (["--model", "RN5O"], "--model RN5O: unknown architecture; did you mean RN50"),
     (["--surrogate", "nowhere.pt"], "--surrogate nowhere.pt: file not found"),
 ])
