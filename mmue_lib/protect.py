@@ -127,14 +127,15 @@ METHODS: dict[str, Method] = {
                   in_paper=False),
     "mem-3": Method("MEM-3", {"trigger_len": 3}),
     "mem-5": Method("MEM-5", {"trigger_len": 5}),
-    "rmem-8": Method("R-MEM-8", {"trigger_len": 8, "trigger_vocab": "captions", "trigger_min_count": 20},
-                     in_paper=False),
+    "rmem-8": Method("R-MEM-8", {"trigger_len": 8, "trigger_vocab": "captions", "trigger_min_count": 20,
+                                 "trigger_top_k": 4}, in_paper=False),
 }
 """The method registry, read by the runs, the notebooks, the CLI and the paper tables. UAP and
 TAP (the official code's "UAP" script) maximise the loss of a clean-trained surrogate. R-MEM-8
 (ours, `13_careful_collector`, chosen on val) is MEM made for a careful collector: an 8-word
 trigger at the start of each caption, of words seen at least 20 times in the captions, so that an
-in-domain dictionary keeps them and stripping fewer than 8 leading words leaves a trigger."""
+in-domain dictionary keeps them and stripping fewer than 8 leading words leaves a trigger;
+top-4 candidates per slot keep its search near MEM-3's cost (`11_ablation`: top-4 protects as top-8)."""
 
 SCHEDULES: dict[str, dict] = {
     "official": {},
