@@ -264,8 +264,9 @@ def whole_word_tokens() -> torch.Tensor:
 def trigger_vocabulary(config: ProtectConfig, captions: list[str]) -> torch.Tensor:
     """[V] bool mask of tokens a trigger may use, by `config.trigger_vocab`: `words` (whole words),
     `captions` (whole words that occur in the training captions, at least `trigger_min_count`
-    times: the built-in semantic vocabulary), `mlm` (whole words a local masked language model proposes for the trigger
-    slots: the paper's BERT variant), `all` (any token, special ones included, as the official code)."""
+    times: the built-in semantic vocabulary), `mlm` (whole words a local masked language model
+    proposes for the trigger slots: the paper's BERT variant), `all` (any token, special ones
+    included, as the official code). A ValueError when no word is left."""
     tokenizer = Tokenizer()
     kind = config.trigger_vocab
     if kind == "all":

@@ -224,6 +224,6 @@ def test_setting_strings_in_params_parse_at_every_scale(scale):
     collector = load_settings("13_careful_collector", scale).options
     for item in [*collector.collector_methods, *collector.robust_methods, collector.seed_check["method"]]:
         runs.method_variant(item)
-    defenses.parse_defenses([*collector.combined_released, collector.seed_check["countermeasure"]])
+    defenses.parse_defenses([*collector.collector_released, collector.seed_check["countermeasure"]])
     for setting in collector.collector_training:
         TrainConfig(**defenses.parse_settings(setting))
