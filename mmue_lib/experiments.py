@@ -101,8 +101,9 @@ def seeds(settings: Settings) -> dict:
 def careful_collector(settings: Settings) -> dict:
     """A careful collector against every protection (`runs.collector_runs`): the collector's
     released-data countermeasures and open_clip's default training against every method; the
-    robust methods under each countermeasure of 10_defenses (read from its params at the same scale); victims
-    trained as long as the paper's on Table 1's data (its protections are shared); a seed check."""
+    robust methods under each countermeasure of 10_defenses (read from its params at the same
+    scale); victims trained as long as the paper's on Table 1's data (its protections are shared);
+    a seed check."""
     s, o = settings, settings.options
     single = load_settings("10_defenses", s.scale).options
     return runs.collector_runs(*_leading(s), o.collector_methods, s.schedule, o.collector_released,

@@ -175,8 +175,8 @@ def method_config(method: str, **overrides) -> ProtectConfig:
     unused = []
     if not config.trigger_len:
         unused += ["trigger_position", "trigger_per", "trigger_init", "trigger_vocab", "mlm_path", "trigger_top_k",
-                   "beam_size", "trigger_search_rounds", "search_rows", "shuffle_search", "trigger_min_count"]
-    if config.trigger_vocab != "captions":
+                   "beam_size", "trigger_search_rounds", "search_rows", "shuffle_search"]
+    if not config.trigger_len or config.trigger_vocab != "captions":
         unused += ["trigger_min_count"]
     if not config.shuffle_pgd:
         unused += ["reshuffle"]
