@@ -301,12 +301,11 @@ def flatten_runs(runs: Mapping, prefix: str = "") -> dict[str, dict]:
     return flat
 
 
-def write_run_records(runs: Mapping, results_dir: str | Path, name: str) -> Path:
+def write_run_records(runs: Mapping, results_dir: str | Path, name: str) -> None:
     """Write `results_dir/runs/<name>.json`: the `run_record` of every run in `runs` (nested dicts
-    allowed) under its label."""
-    path = Path(results_dir) / "runs" / f"{name}.json"
-    write_json(path, {label: run_record(run) for label, run in flatten_runs(runs).items()})
-    return path
+    allowed) under its label. Returns nothing, so that a notebook cell ending with it echoes no path."""
+    write_json(Path(results_dir) / "runs" / f"{name}.json",
+               {label: run_record(run) for label, run in flatten_runs(runs).items()})
 
 
 def data_spec(data: str, image_size: int, max_train_images: int | None = None,

@@ -105,8 +105,9 @@ def test_notebook_runs_at_smoke_scale(name, tmp_path):
     executed = run_notebook(name, "smoke", output_root=tmp_path)
     outputs = [output for cell in json.loads(executed.read_text())["cells"] for output in cell.get("outputs", [])]
     assert not [o for o in outputs if o["output_type"] == "error"]
-    shown = "".join(o.get("text", "") if isinstance(o.get("text"), str) else "".join(o.get("text", []))
-                    for o in outputs)
+    plain_only = [o["data"]["text/plain"] for o in outputs if list(o.get("data", {})) == ["text/plain"]]
+    shown = "".join(text if isinstance(text, str) else "".join(text)
+                    for text in [o.get("text", "") for o in outputs] + plain_only)
     assert "PosixPath" not in shown and "TqdmWarning" not in shown and "IProgress" not in shown
     for relative in notebook_metadata(name)["outputs"]:
         folder, file_name = relative.split("/", 1)

@@ -110,10 +110,9 @@ def test_run_records_keep_spec_times_and_metrics_of_nested_runs(fresh_cache, tmp
     checkpoint = tmp_path / "weights.pt"
     torch.save({}, checkpoint)
     stand_in = runs.checkpoint_run(str(checkpoint), "RN-tiny", 32, 32)
-    path = runs.write_run_records({"MEM-3": {"protection": protection, "victim": victim}, "Clean": {"protection": None},
-                                   "pretrained": stand_in}, tmp_path / "results", "table")
-    records = json.loads(path.read_text())
-    assert path == tmp_path / "results" / "runs" / "table.json"
+    runs.write_run_records({"MEM-3": {"protection": protection, "victim": victim}, "Clean": {"protection": None},
+                            "pretrained": stand_in}, tmp_path / "results", "table")
+    records = json.loads((tmp_path / "results" / "runs" / "table.json").read_text())
     assert sorted(records) == ["MEM-3 / protection", "MEM-3 / victim", "pretrained"]
     assert records["MEM-3 / victim"]["spec"]["seed"] == 0 and records["MEM-3 / victim"]["kind"] == "train"
     assert records["MEM-3 / victim"]["final"] == victim["final"]
