@@ -47,6 +47,16 @@ def run_folder(kind: str, spec: dict) -> Path:
     return cache_root() / "runs" / kind / stable_hash({"kind": kind, "spec": spec, "version": CODE_VERSION})
 
 
+def timing_group(kind: str, spec: dict) -> str:
+    """Runs expected to take about as long as each other: the same kind, method, model, data and
+    settings, whatever the seed."""
+    settings = spec["train"] if kind == "train" else spec["config"]
+    same = {key: value for key, value in spec.items()
+            if key not in ("train", "config", "seed", "protection", "pretrained", "surrogate")}
+    return stable_hash({"kind": kind, **same, "settings": {k: v for k, v in settings.items() if k != "seed"},
+                        "fine_tuned": bool(spec.get("pretrained")), "trained_surrogate": bool(spec.get("surrogate"))})
+
+
 @dataclass
 class Plan:
     """The runs an experiment needs, listed by a dry pass (`planning`) before any compute, so that
@@ -58,17 +68,36 @@ class Plan:
     todo: list = field(default_factory=list)
     """Folders of the runs not yet in the cache."""
     results: dict = field(default_factory=dict)
-    seconds_done: list = field(default_factory=list)
+    seconds_done: dict = field(default_factory=dict)
+    """timing group -> seconds of each run of that group computed so far."""
+
+    def record(self, folder: Path, seconds: float) -> None:
+        """Note how long the run in `folder` (one of the plan's) took."""
+        if folder in self.runs:
+            self.seconds_done.setdefault(timing_group(*self.runs[folder]), []).append(seconds)
+
+    def seconds_left(self, folders: list) -> tuple[float, int]:
+        """Estimated seconds for `folders`, each timed as the runs of its group done so far (as the
+        average run done so far when none of its group is), and how many were timed that way."""
+        every = [seconds for group in self.seconds_done.values() for seconds in group]
+        total, unlike = 0.0, 0
+        for folder in folders:
+            group = self.seconds_done.get(timing_group(*self.runs[folder]))
+            unlike += not group
+            total += sum(group or every) / len(group or every)
+        return total, unlike
 
     def label(self, folder: Path, description: str) -> str:
         """"run k of n: <what it is>", printing an estimate of the time the plan has left."""
         index = self.todo.index(folder) + 1 if folder in self.todo else 0
         if not index:
             return description
-        left, done = len(self.todo) - index + 1, self.seconds_done
-        if done:
-            print(f"run {index} of {len(self.todo)}: about {progress.duration(sum(done) / len(done) * left)} left "
-                  f"for the {left} run(s) still to compute (from the runs done so far)", flush=True)
+        left = self.todo[index - 1:]
+        if self.seconds_done:
+            seconds, unlike = self.seconds_left(left)
+            basis = f"; {unlike} of them unlike any done yet, timed as the average run" if unlike else ""
+            print(f"run {index} of {len(self.todo)}: about {progress.duration(seconds)} left for the {len(left)} "
+                  f"run(s) still to compute (from the runs done so far{basis})", flush=True)
         return f"run {index}/{len(self.todo)}: {description}"
 
 
@@ -106,7 +135,7 @@ def cached(kind: str, spec: dict, compute: Callable[[Path], dict]) -> dict:
                                                                       .get("device"))})
                 distributed.barrier()
         if plan:
-            plan.seconds_done.append(time.perf_counter() - started)
+            plan.record(folder, time.perf_counter() - started)
     result = {**json.loads(result_file.read_text(encoding="utf-8")), "folder": str(folder)}
     if plan:
         plan.results[folder] = result

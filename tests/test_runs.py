@@ -207,3 +207,27 @@ def test_victims_can_be_scored_on_val_under_their_own_keys():
     assert runs.load_data(on_val, "train").name == "synthetic-train"
     with pytest.raises(ValueError, match="evaluate_on"):
         runs.data_spec("synthetic", 32, evaluate_on="train")
+
+
+def test_time_left_is_estimated_from_runs_of_the_same_kind_and_settings(fresh_cache, capsys):
+    data = runs.data_spec("synthetic", 32, max_train_images=24, max_test_images=10)
+    train = vars(TrainConfig(epochs=1, batch_size=12, device="cpu"))
+    schedule = dict(max_rounds=1, surrogate_steps=2, batch_size=12, trigger_top_k=2, device="cpu")
+    plan = runs.planning(runs.method_runs, data, "RN-tiny", "RN-tiny", 32, train, ["mem-3", "em"], schedule)
+    kinds = [(kind, spec.get("method")) for kind, spec in plan.runs.values()]
+    assert kinds == [("train", None), ("protect", "mem-3"), ("train", None), ("protect", "em"), ("train", None)]
+    folders = list(plan.runs)
+    kind, spec = plan.runs[folders[0]]
+    reseeded = {**spec, "seed": 7, "train": {**spec["train"], "seed": 7}}
+    assert runs.timing_group(kind, reseeded) == runs.timing_group(kind, spec)
+    longer = {**spec, "train": {**spec["train"], "epochs": 8}}
+    assert runs.timing_group(kind, longer) != runs.timing_group(kind, spec)
+    assert runs.timing_group(*plan.runs[folders[2]]) == runs.timing_group(kind, spec), "victims of any data alike"
+    plan.record(folders[0], 100.0)
+    plan.record(folders[1], 10.0)
+    assert plan.seconds_left(folders[2:]) == (100.0 + 55.0 + 100.0, 1)
+    plan.dry = False
+    plan.label(folders[2], "a victim")
+    out = capsys.readouterr().out
+    assert "run 3 of 5: about 4 min left for the 3 run(s) still to compute" in out
+    assert "1 of them unlike any done yet, timed as the average run" in out
