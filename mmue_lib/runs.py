@@ -49,10 +49,11 @@ def run_folder(kind: str, spec: dict) -> Path:
 
 def timing_group(kind: str, spec: dict) -> str:
     """Runs expected to take about as long as each other: the same kind, method, model, data and
-    settings, whatever the seed."""
+    settings, whatever the seed, the protection a victim's data carries or the countermeasure
+    applied to it before training (training-time augmentation is a setting)."""
     settings = spec["train"] if kind == "train" else spec["config"]
     same = {key: value for key, value in spec.items()
-            if key not in ("train", "config", "seed", "protection", "pretrained", "surrogate")}
+            if key not in ("train", "config", "seed", "protection", "pretrained", "surrogate", "defenses")}
     return stable_hash({"kind": kind, **same, "settings": {k: v for k, v in settings.items() if k != "seed"},
                         "fine_tuned": bool(spec.get("pretrained")), "trained_surrogate": bool(spec.get("surrogate"))})
 

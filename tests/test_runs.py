@@ -220,6 +220,8 @@ def test_time_left_is_estimated_from_runs_of_the_same_kind_and_settings(fresh_ca
     kind, spec = plan.runs[folders[0]]
     reseeded = {**spec, "seed": 7, "train": {**spec["train"], "seed": 7}}
     assert runs.timing_group(kind, reseeded) == runs.timing_group(kind, spec)
+    jpeg = {**spec, "defenses": [{"name": "jpeg", "quality": 30}]}
+    assert runs.timing_group(kind, jpeg) == runs.timing_group(kind, spec)
     longer = {**spec, "train": {**spec["train"], "epochs": 8}}
     assert runs.timing_group(kind, longer) != runs.timing_group(kind, spec)
     assert runs.timing_group(*plan.runs[folders[2]]) == runs.timing_group(kind, spec), "victims of any data alike"
