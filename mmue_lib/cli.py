@@ -361,15 +361,20 @@ def _models(_: argparse.Namespace) -> None:
 def _runs(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from .runs import cache_status
+    from .runs import cache_status, restore_records
     from .storage import cache_root
 
+    for records_file in args.restore or []:
+        if not records_file.is_file():
+            raise SystemExit(f"--restore: no such file {records_file}")
+    for records_file in args.restore or []:
+        print(f"{records_file}: {len(restore_records(records_file))} training run(s) restored")
     rows = cache_status(args.kind)
     if not rows:
         print(f"no {f'{args.kind} ' if args.kind else ''}runs in {cache_root() / 'runs'}")
         return
     table = pd.DataFrame(rows).astype({"seconds": float, "i2t_MedR": float, "t2i_MedR": float})
-    done = table["state"] == "done"
+    done = table["state"].isin(["done", "restored"])
     hours = table["seconds"].sum() / 3600
     print(table.to_string(index=False, na_rep="", float_format=lambda value: f"{value:.0f}"))
     print(f"{done.sum()} done ({hours:.1f} h), {(~done).sum()} unfinished, in {cache_root() / 'runs'}")
@@ -514,6 +519,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("models", help="list model architectures").set_defaults(run=_models)
     listing = sub.add_parser("runs", help="list the cached runs of the notebooks: what each is, done or how far it got")
     listing.add_argument("--kind", choices=["train", "protect"])
+    listing.add_argument("--restore", nargs="+", metavar="RECORDS", type=Path,
+                         help="first put the training runs of these results/<scale>/runs/*.json files into the "
+                              "cache as done (their metrics, not their models), so that notebooks do not train "
+                              "them again")
     listing.set_defaults(run=_runs)
     return parser
 

@@ -291,8 +291,9 @@ def saved_progress(kind: str, spec: dict, folder: Path) -> str:
 
 def cache_status(kind: str | None = None) -> list[dict]:
     """Every run under `$MMUE_CACHE/runs` (only `kind`, if given), in the order they were last
-    started: kind, key, what it is, its state (done, or how far an interrupted or running one
-    has saved) and, once done, its seconds and, for a training run, final MedR (else None)."""
+    started: kind, key, what it is, its state (done, restored from records, or how far an
+    interrupted or running one has saved) and, once done, its seconds and, for a training run,
+    final MedR (else None)."""
     rows = []
     spec_files = (cache_root() / "runs").glob(f"{kind or '*'}/*/spec.json")
     for spec_file in sorted(spec_files, key=lambda path: path.stat().st_mtime):
@@ -302,7 +303,8 @@ def cache_status(kind: str | None = None) -> list[dict]:
         result = json.loads(result_file.read_text(encoding="utf-8")) if result_file.is_file() else {}
         final = result.get("final", {})
         rows.append({"kind": run_kind, "key": folder.name, "run": describe_run(run_kind, spec),
-                     "state": "done" if result else saved_progress(run_kind, spec, folder),
+                     "state": ("restored" if "restored_from" in result else "done") if result
+                     else saved_progress(run_kind, spec, folder),
                      "seconds": result.get("seconds"), "i2t_MedR": final.get("i2t_MedR"),
                      "t2i_MedR": final.get("t2i_MedR")})
     return rows
@@ -336,6 +338,32 @@ def write_run_records(runs: Mapping, results_dir: str | Path, name: str) -> None
     allowed) under its label. Returns nothing, so that a notebook cell ending with it echoes no path."""
     write_json(Path(results_dir) / "runs" / f"{name}.json",
                {label: run_record(run) for label, run in flatten_runs(runs).items()})
+
+
+def restore_records(records_file: str | Path) -> list[Path]:
+    """Put the training runs of a `write_run_records` file into the run cache as finished, so that
+    an experiment reads their recorded metrics instead of training them again (a fresh machine, a
+    cache lost). Their models are not recorded: a later use of one (fine-tuning, a trained
+    surrogate, an attention map) says so. Protections are skipped (their noise is not recorded),
+    as are runs the cache already holds or is computing. Returns the folders written."""
+    records_file = Path(records_file)
+    records = json.loads(records_file.read_text(encoding="utf-8"))
+    written = []
+    for label, record in records.items():
+        if record["kind"] != "train":
+            continue
+        folder = run_folder("train", record["spec"])
+        if folder.name != record["key"]:
+            raise ValueError(f"{records_file}: run {label!r} was recorded under key {record['key']}, but its spec "
+                             f"keys {folder.name} now (recorded by another CODE_VERSION or spec format)")
+        if folder.exists():
+            continue
+        folder.mkdir(parents=True)
+        write_json(folder / "spec.json", record["spec"])
+        write_json(folder / "result.json", {**{k: v for k, v in record.items() if k != "key"},
+                                            "restored_from": str(records_file)})
+        written.append(folder)
+    return written
 
 
 def data_spec(data: str, image_size: int, max_train_images: int | None = None,
@@ -407,7 +435,11 @@ def training_run(data: dict, model: str, context_length: int, train: dict, *, pr
 
 def pretrained_checkpoint(run: dict) -> Path:
     """The model file of a finished training run."""
-    return Path(run["folder"]) / "model.pt"
+    file = Path(run["folder"]) / "model.pt"
+    if "restored_from" in run and not file.is_file():
+        raise FileNotFoundError(f"{describe_run('train', run['spec'])}: restored from {run['restored_from']} "
+                                f"without its model; remove {run['folder']} to train it again")
+    return file
 
 
 def checkpoint_run(path: str, model: str, image_size: int, context_length: int) -> dict:

@@ -157,6 +157,34 @@ def test_seed_runs_seed_every_run_and_share_the_transfer_protection(fresh_cache)
     assert first != second
 
 
+def test_recorded_training_runs_restore_into_an_empty_cache_without_their_models(fresh_cache, tmp_path, monkeypatch,
+                                                                                capsys):
+    protection, victim = small_runs()
+    runs.write_run_records({"MEM-3": {"protection": protection, "victim": victim}}, tmp_path / "results", "table")
+    records_file = tmp_path / "results" / "runs" / "table.json"
+    monkeypatch.setenv("MMUE_CACHE", str(tmp_path / "empty"))
+    assert main(["runs", "--restore", str(records_file)]) == 0
+    assert f"{records_file}: 1 training run(s) restored" in capsys.readouterr().out
+    assert [(row["kind"], row["state"]) for row in runs.cache_status()] == [("train", "restored")]
+    assert runs.restore_records(records_file) == []
+
+    monkeypatch.setattr(runs, "train_clip", lambda *a, **k: pytest.fail("a restored run was trained again"))
+    again = runs.training_run(victim["spec"]["data"], "RN-tiny", 32, victim["spec"]["train"], protection=protection,
+                              progress=False)
+    assert again["history"] == victim["history"] and again["seconds"] == victim["seconds"]
+    assert again["provenance"] == victim["provenance"]
+    with pytest.raises(FileNotFoundError, match="restored from .*table.json without its model"):
+        runs.pretrained_checkpoint(again)
+
+    records = json.loads(records_file.read_text())
+    records["MEM-3 / victim"]["spec"]["seed"] = 5
+    records_file.write_text(json.dumps(records))
+    with pytest.raises(ValueError, match="table.json: run 'MEM-3 / victim' was recorded under key"):
+        runs.restore_records(records_file)
+    with pytest.raises(SystemExit, match="--restore: no such file"):
+        main(["runs", "--restore", str(tmp_path / "missing.json")])
+
+
 def test_cache_status_lists_done_and_interrupted_runs(fresh_cache, monkeypatch, capsys):
     protection, victim = small_runs()
 
