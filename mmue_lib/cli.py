@@ -361,7 +361,7 @@ def _models(_: argparse.Namespace) -> None:
 def _runs(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from .runs import cache_status, restore_records
+    from .runs import cache_status, export_records, restore_records
     from .storage import cache_root
 
     for records_file in args.restore or []:
@@ -369,6 +369,8 @@ def _runs(args: argparse.Namespace) -> None:
             raise SystemExit(f"--restore: no such file {records_file}")
     for records_file in args.restore or []:
         print(f"{records_file}: {len(restore_records(records_file))} training run(s) restored")
+    if args.export:
+        print(f"{args.export}: {export_records(args.export)} finished training run(s) written")
     rows = cache_status(args.kind)
     if not rows:
         print(f"no {f'{args.kind} ' if args.kind else ''}runs in {cache_root() / 'runs'}")
@@ -523,6 +525,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="first put the training runs of these results/<scale>/runs/*.json files into the "
                               "cache as done (their metrics, not their models), so that notebooks do not train "
                               "them again")
+    listing.add_argument("--export", metavar="RECORDS", type=Path,
+                         help="write the finished training runs of the cache to this file, for --restore on "
+                              "another machine")
     listing.set_defaults(run=_runs)
     return parser
 

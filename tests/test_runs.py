@@ -167,6 +167,9 @@ def test_recorded_training_runs_restore_into_an_empty_cache_without_their_models
     assert f"{records_file}: 1 training run(s) restored" in capsys.readouterr().out
     assert [(row["kind"], row["state"]) for row in runs.cache_status()] == [("train", "restored")]
     assert runs.restore_records(records_file) == []
+    assert main(["runs", "--export", str(tmp_path / "exported.json")]) == 0
+    exported, = json.loads((tmp_path / "exported.json").read_text()).values()
+    assert exported == json.loads(records_file.read_text())["MEM-3 / victim"]
 
     monkeypatch.setattr(runs, "train_clip", lambda *a, **k: pytest.fail("a restored run was trained again"))
     again = runs.training_run(victim["spec"]["data"], "RN-tiny", 32, victim["spec"]["train"], protection=protection,
