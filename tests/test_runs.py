@@ -105,14 +105,16 @@ def test_an_experiment_lists_its_runs_first_numbers_them_warns_when_a_protection
     assert runs.run_record(experiment["MEM-3"]["protection"])["provenance"]["device"] == "cpu"
 
 
-def test_run_records_keep_spec_times_and_metrics_of_nested_runs(fresh_cache, tmp_path):
+def test_run_records_keep_nested_runs_and_restore_their_training_runs_without_models(fresh_cache, tmp_path,
+                                                                                      monkeypatch, capsys):
     protection, victim = small_runs()
     checkpoint = tmp_path / "weights.pt"
     torch.save({}, checkpoint)
     stand_in = runs.checkpoint_run(str(checkpoint), "RN-tiny", 32, 32)
     runs.write_run_records({"MEM-3": {"protection": protection, "victim": victim}, "Clean": {"protection": None},
                             "pretrained": stand_in}, tmp_path / "results", "table")
-    records = json.loads((tmp_path / "results" / "runs" / "table.json").read_text())
+    records_file = tmp_path / "results" / "runs" / "table.json"
+    records = json.loads(records_file.read_text())
     assert sorted(records) == ["MEM-3 / protection", "MEM-3 / victim", "pretrained"]
     assert records["MEM-3 / victim"]["spec"]["seed"] == 0 and records["MEM-3 / victim"]["kind"] == "train"
     assert records["MEM-3 / victim"]["final"] == victim["final"]
@@ -121,6 +123,31 @@ def test_run_records_keep_spec_times_and_metrics_of_nested_runs(fresh_cache, tmp
     assert records["pretrained"] == {"kind": "checkpoint", "key": None, "spec": stand_in["spec"]}
     with pytest.raises(TypeError, match="bad"):
         runs.flatten_runs({"bad": 3})
+
+    monkeypatch.setenv("MMUE_CACHE", str(tmp_path / "empty"))
+    assert main(["runs", "--restore", str(records_file)]) == 0
+    assert f"{records_file}: 1 training run(s) restored" in capsys.readouterr().out
+    assert [(row["kind"], row["state"]) for row in runs.cache_status()] == [("train", "restored")]
+    assert runs.restore_records(records_file) == []
+    assert main(["runs", "--export", str(tmp_path / "exported.json")]) == 0
+    exported, = json.loads((tmp_path / "exported.json").read_text()).values()
+    assert exported == json.loads(records_file.read_text())["MEM-3 / victim"]
+
+    monkeypatch.setattr(runs, "train_clip", lambda *a, **k: pytest.fail("a restored run was trained again"))
+    again = runs.training_run(victim["spec"]["data"], "RN-tiny", 32, victim["spec"]["train"], protection=protection,
+                              progress=False)
+    assert again["history"] == victim["history"] and again["seconds"] == victim["seconds"]
+    assert again["provenance"] == victim["provenance"]
+    with pytest.raises(FileNotFoundError, match="restored from .*table.json without its model"):
+        runs.pretrained_checkpoint(again)
+
+    records = json.loads(records_file.read_text())
+    records["MEM-3 / victim"]["spec"]["seed"] = 5
+    records_file.write_text(json.dumps(records))
+    with pytest.raises(ValueError, match="table.json: run 'MEM-3 / victim' was recorded under key"):
+        runs.restore_records(records_file)
+    with pytest.raises(SystemExit, match="--restore: no such file"):
+        main(["runs", "--restore", str(tmp_path / "missing.json")])
 
 
 def test_ablation_flips_each_make_a_protection_and_a_victim(fresh_cache):
@@ -155,37 +182,6 @@ def test_seed_runs_seed_every_run_and_share_the_transfer_protection(fresh_cache)
         assert entry["victims"]["ViT-tiny"]["MEM-3"]["spec"]["protection"] == entry["protections"]["MEM-3"]["spec"]
     first, second = (e["victims"]["RN-tiny"]["Clean"]["final"] for e in experiment.values())
     assert first != second
-
-
-def test_recorded_training_runs_restore_into_an_empty_cache_without_their_models(fresh_cache, tmp_path, monkeypatch,
-                                                                                capsys):
-    protection, victim = small_runs()
-    runs.write_run_records({"MEM-3": {"protection": protection, "victim": victim}}, tmp_path / "results", "table")
-    records_file = tmp_path / "results" / "runs" / "table.json"
-    monkeypatch.setenv("MMUE_CACHE", str(tmp_path / "empty"))
-    assert main(["runs", "--restore", str(records_file)]) == 0
-    assert f"{records_file}: 1 training run(s) restored" in capsys.readouterr().out
-    assert [(row["kind"], row["state"]) for row in runs.cache_status()] == [("train", "restored")]
-    assert runs.restore_records(records_file) == []
-    assert main(["runs", "--export", str(tmp_path / "exported.json")]) == 0
-    exported, = json.loads((tmp_path / "exported.json").read_text()).values()
-    assert exported == json.loads(records_file.read_text())["MEM-3 / victim"]
-
-    monkeypatch.setattr(runs, "train_clip", lambda *a, **k: pytest.fail("a restored run was trained again"))
-    again = runs.training_run(victim["spec"]["data"], "RN-tiny", 32, victim["spec"]["train"], protection=protection,
-                              progress=False)
-    assert again["history"] == victim["history"] and again["seconds"] == victim["seconds"]
-    assert again["provenance"] == victim["provenance"]
-    with pytest.raises(FileNotFoundError, match="restored from .*table.json without its model"):
-        runs.pretrained_checkpoint(again)
-
-    records = json.loads(records_file.read_text())
-    records["MEM-3 / victim"]["spec"]["seed"] = 5
-    records_file.write_text(json.dumps(records))
-    with pytest.raises(ValueError, match="table.json: run 'MEM-3 / victim' was recorded under key"):
-        runs.restore_records(records_file)
-    with pytest.raises(SystemExit, match="--restore: no such file"):
-        main(["runs", "--restore", str(tmp_path / "missing.json")])
 
 
 def test_cache_status_lists_done_and_interrupted_runs(fresh_cache, monkeypatch, capsys):
