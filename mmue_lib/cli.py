@@ -526,8 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "cache as done (their metrics, not their models), so that notebooks do not train "
                               "them again")
     listing.add_argument("--export", metavar="RECORDS", type=Path,
-                         help="write the finished training runs of the cache to this file, for --restore on "
-                              "another machine")
+                         help="write the training runs this cache finished (not restored ones) to this file, "
+                              "for --restore on another machine")
     listing.set_defaults(run=_runs)
     return parser
 

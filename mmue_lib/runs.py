@@ -341,12 +341,14 @@ def write_run_records(runs: Mapping, results_dir: str | Path, name: str) -> None
 
 
 def export_records(records_file: str | Path) -> int:
-    """Write the `run_record` of every finished training run in the cache to `records_file`, in the
-    format of `write_run_records`, so that `restore_records` can carry them to another machine
-    before the experiment that uses them is done. Returns how many."""
+    """Write the `run_record` of every training run this cache finished (not those it restored) to
+    `records_file`, in the format of `write_run_records`, so that `restore_records` can carry them
+    to another machine before the experiment that uses them is done. Returns how many."""
     records = {}
     for result_file in sorted((cache_root() / "runs" / "train").glob("*/result.json")):
         run = {**json.loads(result_file.read_text(encoding="utf-8")), "folder": str(result_file.parent)}
+        if "restored_from" in run:
+            continue
         records[f"{describe_run('train', run['spec'])} [{result_file.parent.name}]"] = run_record(run)
     write_json(records_file, records)
     return len(records)

@@ -124,14 +124,15 @@ def test_run_records_keep_nested_runs_and_restore_their_training_runs_without_mo
     with pytest.raises(TypeError, match="bad"):
         runs.flatten_runs({"bad": 3})
 
+    assert main(["runs", "--export", str(tmp_path / "exported.json")]) == 0
+    exported, = json.loads((tmp_path / "exported.json").read_text()).values()
+    assert exported == records["MEM-3 / victim"]
     monkeypatch.setenv("MMUE_CACHE", str(tmp_path / "empty"))
     assert main(["runs", "--restore", str(records_file)]) == 0
     assert f"{records_file}: 1 training run(s) restored" in capsys.readouterr().out
     assert [(row["kind"], row["state"]) for row in runs.cache_status()] == [("train", "restored")]
     assert runs.restore_records(records_file) == []
-    assert main(["runs", "--export", str(tmp_path / "exported.json")]) == 0
-    exported, = json.loads((tmp_path / "exported.json").read_text()).values()
-    assert exported == json.loads(records_file.read_text())["MEM-3 / victim"]
+    assert runs.export_records(tmp_path / "none.json") == 0
 
     monkeypatch.setattr(runs, "train_clip", lambda *a, **k: pytest.fail("a restored run was trained again"))
     again = runs.training_run(victim["spec"]["data"], "RN-tiny", 32, victim["spec"]["train"], protection=protection,
