@@ -43,7 +43,9 @@ def measure(count: int, workdir: Path) -> dict:
     from mmue_lib.data import PairDataset
     from mmue_lib.models import normalize_pixels
     from mmue_lib.notebooks import PeakMemory
-    from mmue_lib.protect import ProtectConfig, Protection, protected_dataset
+    from mmue_lib.methods import ProtectConfig
+    from mmue_lib.protect import Protection
+    from mmue_lib.release import protected_dataset
     from mmue_lib.train import row_batches
 
     rng = np.random.default_rng(0)

@@ -15,13 +15,16 @@ training data) pair and each protection's cost in clean victim runs.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 import pandas as pd
 
 from mmue_lib import runs
+from mmue_lib.cache import planning
+from mmue_lib.experiments import Experiment, defense_runs, method_runs
 from mmue_lib.metrics import random_metrics
 from mmue_lib.notebooks import parse_overrides
-from mmue_lib.report import defense_table, protection_costs
+from mmue_lib.tables import defense_table, protection_costs
 from mmue_lib.settings import load_settings
 
 COMBINED = "jpeg(quality: 30) + dictionary_filter"
@@ -49,17 +52,17 @@ def main() -> None:
     settings = load_settings("13_careful_collector", args.scale, parse_overrides(args.set))
     data = runs.data_spec(**settings.data, evaluate_on="val")
     methods = [candidate_method(args.method, text) for text in (args.candidate or [""])]
-    leading = (data, settings.victim_model, settings.surrogate_model, settings.context_length, settings.train)
+    experiment = replace(Experiment.of(settings, methods), data=data)
     released = args.released or [COMBINED]
     training = [item for item in (args.training or [OPEN_CLIP_TRAINING]) if item.strip()]
-    plan = runs.planning(runs.defense_runs, *leading, methods, settings.schedule, released, training)
+    plan = planning(defense_runs, experiment, released, training)
     print(f"{len(plan.runs)} runs, {len(plan.todo)} not in the cache; victims scored on val")
 
-    experiment = runs.defense_runs(*leading, methods, settings.schedule, released, training)
+    victims = defense_runs(experiment, released, training)
     val = runs.load_data(data, "test")
     chance = random_metrics(val.row_image, val.num_images)
-    table = defense_table(experiment, chance)
-    costs = protection_costs(runs.method_runs(*leading, methods, settings.schedule))
+    table = defense_table(victims, chance)
+    costs = protection_costs(method_runs(experiment))
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(table[["defense", "data", "i2t_MedR", "t2i_MedR", "i2t C", "t2i C"]].round(2).to_string(index=False))
         print(costs.round(2).to_string(index=False))

@@ -33,8 +33,8 @@ import torch
 
 from mmue_lib.data import load_split, make_synthetic_dataset
 from mmue_lib.models import create_clip, model_context_length, normalize_pixels
-from mmue_lib.protect import SCHEDULES, generate_protection
-from mmue_lib.runs import protection_config
+from mmue_lib.methods import SCHEDULES, protection_config
+from mmue_lib.protect import generate_protection
 from mmue_lib.train import TokenizedPairs, TrainConfig, epoch_batches, to_device, train_clip
 
 LOSS_TOLERANCE = 1e-3

@@ -18,7 +18,6 @@ photos from "clean" toward "absent" (1 = as if never posted). Results resume fro
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import time
 from pathlib import Path

@@ -26,8 +26,10 @@ from mmue_lib import runs
 from mmue_lib.metrics import random_metrics
 from mmue_lib.models import create_clip
 from mmue_lib.notebooks import parse_overrides
-from mmue_lib.protect import generate_protection, protected_dataset
-from mmue_lib.report import protection_closure
+from mmue_lib.protect import generate_protection
+from mmue_lib.methods import protection_config
+from mmue_lib.release import protected_dataset
+from mmue_lib.tables import protection_closure
 from mmue_lib.settings import load_settings
 from mmue_lib.train import TokenizedPairs, TrainConfig, train_clip
 
@@ -53,7 +55,7 @@ def main() -> None:
     train = runs.load_data(data, "train")
     print(f"data: {train.num_images} images, {train.num_rows} rows at {train.image_size} px; "
           f"torch threads {torch.get_num_threads()}; peak RAM after loading {peak_rss_gib():.2f} GiB")
-    config = runs.protection_config(args.method, settings.schedule)
+    config = protection_config(args.method, settings.schedule)
     print(config)
 
     def new_model(name: str, seed: int) -> torch.nn.Module:

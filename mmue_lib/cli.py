@@ -6,15 +6,16 @@ import difflib
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
-import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
+from typing import Literal, get_args, get_origin, get_type_hints
 
 from . import data, distributed
-from .protect import METHODS, SCHEDULES
+from .methods import METHODS, SCHEDULES, ProtectConfig
+from .photos import DEVICE_SURROGATES, ProtectRequest, protect_photos
+from .train import TrainConfig
 from .storage import write_json
 
 
@@ -52,17 +53,20 @@ def _victim_model(args: argparse.Namespace):
                        pretrained=args.pretrained, seed=args.seed)
 
 
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    """The training settings of `mmue train` / `mmue check` (`_add_training_arguments`)."""
+    return TrainConfig(**{name: getattr(args, name) for name in TRAINING_OPTIONS})
+
+
 def _train_victim(args: argparse.Namespace, model, train_csv: str, train: data.PairDataset,
                   test: data.PairDataset | None, out: Path) -> dict:
     """Train `model` on `train` with the training arguments of `args`; write model.pt and
     metrics.json to `out` (resuming its checkpoint); return the last epoch's log."""
     from .models import model_context_length, model_image_size, save_clip
-    from .train import TokenizedPairs, TrainConfig, train_clip
+    from .train import TokenizedPairs, train_clip
 
     size, length = model_image_size(model), model_context_length(model)
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.wd,
-                         warmup_steps=args.warmup_steps, rows_per_epoch=args.rows_per_epoch, seed=args.seed,
-                         device=args.device, precision=args.precision)
+    config = _train_config(args)
     result = train_clip(model, TokenizedPairs.from_dataset(train, length), config,
                         test=None if test is None else TokenizedPairs.from_dataset(test, length),
                         checkpoint_path=out / "train_state.ckpt")
@@ -91,7 +95,7 @@ def _train(args: argparse.Namespace) -> None:
 def _check(args: argparse.Namespace) -> None:
     from .metrics import random_metrics
     from .models import model_image_size
-    from .report import retrieval_table
+    from .tables import retrieval_table
 
     victims = {"Clean": (args.clean, _victim_model(args)), "Protected": (args.protected, _victim_model(args))}
     size = model_image_size(victims["Clean"][1])
@@ -137,7 +141,7 @@ def _protected_size(protected_csv: Path) -> int | None:
 
 def check_verdict(table, direction: str) -> str:
     """One sentence on what the protection did to retrieval in `direction` ("i2t" / "t2i"), from
-    the rows Random / Clean / Protected of `report.retrieval_table` (indexed by method)."""
+    the rows Random / Clean / Protected of `tables.retrieval_table` (indexed by method)."""
     name = {"i2t": "image -> text", "t2i": "text -> image"}[direction]
     key = f"{direction}_MedR"
     clean, protected, chance = (table.loc[row, key] for row in ("Clean", "Protected", "Random"))
@@ -165,140 +169,17 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(evaluate_retrieval(model, TokenizedPairs.from_dataset(test, model_context_length(model))))
 
 
-DEVICE_SURROGATES = {"cuda": "RN50", "cpu": "RN-small"}
-"""The surrogate `mmue protect --model auto` trains from scratch, by device: the paper's RN50 at
-224 px on a GPU; elsewhere a small ResNet CLIP at 64 px (the cpu scale's), which finishes."""
-
-SMALL_COLLECTION = 2000
-"""Below this many photos the calibrated protection's loss did not fall in its 3 rounds here
-(`benchmarks/protect_photos.py` on Flickr8k photos: it rose round after round at 41 and 101
-photos, turned only after round 3 at 251 and 501, fell to 0.07 at 2,000): the surrogate learns
-a small collection by its captions' content instead of its triggers. What the photos then get
-was measured with `benchmarks/protect_companions.py` (100 photos collected among 2,000 others):
-a collector's victim ranked them 0.39 of the way from posted-clean toward never-posted, the same
-as when they were protected together with 1,900 companion photos (0.40), whose loss did fall."""
-
-STATE_FILE = "protect_state.ckpt"
-"""Kept in --out after a protection, so a rerun with a larger --max-rounds continues from it."""
+PROTECT_SETTINGS = ("eps", "seed", "device", "batch_size", "precision", "trigger_len", "max_rounds", "surrogate_steps",
+                    "pgd_steps", "trigger_per", "noise_per", "trigger_min_count")
+"""`mmue protect` options that are `ProtectConfig` fields (unset: the method's and the schedule's)."""
 
 
 def _protect(args: argparse.Namespace) -> None:
-    from tqdm import tqdm
-
-    from .models import create_clip, load_clip, model_image_size
-    from .photos import check_photo_noise, export_photos, published_names, read_photos
-    from .progress import duration
-    from .protect import estimate_seconds, export_protected, generate_protection, protected_dataset, trigger_vocabulary
-    from .runs import protection_config
-    from .train import TrainConfig
-
     _check_protect_options(args)
-    out = Path(args.out)
-    state = out / STATE_FILE
-    table = data.read_caption_csv(args.csv)
-    for line, first in data.duplicate_rows(table):
-        print(f"warning: {args.csv}: line {line} repeats line {first} (same image and caption)", file=sys.stderr)
-    data.check_image_files(table)
-    overrides = {"eps": args.eps, "seed": args.seed, "device": args.device, "batch_size": args.batch_size,
-                 "precision": args.precision}
-    for key in ("trigger_len", "max_rounds", "surrogate_steps", "pgd_steps", "trigger_per", "noise_per",
-                "trigger_min_count"):
-        if getattr(args, key) is not None:
-            overrides[key] = getattr(args, key)
-    config = protection_config(args.method, SCHEDULES[args.schedule], **overrides)
-    if config.trigger_len and config.trigger_vocab == "captions":
-        trigger_vocabulary(config, table.captions)
-    if config.direction == "maximize" and not args.surrogate:
-        raise ValueError(f"--method {args.method} attacks a clean-trained surrogate: pass --surrogate PATH")
-    if args.resolution == "photo":
-        check_photo_noise(config)
-        published_names(table)
-    device = TrainConfig(device=args.device).resolved_device()
-    model = DEVICE_SURROGATES.get(device.type, DEVICE_SURROGATES["cpu"]) if args.model == "auto" else args.model
-    with distributed.main_first():
-        done = _prepare_protect_output(out, state, config, len(table.image_paths), len(table.captions),
-                                       args.force and distributed.context().is_main)
-    if args.surrogate:
-        surrogate = load_clip(args.surrogate)
-        if args.size and args.size != model_image_size(surrogate):
-            raise ValueError(f"--size {args.size} differs from the surrogate's {model_image_size(surrogate)} px")
-    else:
-        surrogate = create_clip(model, image_size=args.size, seed=args.seed)
-    size = model_image_size(surrogate)
-    with distributed.main_first():
-        clean = read_photos(table, size) if args.resolution == "photo" else data.load_csv_dataset(args.csv, size)
-    for warning in clean.extra.get("warnings", []):
-        print(f"warning: {warning}", file=sys.stderr)
-    if clean.num_images < SMALL_COLLECTION and config.direction == "minimize":
-        print(f"warning: {clean.num_images} photos: below about {SMALL_COLLECTION} the protection's loss does not "
-              f"fall (the surrogate learns a small collection's captions instead of its triggers). It still protects "
-              f"in part: 100 photos collected among 2,000 others were ranked by a CLIP trained on the collection at "
-              f"median 57 of 500 (6 if posted clean, 136 if never posted), and protecting them together with 1,900 "
-              f"other photos did no better (README: Protect your photos). Measure yours with mmue check.",
-              file=sys.stderr)
-    surrogate_name = args.surrogate or f"{model} at {size} px (random init, trained during protection)"
-    print(f"protecting {clean.num_images} photos ({clean.num_rows} captions) with {METHODS[args.method].label}, "
-          f"schedule {args.schedule}, surrogate {surrogate_name}, on {device.type}: "
-          f"{'continuing after round ' + str(done) + ', ' if done else ''}"
-          f"about {duration(estimate_seconds(clean, surrogate, config, range(done, config.max_rounds)))} "
-          f"for {max(0, config.max_rounds - done)} round(s) (fewer if the loss reaches {config.stop_loss})")
-
-    def report_round(record: dict) -> None:
-        spent = sum(r["seconds"] for r in protection_rounds) + record["seconds"]
-        protection_rounds.append(record)
-        left = (config.max_rounds - record["round"]) * spent / len(protection_rounds)
-        tqdm.write(f"round {record['round']} of {config.max_rounds}: noise loss {record['noise_loss']:.3g}"
-                   f"{f' (stops below {config.stop_loss:g})' if config.stop_loss is not None else ''}, "
-                   f"{duration(record['seconds'])}; about {duration(left)} left", file=sys.stdout)
-
-    protection_rounds: list[dict] = []
-    started = time.perf_counter()
-    protection = generate_protection(clean, surrogate, config, checkpoint_path=state, on_round=report_round)
-    if not distributed.context().is_main:
-        return
-    report = {"method": args.method, "schedule": args.schedule, "config": asdict(config), "csv": str(args.csv),
-              "image_size": size, "resolution": args.resolution, "fraction": args.fraction,
-              "surrogate": surrogate_name, "rounds": len(protection.history), "history": protection.history,
-              "final_loss": protection.history[-1]["noise_loss"] if protection.history else None,
-              "converged": protection.converged, "seconds": protection.seconds,
-              "seconds_this_run": time.perf_counter() - started,
-              "state": f"{STATE_FILE}: rerun with a larger --max-rounds to continue from it; delete it when done"}
-    if args.resolution == "photo":
-        csv_path = export_photos(table, clean, protection, out, args.fraction, args.seed, report)
-    else:
-        csv_path = export_protected(clean, protected_dataset(clean, protection, args.fraction, args.seed), out, report)
-    print(f"wrote {csv_path} ({clean.num_images} images) and {out / 'report.json'}; post the images and the "
-          f"captions of {csv_path.name} together (the triggers are part of the protection)")
-    if protection.converged is False:
-        print(f"warning: the protection did not converge: after {len(protection.history)} rounds the PGD loss is "
-              f"{report['final_loss']:.3g}, above stop_loss {config.stop_loss:g}; such noise protects less. "
-              f"Rerun the same command with --max-rounds {2 * config.max_rounds} to continue from round "
-              f"{len(protection.history)}, and measure it with mmue check.", file=sys.stderr)
-
-
-def _prepare_protect_output(out: Path, state: Path, config, num_images: int, num_rows: int, force: bool) -> int:
-    """Make --out ready before any compute: empty, or emptied of an earlier output (--force), or
-    holding the saved state of this same protection (continued: more rounds, or after a kill).
-    Returns the number of rounds the kept state holds."""
-    import torch
-
-    from .protect import checkpoint_differences
-
-    if not out.is_dir() or not any(out.iterdir()):
-        return 0
-    if force:
-        _empty_protect_output(out, keep=None)
-        return 0
-    if not state.is_file():
-        raise ValueError(f"{out} is not empty; choose another --out or pass --force to overwrite")
-    saved = torch.load(state, map_location="cpu", weights_only=True)
-    differences = checkpoint_differences(saved, config, num_images, num_rows)
-    if differences:
-        raise ValueError(f"{out} holds a protection with other settings ({'; '.join(differences)}): rerun with "
-                         f"the same options (a larger --max-rounds continues it), pass --force to start over, "
-                         f"or choose another --out")
-    _empty_protect_output(out, keep=state)
-    return len(saved["history"])
+    protect_photos(ProtectRequest(
+        csv=args.csv, out=args.out, method=args.method, schedule=args.schedule, resolution=args.resolution,
+        model=args.model, size=args.size, surrogate=args.surrogate, fraction=args.fraction, force=args.force,
+        settings={name: getattr(args, name) for name in PROTECT_SETTINGS if getattr(args, name) is not None}))
 
 
 PROTECT_RANGES = {"eps": (1, 32, "the L-inf bound in 1/255 pixel steps; the paper uses 8"),
@@ -330,28 +211,6 @@ def _check_protect_options(args: argparse.Namespace) -> None:
                          f"{'; did you mean ' + ' or '.join(close) + '?' if close else ''} (`mmue models` lists them)")
 
 
-PROTECT_OUTPUTS = ("protected.csv", "report.json")
-"""Files `mmue protect` writes beside its `images/` folder of PNGs."""
-
-
-def _empty_protect_output(out: Path, keep: Path | None) -> None:
-    """Remove an earlier `mmue protect` output from `out` but `keep`; refuse a folder holding anything else."""
-    images = out / "images"
-    ours = [out / name for name in (*PROTECT_OUTPUTS, STATE_FILE) if out / name != keep]
-    ours += [images] if images.is_dir() else []
-    foreign = [p for p in out.iterdir() if p not in ours and p != keep]
-    if images.is_dir():
-        foreign += [p for p in images.rglob("*") if p.is_file() and p.suffix != ".png"]
-    if foreign:
-        raise ValueError(f"--force empties {out} of an earlier mmue protect output, but it also holds "
-                         f"{', '.join(sorted(p.name for p in foreign)[:5])}: choose another --out")
-    for path in ours:
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
-
-
 def _models(_: argparse.Namespace) -> None:
     from .models import list_model_names
 
@@ -361,9 +220,12 @@ def _models(_: argparse.Namespace) -> None:
 def _runs(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from .runs import cache_status, export_records, restore_records
+    from .cache import cache_status
+    from .records import export_records, restore_records
+    from .runs import register_kinds
     from .storage import cache_root
 
+    register_kinds()
     for records_file in args.restore or []:
         if not records_file.is_file():
             raise SystemExit(f"--restore: no such file {records_file}")
@@ -382,21 +244,34 @@ def _runs(args: argparse.Namespace) -> None:
     print(f"{done.sum()} done ({hours:.1f} h), {(~done).sum()} unfinished, in {cache_root() / 'runs'}")
 
 
+def _config_option(parser: argparse.ArgumentParser, config: type, name: str, flag: str | None = None,
+                   default: object = True, **options) -> None:
+    """An option for the dataclass field `config.name`: its type, its choices (a `Literal`) and, unless
+    `default` is None (the value comes from elsewhere, e.g. a schedule), its default, all from the field."""
+    field = next(f for f in fields(config) if f.name == name)
+    kind = get_type_hints(config)[name]
+    if get_origin(kind) is Literal:
+        options.setdefault("choices", list(get_args(kind)))
+    else:
+        options.setdefault("type", type(field.default))
+    parser.add_argument(flag or f"--{name.replace('_', '-')}", dest=name,
+                        default=field.default if default is True else default, **options)
+
+
+TRAINING_OPTIONS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "rows_per_epoch", "seed", "device",
+                    "precision")
+"""`TrainConfig` fields that `mmue train` and `mmue check` take as options."""
+
+
 def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="RN-small")
     parser.add_argument("--pretrained", help="local checkpoint to fine-tune")
     parser.add_argument("--size", type=int, help="image size (default: the model's)")
     parser.add_argument("--context-length", type=int)
     parser.add_argument("--max-images", type=int)
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--wd", type=float, default=0.2)
-    parser.add_argument("--warmup-steps", type=int, default=0)
-    parser.add_argument("--rows-per-epoch", choices=["all", "one_per_image"], default="all")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help=PRECISION_HELP)
+    for name in TRAINING_OPTIONS:
+        _config_option(parser, TrainConfig, name, "--wd" if name == "weight_decay" else None,
+                       help=PRECISION_HELP if name == "precision" else None)
     parser.add_argument("--nproc", type=int, default=1, help=NPROC_HELP)
 
 
@@ -417,8 +292,6 @@ class _DefaultsFormatter(argparse.HelpFormatter):
 
 def _schedule_default(field: str) -> str:
     """'default: the schedule's (calibrated 3, official 20)' for a `ProtectConfig` field."""
-    from .protect import ProtectConfig
-
     values = ", ".join(f"{name} {overrides.get(field, getattr(ProtectConfig, field))}"
                        for name, overrides in SCHEDULES.items())
     return f"default: the schedule's ({values})"
@@ -458,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="png: lossless; jpeg: quality 95, lossy, 2-4x smaller")
     shrink.set_defaults(run=_shrink)
 
-    train = sub.add_parser("train", help="train a CLIP on a CSV dataset")
+    train = sub.add_parser("train", help="train a CLIP on a CSV dataset", formatter_class=_DefaultsFormatter)
     train.add_argument("--csv", required=True)
     train.add_argument("--test-csv")
     train.add_argument("--out", required=True, help="folder for model.pt, metrics.json and the resumable state")
@@ -466,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(run=_train)
 
     check = sub.add_parser("check", help="does a protection work? victims trained on the clean and on the "
-                                         "protected CSV, scored on a clean held-out CSV, and the closure C")
+                                         "protected CSV, scored on a clean held-out CSV, and the closure C",
+                           formatter_class=_DefaultsFormatter)
     check.add_argument("--clean", required=True, help="the CSV you protected")
     check.add_argument("--protected", required=True, help="protected.csv written by mmue protect")
     check.add_argument("--test-csv", required=True, help="clean image,caption pairs that neither victim trains on")
@@ -493,27 +367,27 @@ def build_parser() -> argparse.ArgumentParser:
     protect.add_argument("--resolution", choices=["photo", "model"], default="photo",
                          help="photo: publish each photo at its own size and orientation, as PNG under its own name; "
                               "model: the square crop the surrogate saw")
-    protect.add_argument("--trigger-len", type=int, help="override the method's trigger length (MEM-k)")
-    protect.add_argument("--trigger-min-count", type=int,
-                         help="with caption-vocabulary triggers: how often a word must occur in the captions to be "
-                              "used (default: the method's; lower it for a small collection)")
-    protect.add_argument("--eps", type=int, default=8, help="L-inf bound in 1/255 steps")
+    _config_option(protect, ProtectConfig, "trigger_len", default=None,
+                   help="override the method's trigger length (MEM-k)")
+    _config_option(protect, ProtectConfig, "trigger_min_count", default=None,
+                   help="with caption-vocabulary triggers: how often a word must occur in the captions to be "
+                        "used (default: the method's; lower it for a small collection)")
+    _config_option(protect, ProtectConfig, "eps", help="L-inf bound in 1/255 steps")
     protect.add_argument("--model", default="auto",
                          help=f"architecture of the fresh surrogate when no --surrogate is given; auto: "
                               f"{DEVICE_SURROGATES['cuda']} on a GPU, {DEVICE_SURROGATES['cpu']} elsewhere")
     protect.add_argument("--size", type=int, help="surrogate image size in px (default: the model's own)")
     protect.add_argument("--surrogate", help="local checkpoint of the surrogate CLIP (required for uap/tap)")
-    protect.add_argument("--max-rounds", type=int, help=_schedule_default("max_rounds"))
-    protect.add_argument("--surrogate-steps", type=int, help=_schedule_default("surrogate_steps"))
-    protect.add_argument("--pgd-steps", type=int, help=_schedule_default("pgd_steps"))
-    protect.add_argument("--trigger-per", choices=["row", "image", "universal"], help=_schedule_default("trigger_per"))
-    protect.add_argument("--noise-per", choices=["image", "row", "universal"], help="default: the method's")
+    _config_option(protect, ProtectConfig, "max_rounds", default=None, help=_schedule_default("max_rounds"))
+    _config_option(protect, ProtectConfig, "surrogate_steps", default=None, help=_schedule_default("surrogate_steps"))
+    _config_option(protect, ProtectConfig, "pgd_steps", default=None, help=_schedule_default("pgd_steps"))
+    _config_option(protect, ProtectConfig, "trigger_per", default=None, help=_schedule_default("trigger_per"))
+    _config_option(protect, ProtectConfig, "noise_per", default=None, help="default: the method's")
     protect.add_argument("--fraction", type=float, default=1.0, help="share of images to protect")
-    protect.add_argument("--batch-size", type=int, default=128, help="pairs per contrastive batch")
-    protect.add_argument("--seed", type=int, default=0, help="seed of the surrogate, the noise and the trigger search")
-    protect.add_argument("--device", default="auto", help="auto: a GPU when there is one")
-    protect.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                         help=PRECISION_HELP)
+    _config_option(protect, ProtectConfig, "batch_size", help="pairs per contrastive batch")
+    _config_option(protect, ProtectConfig, "seed", help="seed of the surrogate, the noise and the trigger search")
+    _config_option(protect, ProtectConfig, "device", help="auto: a GPU when there is one")
+    _config_option(protect, ProtectConfig, "precision", help=PRECISION_HELP)
     protect.add_argument("--nproc", type=int, default=1, help=NPROC_HELP)
     protect.add_argument("--force", action="store_true", help="empty --out of an earlier output and start over")
     protect.set_defaults(run=_protect)

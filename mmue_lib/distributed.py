@@ -50,12 +50,19 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def resolve_device(name: str = "auto") -> torch.device:
+    """The device a `device` setting names: "auto" is the GPU where CUDA is available, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def setup(device: str = "auto") -> Context:
     """Join torchrun's process group once (NCCL when CUDA serves the run, else gloo) and give each
     process its own GPU (`LOCAL_RANK`); outside torchrun, nothing to do."""
     if not launched_by_torchrun() or dist.is_initialized():
         return context()
-    use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
+    use_cuda = torch.cuda.is_available() and resolve_device(device).type == "cuda"
     if use_cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(hours=2))

@@ -1,116 +1,303 @@
-"""Each notebook's runs, built from its `Settings`: the one call a notebook makes to get them.
+"""Each notebook's recipe: the runs its tables and figures read, built from its `Settings`.
 
-`BY_NOTEBOOK` maps a notebook to its function, so that the runner can list a notebook's runs
-before it starts (`runs.planning`) and the tests can check their cache keys.
+A recipe's building blocks (`method_runs`, `defense_runs`, ...) take one `Experiment`, the
+part of the settings every run shares, and the few options that are their own; a notebook's
+recipe (`table1`, `careful_collector`, ...) takes its `Settings`. `BY_NOTEBOOK` maps a notebook
+to its recipe, so that the runner can list a notebook's runs before it starts (`cache.planning`)
+and the tests can check their cache keys.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from functools import wraps
 from typing import Callable
 
-from . import runs
+from .cache import Plan, planned, planning, processes
+from .defenses import defense_label, parse_defenses, parse_settings, settings_label
+from .methods import METHODS, method_variant, protection_overrides
+from .runs import checkpoint_run, data_spec, protection_run, training_run
 from .settings import Settings, load_settings
+from .train import TrainConfig
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """What every run of a recipe shares: the data, the victim and surrogate architectures, the
+    context length, the victims' training settings, the protection schedule shared by all
+    methods, and the methods (variants welcome: "mem-3(trigger_vocab: captions)")."""
+
+    data: dict
+    victim_model: str
+    surrogate_model: str
+    context_length: int
+    train: dict
+    schedule: dict
+    methods: tuple = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.methods, (list, tuple)):
+            raise ValueError(f"methods must be a list of {list(METHODS)}; got {self.methods!r}")
+        object.__setattr__(self, "methods", tuple(self.methods))
+
+    @classmethod
+    def of(cls, settings: Settings, methods: list | None = None) -> Experiment:
+        """The experiment of a notebook's settings (with other `methods`, where given)."""
+        return cls(settings.data, settings.victim_model, settings.surrogate_model, settings.context_length,
+                   settings.train, settings.schedule, settings.methods if methods is None else methods)
+
+    def using(self, methods: list) -> Experiment:
+        return replace(self, methods=methods)
+
+    def seeded(self, seed: int) -> Experiment:
+        """The same experiment with `seed` for the victims and the protections."""
+        return replace(self, train={**self.train, "seed": seed}, schedule={**self.schedule, "seed": seed})
+
+    def victim(self, protection: dict | None = None, **options) -> dict:
+        """The victim of this experiment trained on `protection`'s data (clean without one)."""
+        return training_run(self.data, self.victim_model, self.context_length, self.train, protection=protection,
+                            **options)
+
+    def protection(self, method: str, **overrides) -> dict:
+        """`method`'s protection of this experiment's data, made on the surrogate."""
+        return protection_run(self.data, method, self.surrogate_model, self.context_length, schedule=self.schedule,
+                              **overrides)
+
+
+@planned
+def method_runs(experiment: Experiment) -> dict[str, dict]:
+    """Table 1's rows: the clean victim, and per method its protection and the victim trained on it.
+    Error-maximising methods (UAP, TAP) attack the clean victim itself as their surrogate."""
+    variants = [method_variant(item) for item in experiment.methods]
+    clean = experiment.victim()
+    runs = {"Clean": {"protection": None, "victim": clean}}
+    for method, overrides, label in variants:
+        surrogate = clean if METHODS[method].needs_trained_surrogate else None
+        protection = experiment.protection(method, surrogate=surrogate, **overrides)
+        runs[label] = {"protection": protection, "victim": experiment.victim(protection)}
+    return runs
+
+
+@planned
+def transfer_runs(experiment: Experiment, method: str, victim_models: list[str]) -> dict:
+    """Table 2's runs: `method`'s protection made on the surrogate, and per victim architecture a
+    victim trained on clean and one on protected data, as {"protection": run,
+    architecture: {"clean": run, "protected": run}}."""
+    protection = experiment.protection(method)
+    victims = {model: replace(experiment, victim_model=model) for model in victim_models}
+    return {"protection": protection,
+            **{model: {"clean": victim.victim(), "protected": victim.victim(protection)}
+               for model, victim in victims.items()}}
+
+
+@planned
+def vocabulary_runs(experiment: Experiment, method: str, mlm_path: str | None = None) -> dict:
+    """Table 3's runs: `method` with the free trigger vocabulary (Table 1's run) and with a
+    semantic one (a local masked LM at `mlm_path`, else the training captions' words), each with
+    its victim, beside Table 1's clean victim: {"Clean": run, "protection": {name: run},
+    "victim": {name: run}}."""
+    table1 = method_runs(experiment)
+    label, restricted = METHODS[method].label, "mlm" if mlm_path else "captions"
+    protections = {f"{label} free": table1[label]["protection"],
+                   f"{label} semantic ({restricted})": experiment.protection(method, trigger_vocab=restricted,
+                                                                             mlm_path=mlm_path)}
+    return {"Clean": table1["Clean"]["victim"], "protection": protections,
+            "victim": {name: experiment.victim(protection) for name, protection in protections.items()}}
+
+
+@planned
+def fraction_runs(experiment: Experiment, fraction_methods: list[str], fractions: list[float]) -> dict:
+    """The poisoning-fraction runs: Table 1's clean victim, and per method in `fraction_methods`
+    and fraction p a victim trained when a seeded p of the images carry Table 1's protection,
+    as {"Clean": run, (label, p): run}."""
+    table1 = method_runs(experiment)
+    seed = TrainConfig(**experiment.train).seed
+    return {"Clean": table1["Clean"]["victim"],
+            **{(METHODS[method].label, fraction): experiment.victim(table1[METHODS[method].label]["protection"],
+                                                                    fraction=fraction, seed=seed)
+               for method in fraction_methods for fraction in fractions}}
+
+
+@planned
+def defense_runs(experiment: Experiment, released: list[str], training: list[str]) -> dict[str, dict[str, dict]]:
+    """Victims under countermeasures, as {setting: {"Clean": run, method label: run}}: setting
+    "none" holds `method_runs`' victims; then one setting per item of `released` (a released-data
+    defense or chain, `defenses.parse_defenses`: "jpeg(quality: 30)") and per item of `training`
+    (training-config overrides: "augment: strong, augment_views: 4")."""
+    table1 = method_runs(experiment)
+    protections = {label: entry["protection"] for label, entry in table1.items() if entry["protection"]}
+    settings = {"none": {label: entry["victim"] for label, entry in table1.items()}}
+
+    def victims(under: Experiment, defenses: list | None) -> dict[str, dict]:
+        return {"Clean": under.victim(defenses=defenses),
+                **{label: under.victim(protection, defenses=defenses) for label, protection in protections.items()}}
+
+    for item in released:
+        settings[defense_label(item)] = victims(experiment, parse_defenses(item))
+    for item in training:
+        overrides = parse_settings(item)
+        defended = {**experiment.train, **overrides}
+        TrainConfig(**defended)
+        settings[settings_label(overrides)] = victims(replace(experiment, train=defended), None)
+    return settings
+
+
+@planned
+def ablation_runs(experiment: Experiment, method: str, flips: list[str]) -> dict[str, dict]:
+    """One protection of `method` per setting, each with the victim trained on it, as
+    {"Clean": {"protection": None, "victim": clean run}, "default": {...}, flip label: {...}}.
+    A flip is a string of protection settings that override the schedule and the method's
+    preset ("noise_per: row, pgd_rows: all"); its label is that string, normalised."""
+    parsed = [protection_overrides(item) for item in flips]
+    runs = {"Clean": {"protection": None, "victim": experiment.victim()}}
+    for label, overrides in {"default": {}, **{settings_label(o): o for o in parsed}}.items():
+        protection = experiment.protection(method, **overrides)
+        runs[label] = {"protection": protection, "victim": experiment.victim(protection)}
+    return runs
+
+
+@planned
+def seed_runs(experiment: Experiment, transfer_method: str, transfer_victims: list[str],
+              seeds: list[int]) -> dict[str, dict]:
+    """Tables 1 and 2 once per seed (the seed initialises the surrogate and the victims and
+    orders their batches), as {"seed s": {"protections": {label: run},
+    "victims": {architecture: {"Clean": run, label: run}}}}."""
+    runs = {}
+    transfer_label = METHODS[transfer_method].label
+    for seed in seeds:
+        seeded = experiment.seeded(seed)
+        table1 = method_runs(seeded)
+        protections = {label: entry["protection"] for label, entry in table1.items() if entry["protection"]}
+        victims = {experiment.victim_model: {label: entry["victim"] for label, entry in table1.items()}}
+        if transfer_label not in protections:
+            protections[transfer_label] = seeded.protection(transfer_method)
+        for model in transfer_victims:
+            victim = replace(seeded, victim_model=model)
+            victims.setdefault(model, {})
+            victims[model]["Clean"] = victim.victim()
+            victims[model][transfer_label] = victim.victim(protections[transfer_label])
+        runs[f"seed {seed}"] = {"protections": protections, "victims": victims}
+    return runs
 
 
 def _in_processes(function: Callable[[Settings], object]) -> Callable[[Settings], object]:
-    """Compute the experiment's missing runs in `settings.nproc` processes (`runs.processes`)."""
+    """A notebook's recipe: one plan for all its runs, the missing ones computed in `settings.nproc`
+    processes (`cache.processes`)."""
+    recipe = planned(function)
 
     @wraps(function)
     def run(settings: Settings):
-        with runs.processes(settings.nproc):
-            return function(settings)
+        with processes(settings.nproc):
+            return recipe(settings)
 
     return run
-
-
-def _leading(settings: Settings) -> tuple:
-    """The arguments the experiment functions of `runs` start with: data, victim and surrogate
-    architectures, context length, the victims' training settings."""
-    return settings.data, settings.victim_model, settings.surrogate_model, settings.context_length, settings.train
 
 
 @_in_processes
 def table1(settings: Settings) -> dict:
     """Table 1 (and Figures 4-6): the clean victim, and per method its protection and the victim
-    trained on it (`runs.method_runs`)."""
-    return runs.method_runs(*_leading(settings), settings.methods, settings.schedule)
+    trained on it (`method_runs`)."""
+    return method_runs(Experiment.of(settings))
 
 
 @_in_processes
 def table2(settings: Settings) -> dict:
     """Table 2: one protection made on the surrogate, victims of several architectures on clean
-    and protected data (`runs.transfer_runs`)."""
-    s, o = settings, settings.options
-    return runs.transfer_runs(s.data, s.surrogate_model, s.context_length, s.train, o.transfer_method, s.schedule,
-                              o.victim_models)
+    and protected data (`transfer_runs`)."""
+    return transfer_runs(Experiment.of(settings), settings.options.transfer_method, settings.options.victim_models)
 
 
 @_in_processes
 def semantic_triggers(settings: Settings) -> dict:
-    """Table 3: free against semantic trigger vocabulary (`runs.vocabulary_runs`)."""
-    s, o = settings, settings.options
-    return runs.vocabulary_runs(*_leading(s), s.methods, s.schedule, o.semantic_method, o.semantic_mlm_path)
+    """Table 3: free against semantic trigger vocabulary (`vocabulary_runs`)."""
+    o = settings.options
+    return vocabulary_runs(Experiment.of(settings), o.semantic_method, o.semantic_mlm_path)
 
 
 @_in_processes
 def poisoning_fraction(settings: Settings) -> dict:
-    """Victims trained when only a fraction of the images is protected (`runs.fraction_runs`)."""
-    s, o = settings, settings.options
-    return runs.fraction_runs(*_leading(s), s.methods, s.schedule, o.fraction_methods, o.fractions)
+    """Victims trained when only a fraction of the images is protected (`fraction_runs`)."""
+    return fraction_runs(Experiment.of(settings), settings.options.fraction_methods, settings.options.fractions)
 
 
 def face_data(settings: Settings) -> dict:
     """The face study's data: the face folder at the shared image size, captioned from names."""
     o = settings.options
-    return runs.data_spec(o.face_data, settings.data["image_size"], named_faces=dict(
+    return data_spec(o.face_data, settings.data["image_size"], named_faces=dict(
         people=o.face_people, captions_per_image=o.face_captions_per_image, seed=settings.seed))
 
 
 @_in_processes
-def faces(settings: Settings) -> tuple[dict, dict]:
-    """Table 4: pretrained victims fine-tuned on clean and protected face pairs (`runs.face_study_runs`)."""
-    s, o = settings, settings.options
+def faces(settings: Settings) -> tuple[dict[str, dict[str, dict]], dict[str, dict]]:
+    """Table 4: per victim architecture, its pretrained model (a local checkpoint from
+    `face_pretrained_paths`, else our own CLIP trained on the shared data), that model fine-tuned
+    on clean face pairs, and fine-tuned on each method's protected pairs; and the protection runs
+    per method label, made once, starting from the surrogate architecture's pretrained model."""
+    o, faces_ = settings.options, face_data(settings)
     checkpoints = {model: path for model, path in zip(o.face_victims, o.face_pretrained_paths) if path}
-    return runs.face_study_runs(s.data, face_data(s), o.face_victims, o.face_surrogate, s.context_length, s.train,
-                                s.train_with(o.face_finetune), o.face_methods, s.schedule_with(o.face_protect),
-                                checkpoints)
+    pretrain = Experiment.of(settings)
+    finetune = replace(pretrain, data=faces_, train=settings.train_with(o.face_finetune),
+                       schedule=settings.schedule_with(o.face_protect))
+
+    def base(model: str) -> dict:
+        if model in checkpoints:
+            return checkpoint_run(checkpoints[model], model, faces_["image_size"], settings.context_length)
+        return replace(pretrain, victim_model=model).victim()
+
+    bases = {model: base(model) for model in dict.fromkeys([o.face_surrogate, *o.face_victims])}
+    protections = {METHODS[method].label: replace(finetune, surrogate_model=o.face_surrogate).protection(
+        method, surrogate=bases[o.face_surrogate]) for method in o.face_methods}
+    study = {}
+    for model in o.face_victims:
+        victim = replace(finetune, victim_model=model)
+        study[model] = {"Pretrained": bases[model], "Fine-tuned": victim.victim(pretrained=bases[model])}
+        for label, protection in protections.items():
+            study[model][label] = victim.victim(protection, pretrained=bases[model])
+    return study, protections
 
 
 @_in_processes
 def defenses(settings: Settings) -> dict:
-    """Countermeasures against each method (`runs.defense_runs`)."""
-    s, o = settings, settings.options
-    return runs.defense_runs(*_leading(s), o.defense_methods, s.schedule, o.released_defenses, o.training_defenses)
+    """Countermeasures against each method (`defense_runs`)."""
+    o = settings.options
+    return defense_runs(Experiment.of(settings, o.defense_methods), o.released_defenses, o.training_defenses)
 
 
 @_in_processes
 def ablation(settings: Settings) -> dict:
-    """Paper-vs-code settings flipped one at a time (`runs.ablation_runs`)."""
-    s, o = settings, settings.options
-    return runs.ablation_runs(*_leading(s), o.ablation_method, s.schedule, o.ablation_flips)
+    """Paper-vs-code settings flipped one at a time (`ablation_runs`)."""
+    return ablation_runs(Experiment.of(settings), settings.options.ablation_method, settings.options.ablation_flips)
 
 
 @_in_processes
 def seeds(settings: Settings) -> dict:
-    """Tables 1 and 2 once per seed (`runs.seed_runs`)."""
-    s, o = settings, settings.options
-    return runs.seed_runs(*_leading(s), o.seed_methods, s.schedule, o.transfer_method, o.victim_models, o.seeds)
+    """Tables 1 and 2 once per seed (`seed_runs`)."""
+    o = settings.options
+    return seed_runs(Experiment.of(settings, o.seed_methods), o.transfer_method, o.victim_models, o.seeds)
 
 
 @_in_processes
 def careful_collector(settings: Settings) -> dict:
-    """A careful collector against every protection (`runs.collector_runs`): the collector's
-    released-data countermeasures and open_clip's default training against every method; the
-    robust methods under each countermeasure of 10_defenses (read from its params at the same
-    scale); victims trained as long as the paper's on Table 1's data (its protections are shared);
-    a seed check."""
-    s, o = settings, settings.options
-    single = load_settings("10_defenses", s.scale).options
-    return runs.collector_runs(*_leading(s), o.collector_methods, s.schedule, o.collector_released,
-                               o.collector_training, o.robust_methods, single.released_defenses,
-                               single.training_defenses, load_settings("02_table1", s.scale).data,
-                               o.persistence["methods"], o.persistence["epochs"], o.seed_check["method"],
-                               o.seed_check["countermeasure"], o.seed_check["seeds"])
+    """A careful collector against every protection: {"methods": `method_runs` of
+    `collector_methods`; "countermeasures": `defense_runs` of them under the collector's
+    released-data countermeasures and open_clip's default training; "single": `defense_runs` of
+    `robust_methods` under each countermeasure of 10_defenses (read from its params at the same
+    scale); "persistence": `method_runs` on Table 1's data (its protections are shared) with
+    victims trained as long as the paper's; "seeds": {"seed s": `defense_runs` of the seed check's
+    method under its countermeasure alone, with seed s}}."""
+    o = settings.options
+    base = Experiment.of(settings, o.collector_methods)
+    single = load_settings("10_defenses", settings.scale).options
+    persistence = replace(base, data=load_settings("02_table1", settings.scale).data,
+                          train={**base.train, "epochs": o.persistence["epochs"]},
+                          methods=o.persistence["methods"])
+    check = o.seed_check
+    return {"methods": method_runs(base),
+            "countermeasures": defense_runs(base, o.collector_released, o.collector_training),
+            "single": defense_runs(base.using(o.robust_methods), single.released_defenses, single.training_defenses),
+            "persistence": method_runs(persistence),
+            "seeds": {f"seed {seed}": defense_runs(base.using([check["method"]]).seeded(seed),
+                                                   [check["countermeasure"]], [])
+                      for seed in check["seeds"]}}
 
 
 BY_NOTEBOOK: dict[str, Callable[[Settings], object] | None] = {
@@ -119,10 +306,10 @@ BY_NOTEBOOK: dict[str, Callable[[Settings], object] | None] = {
     "09_faces": faces, "10_defenses": defenses, "11_ablation": ablation, "12_seeds": seeds,
     "13_careful_collector": careful_collector,
 }
-"""The experiment function of every notebook (None: it trains nothing)."""
+"""The recipe of every notebook (None: it trains nothing)."""
 
 
-def planned_runs(settings: Settings) -> runs.Plan | None:
+def planned_runs(settings: Settings) -> Plan | None:
     """The runs a notebook's experiment needs and which of them the cache lacks, computing nothing."""
-    function = BY_NOTEBOOK[settings.notebook]
-    return None if function is None else runs.planning(function, settings)
+    recipe = BY_NOTEBOOK[settings.notebook]
+    return None if recipe is None else planning(recipe, settings)

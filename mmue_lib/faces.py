@@ -10,7 +10,6 @@ one caption per person; text -> image ranks that person's best photo among all p
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import torch

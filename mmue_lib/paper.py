@@ -1,7 +1,7 @@
 """The paper's published numbers, as data, so that every table can show them beside ours."""
 from __future__ import annotations
 
-from .protect import METHODS as _METHOD_REGISTRY
+from .methods import METHODS as _METHOD_REGISTRY
 
 DATASETS = ("flickr8k", "flickr30k", "coco")
 METHODS = ("Random", "Clean", *(method.label for method in _METHOD_REGISTRY.values() if method.in_paper))

@@ -12,17 +12,30 @@ photo is unchanged.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+from tqdm import tqdm
 
-from .data import CaptionTable, DataError, PairDataset, center_crop_geometry, resize_center_crop, write_caption_csv
+from . import distributed
+from .data import (CaptionTable, DataError, PairDataset, center_crop_geometry, check_image_files, duplicate_rows,
+                   load_csv_dataset, read_caption_csv, resize_center_crop, write_caption_csv)
+from .distributed import resolve_device
+from .methods import METHODS, ProtectConfig, protection_config, schedule_settings
+from .models import create_clip, load_clip, model_image_size
 from .progress import bar as progress_bar
-from .protect import ProtectConfig, Protection, protected_dataset, psnr
+from .progress import duration
+from .protect import Protection, checkpoint_differences, estimate_seconds, generate_protection
+from .release import export_protected, protected_dataset, psnr
 from .storage import atomic_path, write_json
+from .triggers import trigger_vocabulary
 
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
@@ -221,3 +234,164 @@ def export_photos(table: CaptionTable, dataset: PairDataset, protection: Protect
                         "psnr_db: null where the image is unchanged; max_abs_delta: largest pixel change in 1/255 "
                         "steps"})
     return csv_path
+
+
+@dataclass
+class ProtectRequest:
+    """What a person asks of `mmue protect` (the CLI's options; their help says what each means)."""
+
+    csv: str
+    out: str
+    method: str = "mem-3"
+    schedule: str = "calibrated"
+    resolution: Literal["photo", "model"] = "photo"
+    model: str = "auto"
+    size: int | None = None
+    surrogate: str | None = None
+    fraction: float = 1.0
+    force: bool = False
+    settings: dict = field(default_factory=dict)
+    """Protection settings over the method's preset and the schedule (`ProtectConfig` fields)."""
+
+
+DEVICE_SURROGATES = {"cuda": "RN50", "cpu": "RN-small"}
+"""The surrogate `mmue protect --model auto` trains from scratch, by device: the paper's RN50 at
+224 px on a GPU; elsewhere a small ResNet CLIP at 64 px (the cpu scale's), which finishes."""
+
+SMALL_COLLECTION = 2000
+"""Below this many photos the calibrated protection's loss did not fall in its 3 rounds here
+(`benchmarks/protect_photos.py` on Flickr8k photos: it rose round after round at 41 and 101
+photos, turned only after round 3 at 251 and 501, fell to 0.07 at 2,000): the surrogate learns
+a small collection by its captions' content instead of its triggers. What the photos then get
+was measured with `benchmarks/protect_companions.py` (100 photos collected among 2,000 others):
+a collector's victim ranked them 0.39 of the way from posted-clean toward never-posted, the same
+as when they were protected together with 1,900 companion photos (0.40), whose loss did fall."""
+
+STATE_FILE = "protect_state.ckpt"
+"""Kept in --out after a protection, so a rerun with a larger --max-rounds continues from it."""
+
+
+def protect_photos(request: ProtectRequest) -> None:
+    """Protect a person's photos: check the CSV, the photos and the output folder before any
+    compute, train a surrogate while protecting (resuming a saved state), and publish the photos,
+    their captions with triggers and a report in `request.out`."""
+    out = Path(request.out)
+    state = out / STATE_FILE
+    table = read_caption_csv(request.csv)
+    for line, first in duplicate_rows(table):
+        print(f"warning: {request.csv}: line {line} repeats line {first} (same image and caption)", file=sys.stderr)
+    check_image_files(table)
+    config = protection_config(request.method, schedule_settings(request.schedule), **request.settings)
+    if config.trigger_len and config.trigger_vocab == "captions":
+        trigger_vocabulary(config, table.captions)
+    if config.direction == "maximize" and not request.surrogate:
+        raise ValueError(f"--method {request.method} attacks a clean-trained surrogate: pass --surrogate PATH")
+    if request.resolution == "photo":
+        check_photo_noise(config)
+        published_names(table)
+    device = resolve_device(config.device)
+    model = DEVICE_SURROGATES.get(device.type, DEVICE_SURROGATES["cpu"]) if request.model == "auto" else request.model
+    with distributed.main_first():
+        done = prepare_output(out, state, config, len(table.image_paths), len(table.captions),
+                                       request.force and distributed.context().is_main)
+    if request.surrogate:
+        surrogate = load_clip(request.surrogate)
+        if request.size and request.size != model_image_size(surrogate):
+            raise ValueError(f"--size {request.size} differs from the surrogate's {model_image_size(surrogate)} px")
+    else:
+        surrogate = create_clip(model, image_size=request.size, seed=config.seed)
+    size = model_image_size(surrogate)
+    with distributed.main_first():
+        clean = read_photos(table, size) if request.resolution == "photo" else load_csv_dataset(request.csv, size)
+    for warning in clean.extra.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
+    if clean.num_images < SMALL_COLLECTION and config.direction == "minimize":
+        print(f"warning: {clean.num_images} photos: below about {SMALL_COLLECTION} the protection's loss does not "
+              f"fall (the surrogate learns a small collection's captions instead of its triggers). It still protects "
+              f"in part: 100 photos collected among 2,000 others were ranked by a CLIP trained on the collection at "
+              f"median 57 of 500 (6 if posted clean, 136 if never posted), and protecting them together with 1,900 "
+              f"other photos did no better (README: Protect your photos). Measure yours with mmue check.",
+              file=sys.stderr)
+    surrogate_name = request.surrogate or f"{model} at {size} px (random init, trained during protection)"
+    print(f"protecting {clean.num_images} photos ({clean.num_rows} captions) with {METHODS[request.method].label}, "
+          f"schedule {request.schedule}, surrogate {surrogate_name}, on {device.type}: "
+          f"{'continuing after round ' + str(done) + ', ' if done else ''}"
+          f"about {duration(estimate_seconds(clean, surrogate, config, range(done, config.max_rounds)))} "
+          f"for {max(0, config.max_rounds - done)} round(s) (fewer if the loss reaches {config.stop_loss})")
+
+    def report_round(record: dict) -> None:
+        spent = sum(r["seconds"] for r in protection_rounds) + record["seconds"]
+        protection_rounds.append(record)
+        left = (config.max_rounds - record["round"]) * spent / len(protection_rounds)
+        tqdm.write(f"round {record['round']} of {config.max_rounds}: noise loss {record['noise_loss']:.3g}"
+                   f"{f' (stops below {config.stop_loss:g})' if config.stop_loss is not None else ''}, "
+                   f"{duration(record['seconds'])}; about {duration(left)} left", file=sys.stdout)
+
+    protection_rounds: list[dict] = []
+    started = time.perf_counter()
+    protection = generate_protection(clean, surrogate, config, checkpoint_path=state, on_round=report_round)
+    if not distributed.context().is_main:
+        return
+    report = {"method": request.method, "schedule": request.schedule, "config": asdict(config),
+              "csv": str(request.csv), "image_size": size, "resolution": request.resolution,
+              "fraction": request.fraction,
+              "surrogate": surrogate_name, "rounds": len(protection.history), "history": protection.history,
+              "final_loss": protection.history[-1]["noise_loss"] if protection.history else None,
+              "converged": protection.converged, "seconds": protection.seconds,
+              "seconds_this_run": time.perf_counter() - started,
+              "state": f"{STATE_FILE}: rerun with a larger --max-rounds to continue from it; delete it when done"}
+    if request.resolution == "photo":
+        csv_path = export_photos(table, clean, protection, out, request.fraction, config.seed, report)
+    else:
+        csv_path = export_protected(clean, protected_dataset(clean, protection, request.fraction, config.seed), out,
+                                    report)
+    print(f"wrote {csv_path} ({clean.num_images} images) and {out / 'report.json'}; post the images and the "
+          f"captions of {csv_path.name} together (the triggers are part of the protection)")
+    if protection.converged is False:
+        print(f"warning: the protection did not converge: after {len(protection.history)} rounds the PGD loss is "
+              f"{report['final_loss']:.3g}, above stop_loss {config.stop_loss:g}; such noise protects less. "
+              f"Rerun the same command with --max-rounds {2 * config.max_rounds} to continue from round "
+              f"{len(protection.history)}, and measure it with mmue check.", file=sys.stderr)
+
+
+def prepare_output(out: Path, state: Path, config, num_images: int, num_rows: int, force: bool) -> int:
+    """Make --out ready before any compute: empty, or emptied of an earlier output (--force), or
+    holding the saved state of this same protection (continued: more rounds, or after a kill).
+    Returns the number of rounds the kept state holds."""
+    if not out.is_dir() or not any(out.iterdir()):
+        return 0
+    if force:
+        empty_output(out, keep=None)
+        return 0
+    if not state.is_file():
+        raise ValueError(f"{out} is not empty; choose another --out or pass --force to overwrite")
+    saved = torch.load(state, map_location="cpu", weights_only=True)
+    differences = checkpoint_differences(saved, config, num_images, num_rows)
+    if differences:
+        raise ValueError(f"{out} holds a protection with other settings ({'; '.join(differences)}): rerun with "
+                         f"the same options (a larger --max-rounds continues it), pass --force to start over, "
+                         f"or choose another --out")
+    empty_output(out, keep=state)
+    return len(saved["history"])
+
+
+PROTECT_OUTPUTS = ("protected.csv", "report.json")
+"""Files `mmue protect` writes beside its `images/` folder of PNGs."""
+
+
+def empty_output(out: Path, keep: Path | None) -> None:
+    """Remove an earlier `mmue protect` output from `out` but `keep`; refuse a folder holding anything else."""
+    images = out / "images"
+    ours = [out / name for name in (*PROTECT_OUTPUTS, STATE_FILE) if out / name != keep]
+    ours += [images] if images.is_dir() else []
+    foreign = [p for p in out.iterdir() if p not in ours and p != keep]
+    if images.is_dir():
+        foreign += [p for p in images.rglob("*") if p.is_file() and p.suffix != ".png"]
+    if foreign:
+        raise ValueError(f"--force empties {out} of an earlier mmue protect output, but it also holds "
+                         f"{', '.join(sorted(p.name for p in foreign)[:5])}: choose another --out")
+    for path in ours:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)

@@ -1,5 +1,6 @@
-"""Protection of image-caption data: EM, UAP and MEM as one bi-level loop over one PGD core
-(`pgd`) and one trigger-search core (`hotflip_candidates` + `beam_search`).
+"""The bi-level protection loop: EM, UAP and MEM over one PGD core (`pgd`) and one
+trigger-search core (`triggers`: `hotflip_candidates` + `beam_search`); its settings and the
+method registry are in `methods`, what is released from its outcome in `release`.
 
 A round is: (a) train the surrogate CLIP a few steps on the current protected pairs,
 (b) in the first `trigger_search_rounds` rounds, a HotFlip/beam search over the text
@@ -19,175 +20,20 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
-from functools import lru_cache
-from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
 import torch
 
-from .data import PairDataset, image_file_names, write_dataset_folder
-from .defenses import collector_view, normalized_word, word_counts
-from .distributed import Context, barrier, broadcast_rows, check_batch_size, context, gather_objects, shard
-from .progress import bar as progress_bar
+from .checkpoint import Checkpoint, setting_differences
+from .data import PairDataset
+from .defenses import collector_view
+from .distributed import Context, broadcast_rows, check_batch_size, context, gather_objects, resolve_device, shard
+from .methods import ProtectConfig, converged
 from .models import Tokenizer, encode_text, model_context_length, normalize_pixels
-from .storage import mapped_uint8, save_torch, write_json
-from .train import ClipStepper, TrainConfig, autocast, check_choices, clip_loss, row_batches, to_device
-
-
-LATER_FIELDS = {"precision": "fp32", "noise_eot": "none", "eot_samples": 1, "trigger_position": "start",
-                "trigger_min_count": 1}
-"""`ProtectConfig` fields added after the committed cpu runs were keyed, with their defaults."""
-
-
-@dataclass
-class ProtectConfig:
-    """Every knob of EM / UAP / MEM, including each point where the official code differs from the paper."""
-
-    eps: int = 8
-    alpha: int = 1
-    pgd_steps: int = 8
-    direction: Literal["minimize", "maximize"] = "minimize"
-    noise_per: Literal["image", "row", "universal"] = "image"
-    pgd_rows: Literal["one_per_image", "all"] = "one_per_image"
-    shuffle_pgd: bool = True
-    reshuffle: Literal["step", "batch"] = "step"
-    trigger_len: int = 0
-    trigger_per: Literal["row", "image", "universal"] = "row"
-    trigger_init: Literal["the", "random"] = "the"
-    trigger_vocab: Literal["words", "captions", "mlm", "all"] = "words"
-    mlm_path: str | None = None
-    trigger_top_k: int = 16
-    beam_size: int = 1
-    trigger_search_rounds: int = 5
-    search_rows: Literal["all", "one_per_image"] = "all"
-    shuffle_search: bool = False
-    max_rounds: int = 20
-    stop_loss: float | None = 0.01
-    surrogate_steps: int = 200
-    surrogate_lr: float = 1e-4
-    surrogate_wd: float = 0.2
-    batch_size: int = 128
-    seed: int = 0
-    device: str = "auto"
-    precision: Literal["fp32", "bf16"] = "fp32"
-    """bf16: autocast of the surrogate's forward passes on CUDA (surrogate steps, PGD, trigger search)."""
-    noise_eot: Literal["none", "collector"] = "none"
-    """collector: each PGD step's loss is the mean over `eot_samples` views of the noisy images through
-    a careful collector's transforms (`defenses.collector_view`: JPEG, open_clip's crop, flips)."""
-    eot_samples: int = 1
-    trigger_position: Literal["start", "random", "end"] = "start"
-    """start: the trigger opens the caption (the paper's). random: it goes before a word drawn once
-    per image (seeded, never the first), out of reach of stripping a fixed number of leading words.
-    end: it closes the caption (after its last word)."""
-    trigger_min_count: int = 1
-    """With trigger_vocab 'captions': only words seen at least this often in the training captions
-    (common words, which a dictionary built from other captions of the domain keeps)."""
-
-    def keyed(self) -> dict:
-        """The settings that key a protection run and its checkpoint: every field, less those added
-        after the committed runs were keyed (`LATER_FIELDS`) while they hold their default."""
-        settings = asdict(self)
-        return {key: value for key, value in settings.items()
-                if key not in LATER_FIELDS or value != LATER_FIELDS[key]}
-
-    def __post_init__(self) -> None:
-        check_choices(self)
-        if self.direction == "maximize" and self.trigger_len:
-            raise ValueError("triggers are searched to minimise the loss; use direction='minimize' with trigger_len > 0")
-        if self.trigger_vocab == "mlm" and not self.mlm_path:
-            raise ValueError("trigger_vocab='mlm' needs mlm_path: a local masked language model folder")
-        if self.search_rows == "one_per_image" and self.trigger_len and self.trigger_per == "row":
-            raise ValueError("search_rows='one_per_image' would leave most per-row triggers unsearched; "
-                             "use it with trigger_per='image' or 'universal'")
-        if self.trigger_min_count < 1:
-            raise ValueError(f"trigger_min_count must be >= 1, got {self.trigger_min_count}")
-        if self.eot_samples < 1:
-            raise ValueError(f"eot_samples must be >= 1, got {self.eot_samples}")
-        if self.eps < 0 or self.alpha < 1 or self.pgd_steps < 0:
-            raise ValueError("eps, alpha and pgd_steps are in whole 1/255 steps: eps >= 0, alpha >= 1, pgd_steps >= 0")
-
-
-@dataclass(frozen=True)
-class Method:
-    """A named protection method: its label in tables, its `ProtectConfig` preset, whether it
-    attacks a clean-trained surrogate, and whether the paper reports it (Tables 1-3 rows)."""
-
-    label: str
-    preset: dict
-    needs_trained_surrogate: bool = False
-    in_paper: bool = True
-
-
-METHODS: dict[str, Method] = {
-    "em": Method("EM", {"trigger_len": 0, "shuffle_pgd": False}),
-    "uap": Method("UAP", {"trigger_len": 0, "direction": "maximize", "noise_per": "universal", "shuffle_pgd": False,
-                          "surrogate_steps": 0, "max_rounds": 1, "stop_loss": None}, needs_trained_surrogate=True),
-    "tap": Method("TAP", {"trigger_len": 0, "direction": "maximize", "noise_per": "image", "shuffle_pgd": False,
-                          "surrogate_steps": 0, "max_rounds": 1, "stop_loss": None}, needs_trained_surrogate=True,
-                  in_paper=False),
-    "mem-3": Method("MEM-3", {"trigger_len": 3}),
-    "mem-5": Method("MEM-5", {"trigger_len": 5}),
-    "rmem-8": Method("R-MEM-8", {"trigger_len": 8, "trigger_vocab": "captions", "trigger_min_count": 20,
-                                 "trigger_top_k": 4}, in_paper=False),
-}
-"""The method registry, read by the runs, the notebooks, the CLI and the paper tables. UAP and
-TAP (the official code's "UAP" script) maximise the loss of a clean-trained surrogate. R-MEM-8
-(ours, `13_careful_collector`, chosen on val) is MEM made for a careful collector: an 8-word
-trigger at the start of each caption, of words seen at least 20 times in the captions, so that an
-in-domain dictionary keeps them and stripping fewer than 8 leading words leaves a trigger;
-top-4 candidates per slot keep its search near MEM-3's cost (`11_ablation`: top-4 protects as top-8)."""
-
-SCHEDULES: dict[str, dict] = {
-    "official": {},
-    "calibrated": {"pgd_steps": 4, "alpha": 2, "reshuffle": "batch", "search_rows": "one_per_image",
-                   "max_rounds": 3, "surrogate_steps": 40, "trigger_search_rounds": 1, "trigger_per": "image",
-                   "trigger_top_k": 8},
-}
-"""Named protection schedules as overrides of `ProtectConfig`. `official`: the official code's
-(the dataclass defaults: 20 rounds x (200 surrogate steps + 8 PGD steps of 1/255), trigger search
-in rounds 1-5, top-16, per-row triggers). `calibrated`: the cpu schedule, chosen on the val split
-(first 2,000 Flickr8k train images at 64 px; `benchmarks/protect_cost.py`): 3 rounds x (40
-surrogate steps + 4 PGD steps of 2/255, captions shuffled once per batch), per-image triggers
-searched once (top-8) on one caption per image."""
-
-
-def check_protection_settings(settings: dict) -> dict:
-    """`settings`, once every name is a `ProtectConfig` field (else a ValueError naming the others)."""
-    unknown = sorted(set(settings) - set(ProtectConfig.__dataclass_fields__))
-    if unknown:
-        raise ValueError(f"{unknown} are not protection settings; known: {', '.join(ProtectConfig.__dataclass_fields__)}")
-    return settings
-
-
-def schedule_settings(name: str, **overrides) -> dict:
-    """The protection settings of the named schedule under `overrides`, checked against `ProtectConfig`."""
-    if name not in SCHEDULES:
-        raise ValueError(f"unknown protection schedule '{name}'; known: {', '.join(SCHEDULES)}")
-    return {**SCHEDULES[name], **check_protection_settings(overrides)}
-
-
-def method_config(method: str, **overrides) -> ProtectConfig:
-    """`ProtectConfig` of a named method (`em`, `uap`, `tap`, `mem-3`, `mem-5`) with overrides;
-    fields the method cannot use are reset to their defaults, so equal runs have equal configs."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method '{method}'; known: {', '.join(METHODS)}")
-    config = ProtectConfig(**{**METHODS[method].preset, **overrides})
-    unused = []
-    if not config.trigger_len:
-        unused += ["trigger_position", "trigger_per", "trigger_init", "trigger_vocab", "mlm_path", "trigger_top_k",
-                   "beam_size", "trigger_search_rounds", "search_rows", "shuffle_search"]
-    if not config.trigger_len or config.trigger_vocab != "captions":
-        unused += ["trigger_min_count"]
-    if not config.shuffle_pgd:
-        unused += ["reshuffle"]
-    if not config.surrogate_steps:
-        unused += ["surrogate_lr", "surrogate_wd"]
-    if config.direction == "maximize":
-        unused += ["stop_loss"]
-    if config.noise_eot == "none":
-        unused += ["eot_samples"]
-    defaults = ProtectConfig()
-    return replace(config, **{name: getattr(defaults, name) for name in unused})
+from .progress import bar as progress_bar
+from .storage import seeded_generator
+from .train import ClipStepper, TrainConfig, autocast, clip_loss, row_batches, to_device
+from .triggers import beam_search, hotflip_candidates, trigger_vocabulary
 
 
 def pgd(loss_of_noise: Callable[[torch.Tensor], torch.Tensor], noise: torch.Tensor, eps: int, alpha: int,
@@ -217,122 +63,6 @@ def pgd(loss_of_noise: Callable[[torch.Tensor], torch.Tensor], noise: torch.Tens
     return noise.round().to(torch.int8), loss_value
 
 
-def hotflip_candidates(grad: torch.Tensor, embedding_weight: torch.Tensor, allowed: torch.Tensor,
-                       top_k: int) -> torch.Tensor:
-    """[B, k, top_k] token ids whose embedding most decreases the loss to first order
-    (largest -grad . e_v) at each trigger position, among the `allowed` vocabulary."""
-    scores = -(grad @ embedding_weight.T)
-    scores[..., ~allowed.to(scores.device)] = float("-inf")
-    return scores.topk(top_k, dim=-1).indices
-
-
-def beam_search(score: Callable[[torch.Tensor], torch.Tensor], current: torch.Tensor, candidates: torch.Tensor,
-                beam_size: int = 1) -> tuple[torch.Tensor, float]:
-    """Position by position, try each candidate rank j (row b takes `candidates[b, p, j]`) in every
-    beam, keep the `beam_size` lowest-loss assignments. `score` maps [C, B, k] trigger sets to [C]
-    batch losses. The current triggers stay in the running, so the result is never worse."""
-    beams = current.unsqueeze(0)
-    losses = score(beams)
-    for position in range(current.shape[1]):
-        options = []
-        for rank in range(candidates.shape[2]):
-            option = beams.clone()
-            option[:, :, position] = candidates[:, position, rank]
-            options.append(option)
-        options = torch.cat(options)
-        options_loss = score(options)
-        pool, pool_loss = torch.cat([beams, options]), torch.cat([losses, options_loss])
-        keep = torch.argsort(pool_loss, stable=True)[:beam_size]
-        beams, losses = pool[keep], pool_loss[keep]
-    return beams[0], float(losses[0])
-
-
-@lru_cache(maxsize=1)
-def whole_word_tokens() -> torch.Tensor:
-    """[V] bool: tokens that are a whole lower-case ASCII word and re-tokenise to themselves,
-    so a trigger survives decode -> text -> tokenize."""
-    tokenizer = Tokenizer()
-    allowed = torch.zeros(tokenizer.vocab_size, dtype=torch.bool)
-    for token, index in tokenizer.bpe.encoder.items():
-        word = token[:-4]
-        if token.endswith("</w>") and word.isascii() and word.isalpha() and word.islower() \
-                and tokenizer.bpe.bpe(word) == token:
-            allowed[index] = True
-    return allowed
-
-
-def trigger_vocabulary(config: ProtectConfig, captions: list[str]) -> torch.Tensor:
-    """[V] bool mask of tokens a trigger may use, by `config.trigger_vocab`: `words` (whole words),
-    `captions` (whole words that occur in the training captions, at least `trigger_min_count`
-    times: the built-in semantic vocabulary), `mlm` (whole words a local masked language model
-    proposes for the trigger slots: the paper's BERT variant), `all` (any token, special ones
-    included, as the official code). A ValueError when no word is left."""
-    tokenizer = Tokenizer()
-    kind = config.trigger_vocab
-    if kind == "all":
-        return torch.ones(tokenizer.vocab_size, dtype=torch.bool)
-    if kind == "words":
-        return whole_word_tokens()
-    if kind == "captions":
-        words = {w.lower() for c in captions for w in c.split()}
-        if config.trigger_min_count > 1:
-            counts = word_counts(captions)
-            words = {w for w in words if counts[normalized_word(w)] >= config.trigger_min_count}
-    elif kind == "mlm":
-        words = mlm_proposals(config.mlm_path, captions, max(1, config.trigger_len), seed=config.seed)
-    else:
-        raise ValueError(f"unknown trigger vocabulary '{kind}' (words, captions, mlm, all)")
-    mask = _words_to_mask(words) & whole_word_tokens()
-    if not mask.any():
-        raise ValueError(f"trigger_vocab '{kind}' leaves no word for the triggers"
-                         + (f" (none seen {config.trigger_min_count} times: lower trigger_min_count, "
-                            "`mmue protect --trigger-min-count`)" if kind == "captions" else ""))
-    return mask
-
-
-def _words_to_mask(words: set[str]) -> torch.Tensor:
-    tokenizer = Tokenizer()
-    mask = torch.zeros(tokenizer.vocab_size, dtype=torch.bool)
-    for word in words:
-        ids = tokenizer.encode(word)
-        if len(ids) == 1:
-            mask[ids[0]] = True
-    return mask
-
-
-@torch.no_grad()
-def mlm_proposals(mlm_path: str | os.PathLike, captions: list[str], trigger_len: int, per_slot: int = 5,
-                  max_captions: int = 1000, seed: int = 0) -> set[str]:
-    """Words a masked language model (a local Hugging Face folder, e.g. bert-base-uncased) puts
-    in `trigger_len` masked slots before a sample of the captions, its top `per_slot` per slot."""
-    try:
-        from transformers import AutoModelForMaskedLM, AutoTokenizer
-    except ImportError as error:
-        raise ImportError("trigger_vocab='mlm' needs the transformers package: pip install transformers") from error
-    if not Path(mlm_path).is_dir():
-        raise FileNotFoundError(f"masked language model folder not found: {mlm_path} (no downloads are made)")
-    tokenizer = AutoTokenizer.from_pretrained(mlm_path, local_files_only=True)
-    model = AutoModelForMaskedLM.from_pretrained(mlm_path, local_files_only=True).eval()
-    order = torch.randperm(len(captions), generator=torch.Generator().manual_seed(seed))[:max_captions]
-    masks = " ".join([tokenizer.mask_token] * trigger_len)
-    texts = [f"{masks} {captions[i]}" for i in order.tolist()]
-    words: set[str] = set()
-    for start in range(0, len(texts), 64):
-        encoded = tokenizer(texts[start:start + 64], padding=True, truncation=True, return_tensors="pt")
-        logits = model(**encoded).logits
-        proposals = logits[encoded["input_ids"] == tokenizer.mask_token_id].topk(per_slot, dim=-1).indices
-        words.update(w.lower() for w in tokenizer.convert_ids_to_tokens(proposals.flatten().tolist()) if w.isalpha())
-    return words
-
-
-def converged(config: ProtectConfig, history: list[dict]) -> bool | None:
-    """Whether the last round's PGD loss fell below `stop_loss`; None where no loss threshold
-    applies (maximising methods, or `stop_loss` None: a fixed schedule). The one stopping rule."""
-    if config.stop_loss is None or config.direction != "minimize":
-        return None
-    return bool(history) and history[-1]["noise_loss"] < config.stop_loss
-
-
 @dataclass
 class Protection:
     """The outcome of a protection run: int8 noise [G, 3, S, S], trigger ids [T, k], the log."""
@@ -350,11 +80,11 @@ class Protection:
 
     def noise_index(self, row_image: torch.Tensor) -> torch.Tensor:
         """Which noise each row uses."""
-        return _group_index(self.config.noise_per, row_image)
+        return group_index(self.config.noise_per, row_image)
 
     def trigger_index(self, row_image: torch.Tensor) -> torch.Tensor:
         """Which trigger each row uses."""
-        return _group_index(self.config.trigger_per if self.config.trigger_len else "universal", row_image)
+        return group_index(self.config.trigger_per if self.config.trigger_len else "universal", row_image)
 
     def trigger_texts(self, row_image: torch.Tensor) -> list[str]:
         """The trigger of every row as plain text ('' without a trigger)."""
@@ -393,7 +123,8 @@ class Protection:
         return released
 
 
-def _group_index(granularity: str, row_image: torch.Tensor) -> torch.Tensor:
+def group_index(granularity: str, row_image: torch.Tensor) -> torch.Tensor:
+    """Which noise (or trigger) each row uses, for noise (or triggers) per image, per row or one for all."""
     if granularity == "image":
         return row_image.clone()
     if granularity == "row":
@@ -532,7 +263,7 @@ def _pgd_batch(model: torch.nn.Module, batch: _ProtectedRows, rows: torch.Tensor
 
 
 def _round_generator(config: ProtectConfig, round_index: int, stage: int) -> torch.Generator:
-    return torch.Generator().manual_seed(config.seed * 1_000_003 + round_index * 10 + stage)
+    return seeded_generator(config.seed, round_index * 10 + stage)
 
 
 def _initial_protection(dataset: PairDataset, config: ProtectConfig, allowed: torch.Tensor) -> Protection:
@@ -559,7 +290,7 @@ def generate_protection(dataset: PairDataset, surrogate: torch.nn.Module, config
     a rerun with a larger `max_rounds` (all else equal) continues from the saved rounds.
     `on_round` is called with each finished round's record."""
     check_batch_size(config.batch_size)
-    device = TrainConfig(device=config.device).resolved_device()
+    device = resolve_device(config.device)
     surrogate.to(device)
     allowed = trigger_vocabulary(config, dataset.captions)
     protection = _initial_protection(dataset, config, allowed)
@@ -568,11 +299,9 @@ def generate_protection(dataset: PairDataset, surrogate: torch.nn.Module, config
                                                  precision=config.precision),
                           total_steps=max(1, config.surrogate_steps * config.max_rounds))
     start_round = 0
-    if checkpoint_path is not None and Path(checkpoint_path).is_file():
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-        differences = checkpoint_differences(state, config, dataset.num_images, dataset.num_rows)
-        if differences:
-            raise ValueError(f"{checkpoint_path}: checkpoint of another protection ({'; '.join(differences)})")
+    checkpoint = Checkpoint(checkpoint_path, "protection")
+    state = checkpoint.load(lambda saved: checkpoint_differences(saved, config, dataset.num_images, dataset.num_rows))
+    if state is not None:
         protection = replace(protection, noise=state["noise"], triggers=state["triggers"], history=state["history"],
                              seconds=state["seconds"])
         surrogate.load_state_dict(state["surrogate"])
@@ -634,13 +363,10 @@ def generate_protection(dataset: PairDataset, surrogate: torch.nn.Module, config
         if on_round is not None and ctx.is_main:
             on_round(record)
         stopped = bool(protection.converged)
-        if checkpoint_path is not None and ctx.is_main:
-            save_torch(checkpoint_path, {"config": config.keyed(), "dataset": [dataset.num_images, dataset.num_rows],
-                                         "noise": protection.noise, "triggers": protection.triggers,
-                                         "history": protection.history, "seconds": protection.seconds,
-                                         "surrogate": surrogate.state_dict(), "stepper": stepper.state_dict(),
-                                         "stopped": stopped})
-        barrier()
+        checkpoint.save({"config": config.keyed(), "dataset": [dataset.num_images, dataset.num_rows],
+                         "noise": protection.noise, "triggers": protection.triggers, "history": protection.history,
+                         "seconds": protection.seconds, "surrogate": surrogate.state_dict(),
+                         "stepper": stepper.state_dict(), "stopped": stopped})
         if stopped:
             bar.set_postfix_str(f"stopped after round {round_index + 1}: loss below stop_loss", refresh=True)
             break
@@ -672,9 +398,9 @@ def checkpoint_differences(state: dict, config: ProtectConfig, num_images: int, 
     """What differs between a saved protection state and a run of `config` on `num_images` images
     with `num_rows` captions, in words ('eps 8 saved, 16 now'); `max_rounds` may grow, so it
     differs only when fewer rounds are asked than were saved."""
-    saved, now = {**LATER_FIELDS, **state["config"]}, asdict(config)
-    differences = [f"{key} {saved.get(key)!r} saved, {value!r} now" for key, value in now.items()
-                   if key != "max_rounds" and saved.get(key) != value]
+    defaults = asdict(ProtectConfig())
+    optional = {key: defaults[key] for key in ProtectConfig.OPTIONAL_KEYS}
+    differences = setting_differences({**optional, **state["config"]}, asdict(config), free=("max_rounds",))
     if len(state["history"]) > config.max_rounds:
         differences.append(f"{len(state['history'])} rounds saved, max_rounds {config.max_rounds} now")
     if state["dataset"] != [num_images, num_rows]:
@@ -688,7 +414,7 @@ def estimate_seconds(dataset: PairDataset, surrogate: torch.nn.Module, config: P
     """About how long `generate_protection` takes here: one surrogate step and one text pass are
     timed on a full batch (on a copy of the surrogate) and multiplied out over the schedule's
     surrogate steps, PGD steps and trigger-search passes of `rounds` (default: every round)."""
-    device = TrainConfig(device=config.device).resolved_device()
+    device = resolve_device(config.device)
     probe = copy.deepcopy(surrogate).to(device).train()
     rows = torch.arange(min(config.batch_size, dataset.num_rows))
     pixels = normalize_pixels(dataset.images[dataset.row_image[rows]].to(device).float() / 255)
@@ -724,73 +450,3 @@ def _round_steps(dataset: PairDataset, config: ProtectConfig) -> list[int]:
     return [config.surrogate_steps + (search if index < config.trigger_search_rounds else 0)
             + _batch_count(dataset, config, config.pgd_rows)
             for index in range(config.max_rounds)]
-
-
-PROTECTED_CHUNK = 256
-"""Images made protected at a time: memory beyond the result stays a chunk's, whatever the set's size."""
-
-
-def protected_dataset(dataset: PairDataset, protection: Protection, fraction: float = 1.0,
-                      seed: int = 0, images_file: str | os.PathLike | None = None) -> PairDataset:
-    """What a victim trains on: noisy images and triggered captions (as text) for a seeded
-    random `fraction` of the images (exactly round(fraction * N) of them); the rest stays clean.
-    With per-row noise every row becomes its own image. The images are made a chunk at a time;
-    with `images_file` (a `.npy`) they go straight into that file and come back memory-mapped,
-    so a set larger than memory never sits in RAM (a complete file from an earlier call is reused)."""
-    if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
-    chosen = torch.zeros(dataset.num_images, dtype=torch.bool)
-    count = round(fraction * dataset.num_images)
-    chosen[torch.randperm(dataset.num_images, generator=torch.Generator().manual_seed(seed))[:count]] = True
-    per_row = protection.config.noise_per == "row"
-    row_chosen = chosen[dataset.row_image]
-    source = dataset.row_image if per_row else torch.arange(dataset.num_images)
-    group = _group_index(protection.config.noise_per, torch.arange(len(source)))
-    shape = (len(source), *dataset.images.shape[1:])
-
-    def fill(images: torch.Tensor) -> None:
-        for start in range(0, len(source), PROTECTED_CHUNK):
-            part = slice(start, start + PROTECTED_CHUNK)
-            noise = protection.noise[group[part]].short() * chosen[source[part]].view(-1, 1, 1, 1)
-            images[part] = (dataset.images[source[part]].short() + noise).clamp(0, 255).to(torch.uint8)
-
-    if images_file is None:
-        images = torch.empty(shape, dtype=torch.uint8)
-        fill(images)
-    else:
-        images = mapped_uint8(images_file, shape, lambda array: fill(torch.from_numpy(array)))
-    captions = protection.triggered_captions(dataset.row_image, dataset.captions, row_chosen.tolist())
-    return PairDataset(images, captions, torch.arange(dataset.num_rows) if per_row else dataset.row_image.clone(),
-                       name=f"{dataset.name}-protected",
-                       image_paths=[dataset.image_paths[i] for i in source.tolist()] if dataset.image_paths else None,
-                       extra={"protected_images": chosen, "source_image": source})
-
-
-def psnr(clean: torch.Tensor, protected: torch.Tensor) -> float | None:
-    """PSNR (dB) of a uint8 image pair; None where they are identical."""
-    mse = float((clean.float() - protected.float()).pow(2).mean())
-    return None if mse == 0 else 10 * math.log10(255 ** 2 / mse)
-
-
-def export_protected(clean: PairDataset, protected: PairDataset, out_dir: str | os.PathLike,
-                     report: dict) -> Path:
-    """Write what a protector publishes: `images/*.png` (8-bit, lossless), `protected.csv` with the
-    triggers as plain text, and `report.json` (the given facts plus the PSNR of every image).
-    `protected` comes from `protected_dataset(clean, ...)`."""
-    csv_path = write_dataset_folder(protected, out_dir, "protected.csv")
-    sources = protected.extra["source_image"].tolist()
-    chosen = protected.extra["protected_images"]
-    images = []
-    for index, (name, source) in enumerate(zip(image_file_names(protected), sources)):
-        delta = (protected.images[index].short() - clean.images[source].short()).abs()
-        images.append({"file": name, "source": clean.image_paths[source] if clean.image_paths else None,
-                       "size": list(protected.images[index].shape[1:][::-1]), "protected": bool(chosen[source]),
-                       "psnr_db": psnr(clean.images[source], protected.images[index]),
-                       "max_abs_delta": int(delta.max())})
-    finite = [entry["psnr_db"] for entry in images if entry["psnr_db"] is not None]
-    write_json(Path(out_dir) / "report.json", {
-        **report, "images": images, "psnr_db_mean": sum(finite) / len(finite) if finite else None,
-        "image_fields": "file: the published image; source: the photo it came from; size: [width, height] px; "
-                        "protected: whether noise was added (--fraction); psnr_db: null where the image is "
-                        "unchanged; max_abs_delta: largest pixel change in 1/255 steps"})
-    return csv_path

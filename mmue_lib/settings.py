@@ -106,7 +106,7 @@ class Settings:
 
     def schedule_with(self, overrides: Mapping) -> dict:
         """The shared protection settings under `overrides` (`ProtectConfig` fields)."""
-        from .protect import check_protection_settings
+        from .methods import check_protection_settings
 
         try:
             return {**self.schedule, **check_protection_settings(dict(overrides))}
@@ -114,7 +114,7 @@ class Settings:
             raise SettingsError(f"schedule_with: {error}") from None
 
     def _repr_markdown_(self) -> str:
-        from .protect import METHODS
+        from .methods import METHODS
 
         data = self.data
         limits = ", ".join(f"first {data[key]} {split} images" for key, split in
@@ -179,7 +179,7 @@ def merge(base: dict, update: Mapping) -> dict:
 
 def _open_sections() -> dict[str, set]:
     """Sections whose keys may be set even when no params file names them: dataclass fields."""
-    from .protect import ProtectConfig
+    from .methods import ProtectConfig
     from .train import TrainConfig
 
     return {"train": {f.name for f in fields(TrainConfig)} - set(SEEDED),
@@ -270,7 +270,7 @@ def load_settings(notebook: str, scale: str = "smoke", overrides: Mapping | None
                   output_root: str | os.PathLike | None = None) -> Settings:
     """The settings of `notebook` at `scale` under `overrides` (dotted keys such as "train.epochs",
     or nested mappings); results and figures go under `output_root` (default: the project)."""
-    from .protect import METHODS, method_config, schedule_settings
+    from .methods import METHODS, protection_config, schedule_settings
     from .runs import data_spec
 
     params, files = notebook_params(notebook, scale)
@@ -307,7 +307,7 @@ def load_settings(notebook: str, scale: str = "smoke", overrides: Mapping | None
     try:
         schedule = {**schedule_settings(schedule_name, **protect), **seeded}
         for method in methods:
-            method_config(method, **{k: v for k, v in schedule.items() if k not in METHODS[method].preset})
+            protection_config(method, schedule)
     except (TypeError, ValueError) as error:
         raise SettingsError(f"{where}: protect: {error}") from None
 

@@ -7,6 +7,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+from dataclasses import fields
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -41,6 +42,23 @@ def stable_hash(obj: Any, length: int = 16) -> str:
     """Short hex digest of a JSON-serialisable object (keys sorted), used as a cache key."""
     text = json.dumps(obj, sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
+
+
+def keyed_settings(config: Any) -> dict:
+    """A settings dataclass as a cache key sees it (the one key policy of every run): each field,
+    except those named in the class's `OPTIONAL_KEYS`, which enter only when set away from their
+    default. Fields added after runs were keyed go there, so old keys stay valid; two ways of
+    writing the same settings ({epochs: 8} and {epochs: 8, lr: <the default>}) give one key."""
+    optional = getattr(type(config), "OPTIONAL_KEYS", ())
+    return {field.name: getattr(config, field.name) for field in fields(config)
+            if field.name not in optional or getattr(config, field.name) != field.default}
+
+
+def seeded_generator(seed: int, stream: int = 0, rank: int = 0, world_size: int = 1) -> torch.Generator:
+    """The random stream number `stream` of a run seeded `seed`, for process `rank` of
+    `world_size` (epochs, rounds and steps each draw their own stream, so a resumed run draws
+    exactly what an uninterrupted one would). The one way seeds are mixed."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + stream) * world_size + rank)
 
 
 @contextmanager
@@ -92,10 +110,10 @@ CODE_PATHS = ("mmue_lib", "params", "pyproject.toml")
 """What a run's result depends on in the project tree, for `provenance`'s `git_dirty`."""
 
 
-def provenance(device: str | None = "auto") -> dict:
+def provenance(device: str) -> dict:
     """Where a result came from: the project's git commit (and whether the library, params or
     pyproject had local changes), the versions of mmue, torch, Python and the packages that decide
-    pixels and models, the device a `device` setting resolves to (and its name), the thread count
+    pixels and models, the device (as `distributed.resolve_device` names it) and its name, the thread count
     and the process count. Floats differ a little across CPUs and package versions, so the same
     spec can end at a slightly different MedR elsewhere."""
     import platform
@@ -118,11 +136,10 @@ def provenance(device: str | None = "auto") -> dict:
         except PackageNotFoundError:
             return None
 
-    resolved = ("cuda" if torch.cuda.is_available() else "cpu") if device in (None, "auto") else device
     return {"git_commit": commit, "git_dirty": None if changes is None else bool(changes), "mmue": package("mmue"),
             "torch": torch.__version__, "python": platform.python_version(),
             "packages": {name: package(name) for name in ("open_clip_torch", "pillow", "numpy")},
-            "device": resolved, "device_name": torch.cuda.get_device_name(resolved) if resolved.startswith("cuda")
+            "device": device, "device_name": torch.cuda.get_device_name(device) if device.startswith("cuda")
             else _cpu_name(), "threads": torch.get_num_threads(), "processes": int(os.environ.get("WORLD_SIZE", "1"))}
 
 

@@ -12,22 +12,22 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Literal, get_args, get_origin, get_type_hints
+from typing import ClassVar, Literal, get_args, get_origin, get_type_hints
 
 import torch
 import torch.nn.functional as F
 
 from torch.nn.parallel import DistributedDataParallel
 
+from .checkpoint import Checkpoint, setting_differences
 from .data import PairDataset
-from .distributed import barrier, check_batch_size, context, gathered_features, global_clip_loss, shard
+from .distributed import check_batch_size, context, gathered_features, global_clip_loss, resolve_device, shard
 from .defenses import augment_batch, open_clip_crop
 from .progress import bar as progress_bar
 from .metrics import retrieval_metrics
 from .models import (Tokenizer, encode_images, encode_text, encode_texts, model_context_length,
                      normalize_pixels)
-from .storage import save_torch
+from .storage import keyed_settings, seeded_generator
 
 MAX_LOGIT_SCALE = math.log(100)
 
@@ -85,16 +85,20 @@ class TrainConfig:
     augment: Literal["none", "strong", "open_clip"] = "none"
     augment_views: int = 1
 
+    OPTIONAL_KEYS: ClassVar[tuple[str, ...]] = ("schedule", "beta1", "beta2", "eps", "precision", "augment",
+                                                "augment_views")
+    """Fields that key a training run only when set away from their default (as the committed
+    cpu runs were keyed)."""
+
     def __post_init__(self) -> None:
         check_choices(self)
         if self.augment_views < 1 or (self.augment_views > 1 and self.augment == "none"):
             raise ValueError(f"augment_views={self.augment_views} needs augment='strong' or 'open_clip' "
                              "and must be >= 1")
 
-    def resolved_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+    def keyed(self) -> dict:
+        """These settings as a training run's cache key (`storage.keyed_settings`)."""
+        return keyed_settings(self)
 
 
 def autocast(device: torch.device, precision: str) -> torch.autocast:
@@ -219,8 +223,7 @@ class ClipStepper:
                 loss = batch_loss(self.encoder, pixels, tokens)
             else:
                 ctx = context()
-                generator = torch.Generator().manual_seed((self.config.seed * 1_000_003 + self.step_count)
-                                                          * ctx.world_size + ctx.rank)
+                generator = seeded_generator(self.config.seed, self.step_count, ctx.rank, ctx.world_size)
                 loss = augmented_max_loss(self.encoder, pixels, tokens, self.config.augment_views, generator,
                                           self.config.augment)
         self.optimizer.zero_grad(set_to_none=True)
@@ -260,7 +263,7 @@ def row_batches(row_image: torch.Tensor, num_images: int, batch_size: int, rows:
 
 def epoch_batches(pairs: TokenizedPairs, config: TrainConfig, epoch: int) -> list[torch.Tensor]:
     """Row ids of every batch of one training epoch (seeded by seed and epoch; last partial batch dropped)."""
-    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+    generator = seeded_generator(config.seed, epoch)
     return row_batches(pairs.row_image, pairs.num_images, config.batch_size, config.rows_per_epoch, generator)
 
 
@@ -289,18 +292,17 @@ def train_clip(model: torch.nn.Module, train: TokenizedPairs, config: TrainConfi
     if train.tokens.shape[1] != model_context_length(model):
         raise ValueError(f"tokens have length {train.tokens.shape[1]}, the model expects {model_context_length(model)}")
     check_batch_size(config.batch_size)
-    device = config.resolved_device()
+    device = resolve_device(config.device)
     model.to(device)
     torch.manual_seed(config.seed)
     steps_per_epoch = len(epoch_batches(train, config, 0))
     stepper = ClipStepper(model, config, steps_per_epoch * config.epochs)
     result = TrainResult(model)
     start_epoch = 0
-    if checkpoint_path is not None and Path(checkpoint_path).is_file():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        saved_config = {**asdict(TrainConfig()), **state["config"]}  # settings added later take their defaults
-        if saved_config != asdict(config):
-            raise ValueError(f"{checkpoint_path}: checkpoint of another training config; remove it or change the path")
+    checkpoint = Checkpoint(checkpoint_path, "training config")
+    state = checkpoint.load(lambda saved: setting_differences({**asdict(TrainConfig()), **saved["config"]},
+                                                              asdict(config)), map_location=device)
+    if state is not None:
         model.load_state_dict(state["model"])
         stepper.load_state_dict(state["stepper"])
         result.history, result.seconds, start_epoch = state["history"], state["seconds"], state["epoch"] + 1
@@ -322,10 +324,7 @@ def train_clip(model: torch.nn.Module, train: TokenizedPairs, config: TrainConfi
             record.update(evaluate_retrieval(model, test))
         result.seconds += time.perf_counter() - started
         result.history.append(record)
-        if checkpoint_path is not None and ctx.is_main:
-            save_torch(checkpoint_path, {"config": asdict(config), "model": model.state_dict(),
-                                         "stepper": stepper.state_dict(), "history": result.history,
-                                         "seconds": result.seconds, "epoch": epoch})
-        barrier()
+        checkpoint.save({"config": asdict(config), "model": model.state_dict(), "stepper": stepper.state_dict(),
+                         "history": result.history, "seconds": result.seconds, "epoch": epoch})
     bar.close()
     return result

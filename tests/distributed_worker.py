@@ -10,7 +10,8 @@ import torch
 from mmue_lib import distributed
 from mmue_lib.data import make_synthetic_dataset
 from mmue_lib.models import create_clip
-from mmue_lib.protect import generate_protection, method_config
+from mmue_lib.methods import method_config
+from mmue_lib.protect import generate_protection
 from mmue_lib.train import TokenizedPairs, TrainConfig, train_clip
 
 TRAIN = TrainConfig(epochs=6, batch_size=16, device="cpu")

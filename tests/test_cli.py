@@ -6,7 +6,7 @@ from PIL import Image
 
 from mmue_lib.cli import check_verdict, main
 from mmue_lib.data import load_csv_dataset, make_synthetic_dataset
-from mmue_lib.report import RETRIEVAL_KEYS
+from mmue_lib.tables import RETRIEVAL_KEYS
 
 
 def test_synthetic_train_eval_round_trip(tmp_path, capsys):
@@ -131,3 +131,17 @@ def test_force_replaces_an_earlier_output_and_refuses_a_folder_of_other_files(tm
     (out / "notes.txt").write_text("mine")
     assert main(args + ["--force"]) == 2 and "also holds notes.txt" in capsys.readouterr().err
     assert (out / "notes.txt").is_file() and (out / "report.json").is_file()
+
+
+def test_training_options_take_their_defaults_and_choices_from_train_config(capsys):
+    from dataclasses import fields
+
+    from mmue_lib.cli import TRAINING_OPTIONS, build_parser
+    from mmue_lib.train import TrainConfig
+
+    args = build_parser().parse_args(["train", "--csv", "a.csv", "--out", "o"])
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    assert {name: getattr(args, name) for name in TRAINING_OPTIONS} == {name: defaults[name] for name in TRAINING_OPTIONS}
+    with pytest.raises(SystemExit):
+        main(["train", "--csv", "a.csv", "--out", "o", "--rows-per-epoch", "every"])
+    assert "choose from 'all', 'one_per_image'" in capsys.readouterr().err

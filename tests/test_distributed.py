@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmue_lib import runs
+from mmue_lib import cache, runs
 from mmue_lib.cli import main as mmue
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
@@ -99,7 +99,7 @@ def test_runs_computed_in_two_processes_land_in_the_cache_as_from_one(tmp_path, 
     victims = {}
     for nproc in (2, 1):
         monkeypatch.setenv("MMUE_CACHE", str(tmp_path / f"cache{nproc}"))
-        with runs.processes(nproc):
+        with cache.processes(nproc):
             protection = runs.protection_run(data, "mem-3", "ViT-tiny", 32, progress=False, **protect)
             victims[nproc] = runs.training_run(data, "ViT-tiny", 32, train, protection=protection, progress=False)
     two, one = victims[2], victims[1]

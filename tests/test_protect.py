@@ -7,12 +7,14 @@ import torch
 from PIL import Image
 
 import mmue_lib.protect as protect_module
+import mmue_lib.release as release
 from mmue_lib.cli import main
 from mmue_lib.data import load_csv_dataset, make_synthetic_dataset, write_dataset_folder
 from mmue_lib.models import Tokenizer, create_clip
-from mmue_lib.protect import (Protection, ProtectConfig, _ProtectedRows, beam_search, generate_protection,
-                              hotflip_candidates, method_config, pgd, protected_dataset, trigger_vocabulary,
-                              whole_word_tokens)
+from mmue_lib.methods import ProtectConfig, method_config
+from mmue_lib.protect import Protection, _ProtectedRows, generate_protection, pgd
+from mmue_lib.release import protected_dataset
+from mmue_lib.triggers import beam_search, hotflip_candidates, trigger_vocabulary, whole_word_tokens
 from mmue_lib.train import TokenizedPairs, TrainConfig, train_clip
 
 
@@ -204,7 +206,7 @@ def test_protected_images_made_in_chunks_into_a_file_equal_the_whole_set_at_once
     source = small_set.row_image if noise_per == "row" else torch.arange(small_set.num_images)
     chosen = protected_dataset(small_set, protection, 0.5, seed=1).extra["protected_images"][source]
     expected = (small_set.images[source].short() + noise.short() * chosen.view(-1, 1, 1, 1)).clamp(0, 255).byte()
-    monkeypatch.setattr(protect_module, "PROTECTED_CHUNK", 5)
+    monkeypatch.setattr(release, "PROTECTED_CHUNK", 5)
     in_memory = protected_dataset(small_set, protection, 0.5, seed=1)
     in_file = protected_dataset(small_set, protection, 0.5, seed=1, images_file=tmp_path / "images.npy")
     assert torch.equal(in_memory.images, expected) and torch.equal(in_file.images, expected)

@@ -10,7 +10,7 @@ import yaml
 from mmue_lib import paper
 from mmue_lib.experiments import BY_NOTEBOOK, planned_runs
 from mmue_lib.notebooks import notebook_names
-from mmue_lib.protect import METHODS, SCHEDULES, ProtectConfig, method_config
+from mmue_lib.methods import METHODS, ProtectConfig, SCHEDULES, method_config
 from mmue_lib.settings import (EXTENDS, PARAMS_DIR, SHARED_KEYS, SettingsError, base_scale, flat_keys, load_settings,
                                notebook_params, scales)
 from mmue_lib.storage import PROJECT_ROOT
@@ -18,7 +18,7 @@ from mmue_lib.train import TrainConfig
 
 COMMITTED_RECORDS = {"table1": "02_table1", "table2": "03_table2", "table3_semantic": "07_semantic_triggers",
                      "fraction": "08_poisoning_fraction", "table4_faces": "09_faces", "defenses": "10_defenses",
-                     "ablation": "11_ablation", "seeds": "12_seeds"}
+                     "ablation": "11_ablation", "seeds": "12_seeds", "careful_collector": "13_careful_collector"}
 
 
 def test_every_notebook_has_an_experiment_entry_and_params_at_every_scale():
@@ -31,6 +31,11 @@ def test_every_notebook_has_an_experiment_entry_and_params_at_every_scale():
             assert EXTENDS in shared and shared <= {EXTENDS, *SHARED_KEYS}
         for name in notebook_names():
             load_settings(name, scale)
+
+
+def test_every_committed_run_record_is_checked_for_its_keys():
+    committed = sorted(path.stem for path in (PROJECT_ROOT / "results" / "cpu" / "runs").glob("*.json"))
+    assert committed == sorted(COMMITTED_RECORDS)
 
 
 @pytest.mark.parametrize("record", sorted(COMMITTED_RECORDS))
@@ -213,17 +218,17 @@ def test_method_registry_feeds_paper_rows_and_the_cli():
 @pytest.mark.parametrize("scale", scales())
 def test_setting_strings_in_params_parse_at_every_scale(scale):
     """Ablation flips and countermeasures are strings in params: a typo must fail here, not hours into a run."""
-    from mmue_lib import defenses, runs
+    from mmue_lib import defenses, methods
 
     for flip in load_settings("11_ablation", scale).options.ablation_flips:
-        runs.protection_overrides(flip)
+        methods.protection_overrides(flip)
     countermeasures = load_settings("10_defenses", scale).options
     defenses.parse_defenses(countermeasures.released_defenses)
     for setting in countermeasures.training_defenses:
         defenses.parse_settings(setting)
     collector = load_settings("13_careful_collector", scale).options
     for item in [*collector.collector_methods, *collector.robust_methods, collector.seed_check["method"]]:
-        runs.method_variant(item)
+        methods.method_variant(item)
     defenses.parse_defenses([*collector.collector_released, collector.seed_check["countermeasure"]])
     for setting in collector.collector_training:
         TrainConfig(**defenses.parse_settings(setting))

@@ -3,7 +3,7 @@ import math
 import pandas as pd
 import pytest
 
-from mmue_lib import paper, report
+from mmue_lib import figures, paper, tables
 
 CHANCE = {"i2t_MedR": 500.0, "t2i_MedR": 400.0, "i2t_R@10": 1.0, "t2i_R@10": 1.0}
 
@@ -13,9 +13,9 @@ def final(i2t_medr, t2i_medr):
 
 
 def test_interval_is_the_student_t_interval_of_the_mean():
-    mean, half = report.interval([1.0, 2.0, 3.0])
+    mean, half = tables.interval([1.0, 2.0, 3.0])
     assert mean == 2.0 and half == pytest.approx(4.302653 * 1.0 / math.sqrt(3), rel=1e-5)
-    assert math.isnan(report.interval([5.0])[1])
+    assert math.isnan(tables.interval([5.0])[1])
 
 
 def test_ablation_table_gives_cost_in_victim_runs_and_closure():
@@ -23,7 +23,7 @@ def test_ablation_table_gives_cost_in_victim_runs_and_closure():
     protection = {"seconds": 100.0, "history": [{"noise_loss": 1.0}, {"noise_loss": 0.2}]}
     experiment = {"Clean": {"protection": None, "victim": clean},
                   "default": {"protection": protection, "victim": {"final": final(300, 250)}}}
-    table = report.ablation_table(experiment, CHANCE).set_index("setting")
+    table = tables.ablation_table(experiment, CHANCE).set_index("setting")
     assert table.loc["clean data", "i2t C"] == 0 and table.loc["clean data", "victim runs"] == 0
     row = table.loc["default"]
     assert row["victim runs"] == 0.5 and row["rounds"] == 2
@@ -39,15 +39,15 @@ def seed_experiment():
 
 
 def test_seed_tables_summarise_and_compare_per_seed():
-    long = report.seed_long_table(seed_experiment(), CHANCE)
+    long = tables.seed_long_table(seed_experiment(), CHANCE)
     assert len(long) == 9
     seed1_em = long[(long["seed"] == "seed 1") & (long["data"] == "EM")].iloc[0]
     assert seed1_em["i2t C"] == pytest.approx((180 - 120) / (500 - 120))
-    summary = report.seed_table(long, {("RN", "MEM-3"): {"i2t_MedR": 304.0}}).set_index("data")
+    summary = tables.seed_table(long, {("RN", "MEM-3"): {"i2t_MedR": 304.0}}).set_index("data")
     assert summary.loc["MEM-3", "seeds"] == 3 and summary.loc["MEM-3", "i2t_MedR"] == 480
-    assert summary.loc["MEM-3", "i2t_MedR ±95%"] == pytest.approx(report.interval([460, 500, 480])[1])
+    assert summary.loc["MEM-3", "i2t_MedR ±95%"] == pytest.approx(tables.interval([460, 500, 480])[1])
     assert summary.loc["MEM-3", "i2t_MedR (paper)"] == 304 and pd.isna(summary.loc["EM", "i2t_MedR (paper)"])
-    differences = report.seed_differences(long, "RN", [("MEM-3", "EM")]).set_index("value")
+    differences = tables.seed_differences(long, "RN", [("MEM-3", "EM")]).set_index("value")
     per_seed = long.pivot(index="seed", columns="data", values="i2t C")
     assert differences.loc["i2t C", "mean"] == pytest.approx((per_seed["MEM-3"] - per_seed["EM"]).mean())
     assert differences.loc["i2t C", "beyond seed spread"]
@@ -66,7 +66,7 @@ def test_grouped_bars_draw_one_bar_per_group_and_label_with_the_table_values(hor
     table = pd.DataFrame({"defense": ["none", "none", "jpeg", "jpeg", "blur", "blur"],
                           "data": ["Clean", "MEM", "Clean", "MEM", "Clean", "MEM"],
                           "C": [0.0, 1.2, 0.1, 0.8, 0.3, 0.9]})
-    figure = report.plot_grouped_bars(table, "defense", "data", ["C"], chance={"C": 1.0}, horizontal=horizontal)
+    figure = figures.plot_grouped_bars(table, "defense", "data", ["C"], chance={"C": 1.0}, horizontal=horizontal)
     axis = figure.axes[0]
     sizes = [patch.get_width() if horizontal else patch.get_height() for patch in axis.patches]
     assert sizes == pytest.approx([0.0, 0.1, 0.3, 1.2, 0.8, 0.9])
@@ -81,7 +81,7 @@ def test_grouped_bars_draw_one_bar_per_group_and_label_with_the_table_values(hor
 def test_markdown_table_gives_small_valued_columns_two_decimals():
     table = pd.DataFrame({"method": ["EM", "MEM-3"], "i2t_MedR": [289.0, 665.5],
                           "i2t C": [0.3229, 1.0], "note": ["a", float("nan")]})
-    assert report.markdown_table(table).splitlines() == [
+    assert tables.markdown_table(table).splitlines() == [
         "| method | i2t_MedR | i2t C | note |", "|---|---|---|---|",
         "| EM | 289 | 0.32 | a |", "| MEM-3 | 665.5 | 1 |  |"]
 
@@ -91,18 +91,18 @@ def test_seed_check_gives_each_seeds_closure_against_its_own_clean_victim_and_th
     seeded = {f"seed {s}": {"none": {"Clean": {"final": final(clean, clean)}, "R": {"final": final(450, 350)}},
                             cm: {"Clean": {"final": final(130, 130)}, "R": {"final": final(protected, protected)}}}
               for s, (clean, protected) in enumerate([(100, 300), (200, 350), (100, 500)])}
-    table = report.seed_check_table(seeded, CHANCE, "R")
+    table = tables.seed_check_table(seeded, CHANCE, "R")
     per_seed = table[table["seed"].str.startswith("seed")]
     assert per_seed["i2t C"].tolist() == pytest.approx([0.5, 0.5, 1.0])
     mean, half = table.iloc[-2], table.iloc[-1]
     assert (mean["seed"], half["seed"], mean["defense"]) == ("mean of 3", "95% half-width", cm)
-    assert (mean["i2t C"], half["i2t C"]) == pytest.approx(report.interval([0.5, 0.5, 1.0]))
+    assert (mean["i2t C"], half["i2t C"]) == pytest.approx(tables.interval([0.5, 0.5, 1.0]))
 
 
 def test_closure_heatmap_has_a_cell_per_countermeasure_and_data():
     table = pd.DataFrame([{"defense": d, "data": t, "i2t C": c, "t2i C": c / 2}
                           for d, t, c in (("none", "Clean", 0.0), ("none", "R", 1.0), ("jpeg", "Clean", 0.1))])
-    figure = report.plot_closure_heatmap(table)
+    figure = figures.plot_closure_heatmap(table)
     texts = [t.get_text() for t in figure.axes[0].texts]
     assert texts == ["0.00", "1.00", "0.10"], "the missing (jpeg, R) cell stays blank"
     assert [t.get_text() for t in figure.axes[0].get_yticklabels()] == ["none", "jpeg"]
@@ -112,6 +112,6 @@ def test_strength_against_cost_draws_when_closure_is_undefined():
     """A slice whose clean victim is no better than chance has no closure (nan): the plot still draws."""
     table = pd.DataFrame([{"setting": "clean data", "victim runs": 0.0, "i2t C": float("nan"), "t2i C": float("nan")},
                           {"setting": "default", "victim runs": 2.7, "i2t C": float("nan"), "t2i C": float("nan")}])
-    figure = report.plot_strength_vs_cost(table)
+    figure = figures.plot_strength_vs_cost(table)
     figure.canvas.draw()
     assert figure.axes[0].get_xscale() == "log"

@@ -1,0 +1,204 @@
+"""The protection methods and their settings: `ProtectConfig` (every knob of EM / UAP / MEM,
+each point where the official code differs from the paper among them), the method registry, the
+named schedules, and the one rule that merges them: a method's preset wins over the schedule
+shared by all methods, and explicit overrides win over both (`protection_config`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import ClassVar, Literal
+
+from .defenses import parse_settings, settings_label
+from .storage import keyed_settings
+from .train import check_choices
+
+
+@dataclass
+class ProtectConfig:
+    """Every knob of EM / UAP / MEM, including each point where the official code differs from the paper."""
+
+    eps: int = 8
+    alpha: int = 1
+    pgd_steps: int = 8
+    direction: Literal["minimize", "maximize"] = "minimize"
+    noise_per: Literal["image", "row", "universal"] = "image"
+    pgd_rows: Literal["one_per_image", "all"] = "one_per_image"
+    shuffle_pgd: bool = True
+    reshuffle: Literal["step", "batch"] = "step"
+    trigger_len: int = 0
+    trigger_per: Literal["row", "image", "universal"] = "row"
+    trigger_init: Literal["the", "random"] = "the"
+    trigger_vocab: Literal["words", "captions", "mlm", "all"] = "words"
+    mlm_path: str | None = None
+    trigger_top_k: int = 16
+    beam_size: int = 1
+    trigger_search_rounds: int = 5
+    search_rows: Literal["all", "one_per_image"] = "all"
+    shuffle_search: bool = False
+    max_rounds: int = 20
+    stop_loss: float | None = 0.01
+    surrogate_steps: int = 200
+    surrogate_lr: float = 1e-4
+    surrogate_wd: float = 0.2
+    batch_size: int = 128
+    seed: int = 0
+    device: str = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16: autocast of the surrogate's forward passes on CUDA (surrogate steps, PGD, trigger search)."""
+    noise_eot: Literal["none", "collector"] = "none"
+    """collector: each PGD step's loss is the mean over `eot_samples` views of the noisy images through
+    a careful collector's transforms (`defenses.collector_view`: JPEG, open_clip's crop, flips)."""
+    eot_samples: int = 1
+    trigger_position: Literal["start", "random", "end"] = "start"
+    """start: the trigger opens the caption (the paper's). random: it goes before a word drawn once
+    per image (seeded, never the first), out of reach of stripping a fixed number of leading words.
+    end: it closes the caption (after its last word)."""
+    trigger_min_count: int = 1
+    """With trigger_vocab 'captions': only words seen at least this often in the training captions
+    (common words, which a dictionary built from other captions of the domain keeps)."""
+
+    OPTIONAL_KEYS: ClassVar[tuple[str, ...]] = ("precision", "noise_eot", "eot_samples", "trigger_position",
+                                                "trigger_min_count")
+    """Fields added after the committed cpu runs were keyed: they key a protection only when set
+    away from their default."""
+
+    def keyed(self) -> dict:
+        """These settings as a protection run's (and its checkpoint's) key (`storage.keyed_settings`)."""
+        return keyed_settings(self)
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        if self.direction == "maximize" and self.trigger_len:
+            raise ValueError("triggers are searched to minimise the loss; use direction='minimize' with trigger_len > 0")
+        if self.trigger_vocab == "mlm" and not self.mlm_path:
+            raise ValueError("trigger_vocab='mlm' needs mlm_path: a local masked language model folder")
+        if self.search_rows == "one_per_image" and self.trigger_len and self.trigger_per == "row":
+            raise ValueError("search_rows='one_per_image' would leave most per-row triggers unsearched; "
+                             "use it with trigger_per='image' or 'universal'")
+        if self.trigger_min_count < 1:
+            raise ValueError(f"trigger_min_count must be >= 1, got {self.trigger_min_count}")
+        if self.eot_samples < 1:
+            raise ValueError(f"eot_samples must be >= 1, got {self.eot_samples}")
+        if self.eps < 0 or self.alpha < 1 or self.pgd_steps < 0:
+            raise ValueError("eps, alpha and pgd_steps are in whole 1/255 steps: eps >= 0, alpha >= 1, pgd_steps >= 0")
+
+
+@dataclass(frozen=True)
+class Method:
+    """A named protection method: its label in tables, its `ProtectConfig` preset, whether it
+    attacks a clean-trained surrogate, and whether the paper reports it (Tables 1-3 rows)."""
+
+    label: str
+    preset: dict
+    needs_trained_surrogate: bool = False
+    in_paper: bool = True
+
+
+METHODS: dict[str, Method] = {
+    "em": Method("EM", {"trigger_len": 0, "shuffle_pgd": False}),
+    "uap": Method("UAP", {"trigger_len": 0, "direction": "maximize", "noise_per": "universal", "shuffle_pgd": False,
+                          "surrogate_steps": 0, "max_rounds": 1, "stop_loss": None}, needs_trained_surrogate=True),
+    "tap": Method("TAP", {"trigger_len": 0, "direction": "maximize", "noise_per": "image", "shuffle_pgd": False,
+                          "surrogate_steps": 0, "max_rounds": 1, "stop_loss": None}, needs_trained_surrogate=True,
+                  in_paper=False),
+    "mem-3": Method("MEM-3", {"trigger_len": 3}),
+    "mem-5": Method("MEM-5", {"trigger_len": 5}),
+    "rmem-8": Method("R-MEM-8", {"trigger_len": 8, "trigger_vocab": "captions", "trigger_min_count": 20,
+                                 "trigger_top_k": 4}, in_paper=False),
+}
+"""The method registry, read by the runs, the notebooks, the CLI and the paper tables. UAP and
+TAP (the official code's "UAP" script) maximise the loss of a clean-trained surrogate. R-MEM-8
+(ours, `13_careful_collector`, chosen on val) is MEM made for a careful collector: an 8-word
+trigger at the start of each caption, of words seen at least 20 times in the captions, so that an
+in-domain dictionary keeps them and stripping fewer than 8 leading words leaves a trigger;
+top-4 candidates per slot keep its search near MEM-3's cost (`11_ablation`: top-4 protects as top-8)."""
+
+SCHEDULES: dict[str, dict] = {
+    "official": {},
+    "calibrated": {"pgd_steps": 4, "alpha": 2, "reshuffle": "batch", "search_rows": "one_per_image",
+                   "max_rounds": 3, "surrogate_steps": 40, "trigger_search_rounds": 1, "trigger_per": "image",
+                   "trigger_top_k": 8},
+}
+"""Named protection schedules as overrides of `ProtectConfig`. `official`: the official code's
+(the dataclass defaults: 20 rounds x (200 surrogate steps + 8 PGD steps of 1/255), trigger search
+in rounds 1-5, top-16, per-row triggers). `calibrated`: the cpu schedule, chosen on the val split
+(first 2,000 Flickr8k train images at 64 px; `benchmarks/protect_cost.py`): 3 rounds x (40
+surrogate steps + 4 PGD steps of 2/255, captions shuffled once per batch), per-image triggers
+searched once (top-8) on one caption per image."""
+
+
+def check_protection_settings(settings: dict) -> dict:
+    """`settings`, once every name is a `ProtectConfig` field (else a ValueError naming the others)."""
+    unknown = sorted(set(settings) - set(ProtectConfig.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"{unknown} are not protection settings; known: {', '.join(ProtectConfig.__dataclass_fields__)}")
+    return settings
+
+
+def schedule_settings(name: str, **overrides) -> dict:
+    """The protection settings of the named schedule under `overrides`, checked against `ProtectConfig`."""
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown protection schedule '{name}'; known: {', '.join(SCHEDULES)}")
+    return {**SCHEDULES[name], **check_protection_settings(overrides)}
+
+
+def method_config(method: str, **overrides) -> ProtectConfig:
+    """`ProtectConfig` of a named method (`em`, `uap`, `tap`, `mem-3`, `mem-5`) with overrides;
+    fields the method cannot use are reset to their defaults, so equal runs have equal configs."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method '{method}'; known: {', '.join(METHODS)}")
+    config = ProtectConfig(**{**METHODS[method].preset, **overrides})
+    unused = []
+    if not config.trigger_len:
+        unused += ["trigger_position", "trigger_per", "trigger_init", "trigger_vocab", "mlm_path", "trigger_top_k",
+                   "beam_size", "trigger_search_rounds", "search_rows", "shuffle_search"]
+    if not config.trigger_len or config.trigger_vocab != "captions":
+        unused += ["trigger_min_count"]
+    if not config.shuffle_pgd:
+        unused += ["reshuffle"]
+    if not config.surrogate_steps:
+        unused += ["surrogate_lr", "surrogate_wd"]
+    if config.direction == "maximize":
+        unused += ["stop_loss"]
+    if config.noise_eot == "none":
+        unused += ["eot_samples"]
+    defaults = ProtectConfig()
+    return replace(config, **{name: getattr(defaults, name) for name in unused})
+
+
+def protection_config(method: str, schedule: dict | None = None, **overrides) -> ProtectConfig:
+    """`method`'s `ProtectConfig`: its preset over the `schedule` shared by all methods, under
+    `overrides` (the one merge rule of presets and schedules)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method '{method}'; known: {', '.join(METHODS)}")
+    shared = {k: v for k, v in (schedule or {}).items() if k not in METHODS[method].preset}
+    return method_config(method, **{**shared, **overrides})
+
+
+def protection_overrides(text: str) -> dict:
+    """"noise_per: row, pgd_rows: all" -> protection settings, checked against `ProtectConfig`."""
+    try:
+        return check_protection_settings(parse_settings(text))
+    except ValueError as error:
+        raise ValueError(f"{text!r}: {error}") from None
+
+
+def method_variant(item: str) -> tuple[str, dict, str]:
+    """"mem-3" or "mem-3(trigger_vocab: captions)" -> (method, protection overrides, label):
+    ("mem-3", {}, "MEM-3"), ("mem-3", {"trigger_vocab": "captions"}, "MEM-3 (trigger_vocab: captions)")."""
+    name, _, arguments = str(item).partition("(")
+    name = name.strip()
+    if name not in METHODS or (arguments and not arguments.endswith(")")):
+        raise ValueError(f"method {item!r}: expected one of {list(METHODS)}, optionally with protection settings "
+                         "in brackets, e.g. 'mem-3(trigger_vocab: captions)'")
+    overrides = protection_overrides(arguments[:-1]) if arguments else {}
+    label = METHODS[name].label + (f" ({settings_label(overrides)})" if overrides else "")
+    return name, overrides, label
+
+
+def converged(config: ProtectConfig, history: list[dict]) -> bool | None:
+    """Whether the last round's PGD loss fell below `stop_loss`; None where no loss threshold
+    applies (maximising methods, or `stop_loss` None: a fixed schedule). The one stopping rule."""
+    if config.stop_loss is None or config.direction != "minimize":
+        return None
+    return bool(history) and history[-1]["noise_loss"] < config.stop_loss

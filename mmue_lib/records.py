@@ -1,0 +1,86 @@
+"""Run records: what a results folder keeps of the runs behind its tables (`results/<scale>/runs/`),
+and how they travel between caches (`mmue runs --export` / `--restore`), so that a fresh machine
+or a lost cache need not recompute what is committed.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Mapping
+
+from .cache import KINDS, describe_run, run_folder
+from .storage import cache_root, write_json
+
+
+def run_record(run: dict) -> dict:
+    """What a results folder keeps of a run: kind, cache key, spec (every parameter and seed),
+    seconds, log and final metrics. A local checkpoint standing in for a run has only its spec."""
+    record = {"kind": run.get("kind", "checkpoint"), "key": Path(run["folder"]).name if "folder" in run else None,
+              "spec": run["spec"]}
+    return {**record, **{k: run[k] for k in ("seconds", "final", "history", "provenance") if k in run}}
+
+
+def flatten_runs(runs: Mapping, prefix: str = "") -> dict[str, dict]:
+    """Runs nested in dicts (e.g. `method_runs`' {label: {"protection": run, "victim": run}}) as
+    {"label / protection": run, ...}; None entries are skipped."""
+    flat = {}
+    for name, value in runs.items():
+        label = f"{prefix}{name}"
+        if isinstance(value, Mapping) and "spec" in value:
+            flat[label] = value
+        elif isinstance(value, Mapping):
+            flat.update(flatten_runs(value, f"{label} / "))
+        elif value is not None:
+            raise TypeError(f"{label}: expected a run (a dict with 'spec') or a dict of runs, got {type(value).__name__}")
+    return flat
+
+
+def write_run_records(runs: Mapping, results_dir: str | Path, name: str) -> None:
+    """Write `results_dir/runs/<name>.json`: the `run_record` of every run in `runs` (nested dicts
+    allowed) under its label. Returns nothing, so that a notebook cell ending with it echoes no path."""
+    write_json(Path(results_dir) / "runs" / f"{name}.json",
+               {label: run_record(run) for label, run in flatten_runs(runs).items()})
+
+
+def _restorable() -> list[str]:
+    return [name for name, kind in KINDS.items() if kind.restorable]
+
+
+def export_records(records_file: str | Path) -> int:
+    """Write the `run_record` of every restorable run (training runs) this cache finished (not those
+    it restored) to `records_file`, in the format of `write_run_records`, so that `restore_records`
+    can carry them to another machine before the experiment that uses them is done. Returns how many."""
+    records = {}
+    for kind in _restorable():
+        for result_file in sorted((cache_root() / "runs" / kind).glob("*/result.json")):
+            run = {**json.loads(result_file.read_text(encoding="utf-8")), "folder": str(result_file.parent)}
+            if "restored_from" not in run:
+                records[f"{describe_run(kind, run['spec'])} [{result_file.parent.name}]"] = run_record(run)
+    write_json(records_file, records)
+    return len(records)
+
+
+def restore_records(records_file: str | Path) -> list[Path]:
+    """Put the restorable runs (training runs) of a `write_run_records` file into the run cache as
+    finished, so that an experiment reads their recorded metrics instead of computing them again (a
+    fresh machine, a cache lost). Their models are not recorded: a later use of one (fine-tuning, a
+    trained surrogate, an attention map) says so. Protections are skipped (their noise is not
+    recorded), as are runs the cache already holds or is computing. Returns the folders written."""
+    records_file = Path(records_file)
+    records = json.loads(records_file.read_text(encoding="utf-8"))
+    restorable, written = _restorable(), []
+    for label, record in records.items():
+        if record["kind"] not in restorable:
+            continue
+        folder = run_folder(record["kind"], record["spec"])
+        if folder.name != record["key"]:
+            raise ValueError(f"{records_file}: run {label!r} was recorded under key {record['key']}, but its spec "
+                             f"keys {folder.name} now (recorded by another CODE_VERSION or spec format)")
+        if folder.exists():
+            continue
+        folder.mkdir(parents=True)
+        write_json(folder / "spec.json", record["spec"])
+        write_json(folder / "result.json", {**{k: v for k, v in record.items() if k != "key"},
+                                            "restored_from": str(records_file)})
+        written.append(folder)
+    return written
