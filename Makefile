@@ -12,7 +12,7 @@ LAB_FLAGS ?=
 BROWSER_VENV := .venv-browser
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: help install test browser-test smoke paper-slice repro plan executed nb tables figures lab clean
+.PHONY: help install test test-fast browser-test smoke paper-slice repro plan executed nb tables figures lab clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -31,8 +31,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install the package with its test tools
 
-test: $(STAMP) ## run the test suite (unit tests + every notebook at smoke scale)
-	$(PY) -m pytest -q
+# Tests run in TEST_WORKERS processes of one thread each (pytest-xdist; tiny models gain more from
+# processes than from threads); the workers share one run cache, whose runs each compute once.
+TEST_WORKERS ?= 2
+
+test: $(STAMP) ## run the test suite (unit tests, two-process runs, every notebook at smoke scale)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
+
+test-fast: $(STAMP) ## the quick loop while working: unit tests only (no notebook, no torchrun, no training to check a method works)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not notebook and not slow"
 
 browser-test: $(STAMP) ## Run All of 01 and 02 (smoke) in JupyterLab, in headless Chromium with selenium (a few minutes)
 	@test -x /usr/bin/chromedriver || { echo "needs Debian's browser: apt-get install -y chromium chromium-driver"; exit 2; }

@@ -10,6 +10,7 @@ under torchrun. The engine knows nothing of what a kind computes.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import subprocess
 import sys
@@ -146,29 +147,54 @@ def cached(kind: str, spec: dict, compute: Callable[[Path], dict]) -> dict:
                 plan.todo.append(folder)
         return {"kind": kind, "spec": spec, "folder": str(folder), "planned": True}
     if not result_file.is_file():
-        main = distributed.context().is_main
-        if main:
-            folder.mkdir(parents=True, exist_ok=True)
-            write_json(folder / "spec.json", spec)
-        description = describe_run(kind, spec)
-        label = plan.label(folder, description) if plan else description
-        started = time.perf_counter()
-        with progress.labelled(label):
-            if _PROCESSES.get() > 1 and not distributed.context().distributed:
-                _compute_in_processes(folder, _PROCESSES.get())
-            else:
-                computed = compute(folder)
-                if main:
-                    device = spec[KINDS[kind].settings_section].get("device", "auto")
-                    write_json(result_file, {"kind": kind, "spec": spec, **computed,
-                                             "provenance": provenance(str(distributed.resolve_device(device)))})
-                distributed.barrier()
-        if plan:
-            plan.record(folder, time.perf_counter() - started)
+        with _computing(folder):
+            if not result_file.is_file():
+                _compute(kind, spec, folder, compute, plan)
     result = {**json.loads(result_file.read_text(encoding="utf-8")), "folder": str(folder)}
     if plan:
         plan.results[folder] = result
     return result
+
+
+@contextmanager
+def _computing(folder: Path):
+    """Hold the run's lock while it is computed, so that another process (a second notebook, a test
+    worker) that asks for the same run waits and then reads its result instead of computing it too.
+    The operating system releases the lock of a killed process. Ranks of a torchrun job compute
+    together: the process that launched them holds the lock."""
+    if distributed.context().distributed:
+        yield
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _compute(kind: str, spec: dict, folder: Path, compute: Callable[[Path], dict], plan: Plan | None) -> None:
+    """Compute the run into `folder` (in `processes`' count of processes), its result.json last."""
+    main = distributed.context().is_main
+    if main:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(folder / "spec.json", spec)
+    description = describe_run(kind, spec)
+    label = plan.label(folder, description) if plan else description
+    started = time.perf_counter()
+    with progress.labelled(label):
+        if _PROCESSES.get() > 1 and not distributed.context().distributed:
+            _compute_in_processes(folder, _PROCESSES.get())
+        else:
+            computed = compute(folder)
+            if main:
+                device = spec[KINDS[kind].settings_section].get("device", "auto")
+                write_json(folder / "result.json", {"kind": kind, "spec": spec, **computed,
+                                                    "provenance": provenance(str(distributed.resolve_device(device)))})
+            distributed.barrier()
+    if plan:
+        plan.record(folder, time.perf_counter() - started)
 
 
 @contextmanager

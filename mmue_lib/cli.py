@@ -359,9 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     protect.add_argument("--out", required=True, help="folder for images/, protected.csv, report.json and the state "
                                                       "that lets a rerun continue")
     protect.add_argument("--method", default="mem-3", choices=list(METHODS),
-                         help="protection method (mmue_lib.protect.METHODS)")
+                         help="protection method (mmue_lib.methods.METHODS)")
     protect.add_argument("--schedule", default="calibrated", choices=list(SCHEDULES),
-                         help="protection schedule (mmue_lib.protect.SCHEDULES): calibrated = the cpu schedule chosen "
+                         help="protection schedule (mmue_lib.methods.SCHEDULES): calibrated = the cpu schedule chosen "
                               "on Flickr8k val; official = the official code's; the options below override it and "
                               "give each schedule's value")
     protect.add_argument("--resolution", choices=["photo", "model"], default="photo",

@@ -20,7 +20,7 @@ A params file:
     device: auto
     nproc: 1                       # processes per run (above 1: torchrun, DDP)
     train: {epochs: 8, ...}        # `TrainConfig` fields
-    protect: {schedule: calibrated, ...}   # a named schedule (`protect.SCHEDULES`), `ProtectConfig` fields over it
+    protect: {schedule: calibrated, ...}   # a named schedule (`methods.SCHEDULES`), `ProtectConfig` fields over it
     example_count: 4               # anything else: the notebook's own options
 
 A scale can be built on another: `params/gpu-smoke/shared.yaml` says `extends: paper` and sets

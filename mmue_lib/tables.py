@@ -165,8 +165,8 @@ def defense_table(settings: dict[str, dict[str, dict]], chance: dict) -> pd.Data
 
 
 def seed_check_table(seeded: dict[str, dict[str, dict[str, dict]]], chance: dict, label: str) -> pd.DataFrame:
-    """The headline cell once per seed (`runs.collector_runs`' "seeds"): per seed and countermeasure
-    the closure C of `label`'s victim against that seed's undefended clean victim, then a row with
+    """The headline cell once per seed (`experiments.careful_collector`'s "seeds"): per seed and
+    countermeasure the closure C of `label`'s victim against that seed's undefended clean victim, then a row with
     the mean over the seeds and one with the half-width of its 95% interval."""
     rows = []
     for seed, settings in seeded.items():
@@ -187,7 +187,7 @@ def seed_check_table(seeded: dict[str, dict[str, dict[str, dict]]], chance: dict
 
 
 def ablation_table(experiment: dict[str, dict], chance: dict) -> pd.DataFrame:
-    """One row per protection setting of `runs.ablation_runs` (the clean victim first, at no
+    """One row per protection setting of `experiments.ablation_runs` (the clean victim first, at no
     cost): generation time in seconds and in clean-victim runs, rounds run, the victim's Hit@10
     and MedR both ways, and the closure C against the clean victim."""
     clean = experiment["Clean"]["victim"]
@@ -207,7 +207,7 @@ SEED_VALUES = [*RETRIEVAL_KEYS, "i2t C", "t2i C"]
 
 
 def seed_long_table(experiment: dict[str, dict], chance: dict) -> pd.DataFrame:
-    """One row per (seed, victim architecture, training data) of `runs.seed_runs`: Hit@10 and
+    """One row per (seed, victim architecture, training data) of `experiments.seed_runs`: Hit@10 and
     MedR both ways, and C against the same seed's clean victim of the same architecture."""
     rows = []
     for seed, entry in experiment.items():

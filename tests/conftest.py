@@ -8,8 +8,14 @@ from mmue_lib.storage import data_root
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory):
-    """Keep every test's decoded images and runs out of the user's cache."""
-    os.environ["MMUE_CACHE"] = str(tmp_path_factory.mktemp("mmue-cache"))
+    """Keep every test's decoded images and runs out of the user's cache. Parallel workers
+    (pytest-xdist) share one cache, as two notebooks on one machine do: a run one worker asks for
+    while another computes it waits for it (`cache.cached`), so the smoke notebooks share Table 1's runs."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if "PYTEST_XDIST_WORKER" in os.environ else base
+    folder = shared / "mmue-cache"
+    folder.mkdir(exist_ok=True)
+    os.environ["MMUE_CACHE"] = str(folder)
 
 
 @pytest.fixture(scope="session")

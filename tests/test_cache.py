@@ -2,6 +2,8 @@
 and time left, warnings, status of unfinished runs, records exported and restored. No model is
 trained here; the real run kinds are tested in test_runs.py."""
 import json
+import multiprocessing
+import time
 
 import pytest
 
@@ -158,6 +160,29 @@ def test_the_runs_command_lists_restores_and_exports(fresh_cache, toy, tmp_path,
     assert "toy 2 x 1" in out and out.splitlines()[-1].startswith("1 done (0.0 h), 0 unfinished")
     with pytest.raises(SystemExit, match="--restore: no such file"):
         main(["runs", "--restore", str(tmp_path / "missing.json")])
+
+
+def test_a_run_asked_for_by_two_processes_at_once_is_computed_once(fresh_cache, toy, tmp_path):
+    log = tmp_path / "computed.txt"
+
+    @cache.planned
+    def slow_toy() -> dict:
+        def compute(folder):
+            with open(log, "a") as out:
+                out.write("computed\n")
+            time.sleep(1.0)
+            return {"final": {"value": 1}, "seconds": 1.0}
+
+        return cache.cached("toy", {"n": 1, "settings": {"size": 1, "device": "cpu"}}, compute)
+
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=slow_toy) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert [worker.exitcode for worker in workers] == [0, 0]
+    assert log.read_text().splitlines() == ["computed"]
 
 
 def test_nproc_below_one_is_refused():

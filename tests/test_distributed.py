@@ -48,6 +48,7 @@ def two_process_training(tmp_path_factory):
     return run_worker("train", folder / "two.pt", folder / "two.ckpt")
 
 
+@pytest.mark.slow
 def test_two_processes_train_as_one(tmp_path, two_process_training):
     one = distributed_worker.train(None)
     two = two_process_training
@@ -62,6 +63,7 @@ def test_two_processes_train_as_one(tmp_path, two_process_training):
         assert float((a - b).abs().max()) <= 1e-2 * float(a.abs().max()) + 1e-6
 
 
+@pytest.mark.slow
 def test_killed_two_process_training_resumes_to_the_same_result(tmp_path, two_process_training):
     checkpoint = tmp_path / "killed.ckpt"
     process = run_worker("train", tmp_path / "killed.pt", checkpoint, wait=False)
@@ -77,6 +79,7 @@ def test_killed_two_process_training_resumes_to_the_same_result(tmp_path, two_pr
     assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in two_process_training["history"]]
 
 
+@pytest.mark.slow
 def test_two_processes_protect_as_one(tmp_path):
     one = distributed_worker.protect(None)
     two = run_worker("protect", tmp_path / "two.pt")
@@ -91,6 +94,7 @@ def test_nproc_must_divide_the_batch(capsys):
     assert "--nproc 2" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_runs_computed_in_two_processes_land_in_the_cache_as_from_one(tmp_path, monkeypatch):
     data = runs.data_spec("synthetic", 32, 64, 32)
     train = {"epochs": 3, "batch_size": 16, "lr": 1e-3, "rows_per_epoch": "one_per_image", "device": "cpu"}

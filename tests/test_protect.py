@@ -367,6 +367,7 @@ def mem_run():
     return train, protection
 
 
+@pytest.mark.slow
 def test_error_minimising_data_is_learnt_faster_than_clean_data(mem_run):
     train, protection = mem_run
     # The same loop with no noise steps and no trigger is plain surrogate training on clean data.
@@ -378,6 +379,7 @@ def test_error_minimising_data_is_learnt_faster_than_clean_data(mem_run):
     assert protection.history[-1]["noise_loss"] < 0.5
 
 
+@pytest.mark.slow
 def test_victim_trained_on_mem3_data_is_clearly_worse(mem_run):
     train, protection = mem_run
     test = TokenizedPairs.from_dataset(make_synthetic_dataset(100, 32, seed=2), 32)
