@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 
+from mmue_lib.notebooks import measured_hours
 from mmue_lib.storage import data_root
 
 
@@ -24,3 +25,16 @@ def shared_data() -> Path:
     if not (root / "flickr8k" / "test.csv").is_file():
         pytest.skip(f"real data not found at {root} (set MMUE_DATA to the folder holding flickr8k/ and faces20/)")
     return root
+
+
+def pytest_collection_modifyitems(items):
+    """Longest first, so that parallel workers (`make test`) finish together: the smoke notebooks by
+    their measured cost (`params/smoke/run_hours.yaml`), then the other slow tests, then the rest."""
+    hours = measured_hours("smoke")
+
+    def cost(item) -> float:
+        if item.get_closest_marker("notebook"):
+            return 1.0 + hours.get(item.callspec.params["name"], 0.0)
+        return 1.0 if item.get_closest_marker("slow") else 0.0
+
+    items.sort(key=cost, reverse=True)
