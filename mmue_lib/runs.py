@@ -164,6 +164,7 @@ def load_protection(run: dict) -> Protection:
 
 
 def describe_data(data: dict) -> str:
+    """"flickr8k 64 px (2000 train images)": the data of a run, in words."""
     on = f"{Path(data['data']).name} {data['image_size']} px"
     return on + (f" ({data['max_train_images']} train images)" if data["max_train_images"] else "")
 
