@@ -187,14 +187,39 @@ def _compute(kind: str, spec: dict, folder: Path, compute: Callable[[Path], dict
         if _PROCESSES.get() > 1 and not distributed.context().distributed:
             _compute_in_processes(folder, _PROCESSES.get())
         else:
+            _reset_peak_memory()
             computed = compute(folder)
             if main:
                 device = spec[KINDS[kind].settings_section].get("device", "auto")
-                write_json(folder / "result.json", {"kind": kind, "spec": spec, **computed,
+                write_json(folder / "result.json", {"kind": kind, "spec": spec, **computed, **_peak_memory(),
                                                     "provenance": provenance(str(distributed.resolve_device(device)))})
             distributed.barrier()
     if plan:
         plan.record(folder, time.perf_counter() - started)
+
+
+def _reset_peak_memory() -> None:
+    """Measure this process's peak resident memory afresh from here (Linux), and the GPU's."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_memory() -> dict:
+    """This process's peak resident memory since `_reset_peak_memory`, in bytes (None where the
+    system does not say), and the GPU's peak allocation where there is one: what a run cost in memory,
+    the process's own footprint (Python, torch, decoded data) included."""
+    peak = None
+    try:
+        peak = next(int(line.split()[1]) * 1024 for line in Path("/proc/self/status").read_text().splitlines()
+                    if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        pass
+    return {"peak_rss_bytes": peak, **({"peak_gpu_bytes": torch.cuda.max_memory_allocated()}
+                                       if torch.cuda.is_available() else {})}
 
 
 @contextmanager

@@ -15,7 +15,8 @@ from typing import Callable
 from .cache import Plan, planned, planning, processes
 from .defenses import defense_label, parse_defenses, parse_settings, settings_label
 from .methods import METHODS, method_variant, protection_overrides
-from .runs import checkpoint_run, data_spec, protection_run, training_run
+from .models import create_clip
+from .runs import checkpoint_run, data_spec, load_data, protection_run, training_run
 from .settings import Settings, load_settings
 from .train import TrainConfig
 
@@ -179,6 +180,78 @@ def seed_runs(experiment: Experiment, transfer_method: str, transfer_victims: li
     return runs
 
 
+POINT_KEYS = ("image_size", "max_train_images", "model")
+"""What an operating point of the scale ladder may change: the data's resolution and size, and the
+architecture of the victims and the surrogate alike."""
+
+
+def ladder_point(experiment: Experiment, point: dict) -> Experiment:
+    """`experiment` at one operating point (`POINT_KEYS`; max_train_images null: every train image)."""
+    unknown = sorted(set(point) - set(POINT_KEYS))
+    if unknown:
+        raise ValueError(f"ladder point {point}: unknown {unknown}; a point may set {', '.join(POINT_KEYS)}")
+    data = {**experiment.data, **{key: point[key] for key in ("image_size", "max_train_images") if key in point}}
+    model = point.get("model", experiment.victim_model)
+    return replace(experiment, data=data, victim_model=model, surrogate_model=model)
+
+
+def point_label(experiment: Experiment) -> str:
+    """"64 px, RN-small, 2000 images": an operating point in words."""
+    images = experiment.data["max_train_images"] or "all"
+    return f"{experiment.data['image_size']} px, {experiment.victim_model}, {images} images"
+
+
+VARIES = {"image_size": "image size", "model": "architecture", "max_train_images": "train images"}
+"""What a ladder point varies, in words."""
+
+
+def ladder_sizes(settings: Settings) -> dict[str, dict]:
+    """Per point of `settings.options.ladder` (by `point_label`): what it varies, its image size,
+    model, train images and the model's parameter count, for the cost laws of `tables.scale_table`."""
+    base = Experiment.of(settings, settings.options.ladder_methods)
+    sizes = {}
+    for point in settings.options.ladder:
+        experiment = ladder_point(base, point)
+        varies = ", ".join(VARIES[key] for key in point) or "none (the study's point)"
+        sizes[point_label(experiment)] = {
+            "varies": varies, "image_size": experiment.data["image_size"], "model": experiment.victim_model,
+            "images": load_data(experiment.data, "train").num_images,
+            "parameters": parameter_count(experiment.victim_model, experiment.data["image_size"],
+                                          experiment.context_length)}
+    return sizes
+
+
+def parameter_count(model: str, image_size: int, context_length: int) -> int:
+    """Parameters of an architecture at an image size (a fresh model; nothing is loaded)."""
+    return sum(parameter.numel() for parameter in create_clip(model, image_size=image_size,
+                                                                context_length=context_length).parameters())
+
+
+def run_work(settings: Settings, runs: list[dict]) -> list[dict]:
+    """The runs of `runs` (label, model, image_size, images, epochs: e.g. the paper's victims) with
+    their work = pixels x parameters x images and their epochs over this experiment's victims'."""
+    epochs = TrainConfig(**settings.train).epochs
+    return [{**run, "work": run["image_size"] ** 2 * run["images"]
+             * parameter_count(run["model"], run["image_size"], settings.context_length),
+             "epochs_factor": run["epochs"] / epochs} for run in runs]
+
+
+@planned
+def ladder_runs(experiment: Experiment, points: list[dict], schedule_check: dict, schedules: dict[str, dict],
+                seed_check: dict) -> dict:
+    """The scale ladder: {"ladder": {point label: `method_runs` at that point}, "schedule": {schedule
+    name: `method_runs` of `schedule_check["methods"]` at its point under that schedule (the
+    experiment's own, then each of `schedules`)}, "seeds": {"seed s": `method_runs` at
+    `seed_check["point"]` with seed s}}."""
+    check = ladder_point(experiment, schedule_check["point"]).using(schedule_check["methods"])
+    seeded = ladder_point(experiment, seed_check["point"])
+    return {"ladder": {point_label(point): method_runs(point)
+                       for point in (ladder_point(experiment, p) for p in points)},
+            "schedule": {"own": method_runs(check),
+                         **{name: method_runs(replace(check, schedule=schedule)) for name, schedule in schedules.items()}},
+            "seeds": {f"seed {seed}": method_runs(seeded.seeded(seed)) for seed in seed_check["seeds"]}}
+
+
 def _in_processes(function: Callable[[Settings], object]) -> Callable[[Settings], object]:
     """A notebook's recipe: one plan for all its runs, the missing ones computed in `settings.nproc`
     processes (`cache.processes`)."""
@@ -300,11 +373,21 @@ def careful_collector(settings: Settings) -> dict:
                       for seed in check["seeds"]}}
 
 
+@_in_processes
+def scale(settings: Settings) -> dict:
+    """The scale ladder of operating points (`ladder_runs`): every point of `ladder`, the schedule
+    check under the named schedule it gives, the seed check."""
+    o = settings.options
+    check = o.schedule_check
+    return ladder_runs(Experiment.of(settings, o.ladder_methods), o.ladder, check,
+                       {check["schedule"]: settings.named_schedule(check["schedule"])}, o.seed_check)
+
+
 BY_NOTEBOOK: dict[str, Callable[[Settings], object] | None] = {
     "01_data_overview": None, "02_table1": table1, "03_table2": table2, "04_figure4": table1, "05_figure5": table1,
     "06_figure6": table1, "07_semantic_triggers": semantic_triggers, "08_poisoning_fraction": poisoning_fraction,
     "09_faces": faces, "10_defenses": defenses, "11_ablation": ablation, "12_seeds": seeds,
-    "13_careful_collector": careful_collector,
+    "13_careful_collector": careful_collector, "14_scale": scale,
 }
 """The recipe of every notebook (None: it trains nothing)."""
 

@@ -283,3 +283,50 @@ def _wrap(text: str, width: int) -> list[str]:
         else:
             line = f"{line} {word}".strip()
     return lines + [line]
+
+
+def plot_closure_against_quality(table: pd.DataFrame, method: str, paper_point: dict[str, tuple[float, float]]
+                                 ) -> plt.Figure:
+    """Closure C of `method` against the clean victim's quality q = MedR_clean / MedR_random, one
+    panel per direction: every operating point of `tables.scale_table`, coloured by what it varies,
+    a least-squares line with its 95% band over them, and the paper's point (`paper_point[direction]`
+    = (q, C)) as a star."""
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+    for axis, direction in zip(axes, ("i2t", "t2i")):
+        x, y = f"{direction} q", f"{method} {direction} C"
+        seaborn.regplot(data=table, x=x, y=y, ax=axis, scatter=False, color="0.4", truncate=False, seed=0,
+                        label="least-squares line, 95% band", line_kws={"linewidth": 1})
+        seaborn.scatterplot(data=table, x=x, y=y, hue="varies", style="varies", s=60, ax=axis)
+        quality, closure = paper_point[direction]
+        axis.plot([quality], [closure], marker="*", markersize=14, color="crimson", linestyle="", label="the paper")
+        axis.set_xlabel(f"clean victim quality q ({direction} MedR / random MedR; 0 = perfect)")
+        axis.set_ylabel(f"{method} closure C ({direction}; 1 = random, 0 = no protection)")
+        axis.set_title(f"{'image -> text' if direction == 'i2t' else 'text -> image'}")
+        shown = [*table[y], closure, 0.0, 1.0]
+        axis.set_xlim(0, max(1.0, table[x].max() * 1.05))
+        axis.set_ylim(min(shown) - 0.15, max(shown) + 0.15)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def plot_cost_law(table: pd.DataFrame, kinds: dict[str, str], laws: dict[str, dict[str, float]]) -> plt.Figure:
+    """Seconds per run against work = pixels x parameters x images (log-log): one series per kind of
+    run (`kinds`: legend label -> seconds column of `tables.scale_table`), each with its fitted
+    power law (`tables.power_law`, exponent in the legend)."""
+    figure, axis = plt.subplots(figsize=(7, 4.6))
+    span = np.geomspace(table["work"].min() / 1.5, table["work"].max() * 1.5, 50)
+    for (name, column), color in zip(kinds.items(), seaborn.color_palette(n_colors=len(kinds))):
+        axis.plot(table["work"], table[column], marker="o", linestyle="", color=color, label=name)
+        law = laws[name]
+        axis.plot(span, law["a"] * span ** law["b"], color=color, linewidth=1,
+                  label=f"{name}: seconds ~ work^{law['b']:.2f} (±{law['b stderr']:.2f})")
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    axis.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    axis.set_xlabel("work = pixels x parameters x train images")
+    axis.set_ylabel("seconds per run (this CPU)")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    return figure

@@ -14,10 +14,11 @@ from .storage import cache_root, write_json
 
 def run_record(run: dict) -> dict:
     """What a results folder keeps of a run: kind, cache key, spec (every parameter and seed),
-    seconds, log and final metrics. A local checkpoint standing in for a run has only its spec."""
+    seconds, peak memory, log and final metrics. A local checkpoint standing in for a run has only its spec."""
     record = {"kind": run.get("kind", "checkpoint"), "key": Path(run["folder"]).name if "folder" in run else None,
               "spec": run["spec"]}
-    return {**record, **{k: run[k] for k in ("seconds", "final", "history", "provenance") if k in run}}
+    kept = ("seconds", "peak_rss_bytes", "peak_gpu_bytes", "final", "history", "provenance")
+    return {**record, **{k: run[k] for k in kept if k in run}}
 
 
 def flatten_runs(runs: Mapping, prefix: str = "") -> dict[str, dict]:

@@ -113,6 +113,16 @@ class Settings:
         except ValueError as error:
             raise SettingsError(f"schedule_with: {error}") from None
 
+    def named_schedule(self, name: str) -> dict:
+        """The protection settings of another named schedule (`methods.SCHEDULES`) as they stand,
+        with this experiment's seed and device (none of this scale's `protect` changes)."""
+        from .methods import schedule_settings
+
+        try:
+            return {**schedule_settings(name), **{key: self.schedule[key] for key in SEEDED}}
+        except ValueError as error:
+            raise SettingsError(f"named_schedule: {error}") from None
+
     def _repr_markdown_(self) -> str:
         from .methods import METHODS
 

@@ -319,3 +319,91 @@ def split_summary(dataset: PairDataset, context_length: int) -> dict[str, float]
             "words (mean)": float(words.mean()), "tokens (mean)": float(tokens.mean()),
             "tokens (max)": int(tokens.max()), "truncated %": float(np.mean(tokens > context_length - 2) * 100),
             "vocabulary": len({w.lower().strip(".,") for c in dataset.captions for w in c.split()})}
+
+
+def scale_table(ladder: dict[str, dict], chance: dict, points: dict[str, dict]) -> pd.DataFrame:
+    """One row per operating point of the scale ladder (`experiments.ladder_runs`' "ladder"): what
+    the point varies and its size (`points[label]`: varies, image_size, model, images, parameters;
+    work = pixels x parameters x images), the clean victim's MedR and quality q = MedR_clean /
+    MedR_random per direction (0 is perfect, 1 is chance), per method its victim's MedR and closure
+    C, and the cost: seconds and peak memory of the clean victim and of each protection, and each
+    protection in clean victim runs."""
+    rows = []
+    for label, runs in ladder.items():
+        clean = runs["Clean"]["victim"]
+        point = points[label]
+        row = {"point": label, **point, "work": point["image_size"] ** 2 * point["parameters"] * point["images"]}
+        for direction in ("i2t", "t2i"):
+            key = f"{direction}_MedR"
+            row[f"clean {key}"] = clean["final"][key]
+            row[f"{direction} q"] = clean["final"][key] / chance[key]
+        row["victim s"] = clean["seconds"]
+        row["victim peak GiB"] = _gibibytes(clean.get("peak_rss_bytes"))
+        for method, entry in runs.items():
+            if method == "Clean":
+                continue
+            protected = entry["victim"]["final"]
+            for direction in ("i2t", "t2i"):
+                row[f"{method} {direction}_MedR"] = protected[f"{direction}_MedR"]
+                row[f"{method} {direction} C"] = protection_closure(protected, clean["final"], chance, direction)
+            row[f"{method} protection s"] = entry["protection"]["seconds"]
+            row[f"{method} protection peak GiB"] = _gibibytes(entry["protection"].get("peak_rss_bytes"))
+            row[f"{method} victim runs"] = entry["protection"]["seconds"] / clean["seconds"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _gibibytes(count: int | None) -> float:
+    return float("nan") if count is None else count / 2 ** 30
+
+
+def power_law(work: np.ndarray, seconds: np.ndarray) -> dict[str, float]:
+    """seconds = a * work^b fitted by least squares on logarithms: a, b, the standard error of b, and
+    the factor by which a point typically lies off the line (exp of the residuals' standard deviation)."""
+    fit = stats.linregress(np.log(work), np.log(seconds))
+    residuals = np.log(seconds) - (fit.intercept + fit.slope * np.log(work))
+    spread = math.exp(float(np.std(residuals, ddof=2))) if len(work) > 2 else float("nan")
+    return {"a": math.exp(fit.intercept), "b": fit.slope, "b stderr": fit.stderr, "spread": spread}
+
+
+def extrapolated_costs(laws: dict[str, dict[str, float]], runs: list[dict], per_epoch: tuple[str, ...]) -> pd.DataFrame:
+    """What each fitted cost law (`power_law`, one per kind of run) says the runs of `runs` (each:
+    label, work, and epochs_factor: the run's epochs over the fitted victims') would take here, in
+    hours; the laws named in `per_epoch` (training runs) scale with the epochs, the others do not."""
+    rows = []
+    for run in runs:
+        row = {"run": run["label"], "work": run["work"]}
+        for name, law in laws.items():
+            epochs = run["epochs_factor"] if name in per_epoch else 1.0
+            row[f"{name} h"] = law["a"] * run["work"] ** law["b"] * epochs / 3600
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def closure_rows(named_runs: dict[str, dict[str, dict]], chance: dict, name: str) -> pd.DataFrame:
+    """Per entry of `named_runs` (`name` -> `method_runs`: a schedule, a seed) and per protection: its
+    victim's MedR and closure C against that entry's clean victim, its seconds and its cost in
+    clean victim runs."""
+    rows = []
+    for entry_name, runs in named_runs.items():
+        clean = runs["Clean"]["victim"]
+        for method, entry in runs.items():
+            if method == "Clean":
+                continue
+            final = entry["victim"]["final"]
+            rows.append({name: entry_name, "method": method, **{k: final[k] for k in ("i2t_MedR", "t2i_MedR")},
+                         **{f"{d} C": protection_closure(final, clean["final"], chance, d) for d in ("i2t", "t2i")},
+                         "protection s": entry["protection"]["seconds"],
+                         "victim runs": entry["protection"]["seconds"] / clean["seconds"]})
+    return pd.DataFrame(rows)
+
+
+def interval_summary(frame: pd.DataFrame, by: str, values: tuple[str, ...] = ("i2t C", "t2i C")) -> pd.DataFrame:
+    """Per value of `by`: how many rows, and the mean and 95% half-width (`interval`) of each of `values`."""
+    rows = []
+    for group, part in frame.groupby(by, sort=False):
+        row = {by: group, "runs": len(part)}
+        for value in values:
+            row[value], row[f"{value} ±95%"] = interval(part[value])
+        rows.append(row)
+    return pd.DataFrame(rows)

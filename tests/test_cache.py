@@ -65,6 +65,7 @@ def test_a_run_is_computed_once_and_a_changed_parameter_recomputes_exactly_its_d
     assert toy.computed == [(2, 1), (3, 1), (2, 4), (3, 1)], "the second run embeds the first's spec"
     result = json.loads((cache.run_folder("toy", runs["first"]["spec"]) / "result.json").read_text())
     assert result["provenance"]["device"] == "cpu" and result["provenance"]["processes"] == 1
+    assert result["peak_rss_bytes"] is None or result["peak_rss_bytes"] > 2 ** 20
     if (PROJECT_ROOT / ".git").exists():
         assert len(result["provenance"]["git_commit"]) == 40
     with pytest.raises(KeyError, match="no run kind 'nothing'"):

@@ -116,3 +116,29 @@ def test_the_careful_collector_shares_table1_data_for_persistence_and_reseeds_it
 def test_seeded_experiments_seed_the_victims_and_the_protections():
     seeded = EXPERIMENT.seeded(3)
     assert TrainConfig(**seeded.train).seed == 3 and seeded.schedule["seed"] == 3 and EXPERIMENT.schedule.get("seed") is None
+
+
+def test_a_ladder_point_changes_one_axis_of_the_experiment():
+    from mmue_lib.experiments import ladder_point, point_label
+
+    point = ladder_point(EXPERIMENT, {"image_size": 48, "model": "ViT-tiny"})
+    assert point.data["image_size"] == 48 and point.data["max_train_images"] == 24
+    assert point.victim_model == point.surrogate_model == "ViT-tiny"
+    assert point_label(ladder_point(EXPERIMENT, {"max_train_images": None})) == "32 px, RN-tiny, all images"
+    with pytest.raises(ValueError, match="unknown \\['epochs'\\]"):
+        ladder_point(EXPERIMENT, {"epochs": 3})
+
+
+def test_the_scale_ladder_shares_runs_between_its_points_and_checks():
+    from mmue_lib.experiments import ladder_runs
+
+    runs, plan = planned(ladder_runs, EXPERIMENT, [{}, {"image_size": 48}],
+                         {"point": {}, "methods": ["mem-3"]}, {"official": {"seed": 0}}, {"point": {}, "seeds": [0, 1]})
+    assert list(runs["ladder"]) == ["32 px, RN-tiny, 24 images", "48 px, RN-tiny, 24 images"]
+    base = runs["ladder"]["32 px, RN-tiny, 24 images"]
+    assert runs["schedule"]["own"]["MEM-3"]["victim"]["spec"] == base["MEM-3"]["victim"]["spec"]
+    assert runs["seeds"]["seed 0"]["MEM-3"]["protection"]["spec"] == base["MEM-3"]["protection"]["spec"]
+    official = runs["schedule"]["official"]["MEM-3"]["protection"]["spec"]["config"]
+    assert official["max_rounds"] == 20 and official["surrogate_steps"] == 200
+    assert runs["seeds"]["seed 1"]["MEM-3"]["victim"]["spec"]["seed"] == 1
+    assert len(plan) == 3 * 2 + 2 + 3, "two points, the official protection and victim, seed 1's three runs"

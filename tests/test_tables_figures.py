@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -115,3 +116,45 @@ def test_strength_against_cost_draws_when_closure_is_undefined():
     figure = figures.plot_strength_vs_cost(table)
     figure.canvas.draw()
     assert figure.axes[0].get_xscale() == "log"
+
+
+def ladder_entry(clean_medr: float, protected_medr: float, seconds: float) -> dict:
+    victim = {"final": {"i2t_MedR": clean_medr, "t2i_MedR": clean_medr}, "seconds": seconds, "peak_rss_bytes": 2 ** 30}
+    return {"Clean": {"protection": None, "victim": victim},
+            "MEM-3": {"protection": {"seconds": 2 * seconds},
+                      "victim": {"final": {"i2t_MedR": protected_medr, "t2i_MedR": protected_medr}, "seconds": seconds}}}
+
+
+def test_the_scale_table_gives_quality_closure_and_cost_per_point():
+    ladder = {"a": ladder_entry(100, 300, 10.0), "b": ladder_entry(300, 400, 40.0)}
+    sizes = {"a": {"varies": "none", "image_size": 32, "model": "RN", "images": 10, "parameters": 5},
+             "b": {"varies": "image size", "image_size": 64, "model": "RN", "images": 10, "parameters": 5}}
+    table = tables.scale_table(ladder, {"i2t_MedR": 500.0, "t2i_MedR": 500.0}, sizes).set_index("point")
+    assert table.loc["a", "i2t q"] == pytest.approx(0.2) and table.loc["b", "t2i q"] == pytest.approx(0.6)
+    assert table.loc["a", "MEM-3 i2t C"] == pytest.approx(0.5) and table.loc["b", "MEM-3 t2i C"] == pytest.approx(0.5)
+    assert table.loc["b", "work"] == 64 ** 2 * 5 * 10 and table.loc["a", "MEM-3 victim runs"] == pytest.approx(2.0)
+    assert table.loc["a", "victim peak GiB"] == 1.0 and math.isnan(table.loc["a", "MEM-3 protection peak GiB"])
+    figure = figures.plot_closure_against_quality(table.reset_index().assign(varies=["none", "size"]), "MEM-3",
+                                                  {"i2t": (0.1, 0.4), "t2i": (0.1, 0.4)})
+    assert len(figure.axes) == 2
+
+
+def test_a_power_law_is_recovered_and_extrapolated_per_epoch_only_for_training():
+    work = np.array([1e3, 1e4, 1e5, 1e6])
+    law = tables.power_law(work, 3.0 * work ** 0.8)
+    assert law["a"] == pytest.approx(3.0) and law["b"] == pytest.approx(0.8) and law["spread"] == pytest.approx(1.0)
+    costs = tables.extrapolated_costs({"victim": law, "protection": law},
+                                      [{"label": "big", "work": 1e7, "epochs_factor": 4.0}], per_epoch=("victim",))
+    expected = 3.0 * 1e7 ** 0.8 / 3600
+    assert costs.loc[0, "victim h"] == pytest.approx(4 * expected) and costs.loc[0, "protection h"] == pytest.approx(expected)
+    figure = figures.plot_cost_law(pd.DataFrame({"work": work, "s": 3.0 * work ** 0.8}), {"victim": "s"}, {"victim": law})
+    assert "work^0.80" in figure.axes[0].get_legend_handles_labels()[1][1]
+
+
+def test_closures_per_schedule_or_seed_and_their_intervals():
+    rows = tables.closure_rows({"seed 0": ladder_entry(100, 300, 10.0), "seed 1": ladder_entry(100, 500, 10.0)},
+                               {"i2t_MedR": 500.0, "t2i_MedR": 500.0}, "seed")
+    assert list(rows["i2t C"]) == pytest.approx([0.5, 1.0]) and list(rows["victim runs"]) == [2.0, 2.0]
+    summary = tables.interval_summary(rows, "method").set_index("method")
+    assert summary.loc["MEM-3", "runs"] == 2
+    assert (summary.loc["MEM-3", "i2t C"], summary.loc["MEM-3", "i2t C ±95%"]) == pytest.approx(tables.interval([0.5, 1.0]))
