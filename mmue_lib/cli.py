@@ -14,7 +14,7 @@ from typing import Literal, get_args, get_origin, get_type_hints
 
 from . import data, distributed
 from .methods import METHODS, SCHEDULES, ProtectConfig
-from .photos import DEVICE_SURROGATES, ProtectRequest, protect_photos
+from .photos import DEVICE_SURROGATES, OUTPUT_FORMATS, ProtectRequest, protect_photos
 from .train import TrainConfig
 from .storage import write_json
 
@@ -179,6 +179,7 @@ def _protect(args: argparse.Namespace) -> None:
     protect_photos(ProtectRequest(
         csv=args.csv, out=args.out, method=args.method, schedule=args.schedule, resolution=args.resolution,
         model=args.model, size=args.size, surrogate=args.surrogate, fraction=args.fraction, force=args.force,
+        keep_state=args.keep_state, output_format=args.output_format, quality=args.quality,
         settings={name: getattr(args, name) for name in PROTECT_SETTINGS if getattr(args, name) is not None}))
 
 
@@ -189,7 +190,8 @@ PROTECT_RANGES = {"eps": (1, 32, "the L-inf bound in 1/255 pixel steps; the pape
                   "batch_size": (2, 65_536, "a contrastive batch needs at least 2 pairs"),
                   "trigger_len": (0, 16, "trigger tokens after the start token"),
                   "trigger_min_count": (1, 1_000_000, "times a caption word must occur to be a trigger word"),
-                  "size": (16, 1024, "the surrogate's image size in px")}
+                  "size": (16, 1024, "the surrogate's image size in px"),
+                  "quality": (50, 100, "JPEG quality of --output-format jpeg")}
 """`mmue protect` options with integer ranges: (lowest, highest, what the option is)."""
 
 
@@ -389,7 +391,18 @@ def build_parser() -> argparse.ArgumentParser:
     _config_option(protect, ProtectConfig, "device", help="auto: a GPU when there is one")
     _config_option(protect, ProtectConfig, "precision", help=PRECISION_HELP)
     protect.add_argument("--nproc", type=int, default=1, help=NPROC_HELP)
-    protect.add_argument("--force", action="store_true", help="empty --out of an earlier output and start over")
+    protect.add_argument("--output-format", choices=list(OUTPUT_FORMATS), default="png",
+                         help="png: lossless; jpeg: smaller, as most sites re-encode uploads anyway, but the "
+                              "compression removes part of the noise (the end message says how much is kept); photos "
+                              "with transparency stay PNG")
+    protect.add_argument("--quality", type=int, default=92, help="JPEG quality with --output-format jpeg")
+    protect.add_argument("--force", action="store_true",
+                         help="replace an earlier mmue protect output in --out (only the files it wrote there, as its "
+                              ".mmue-protect.json lists them) and start over")
+    protect.add_argument("--keep-state", action="store_true",
+                         help="keep the resumable state (in the cache, never in --out) after the protection "
+                              "finishes, so that a rerun with a larger --max-rounds continues it; it holds the "
+                              "exact noise and triggers: never publish it")
     protect.set_defaults(run=_protect)
 
     sub.add_parser("models", help="list model architectures").set_defaults(run=_models)
@@ -420,9 +433,12 @@ def main(argv: list[str] | None = None) -> int:
         if distributed.setup(getattr(args, "device", "auto")).distributed and not distributed.context().is_main:
             sys.stdout = sys.stderr = open(os.devnull, "w")
         args.run(args)
-    except (data.DataError, FileNotFoundError, ValueError) as error:
+    except (data.DataError, OSError, ValueError) as error:
         print(f"mmue: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as interrupted:
+        print(f"mmue: {interrupted or 'interrupted'}", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -111,30 +111,63 @@ class CaptionTable:
     row_image: list[int]
     row_lines: list[int] = field(default_factory=list)
     """The CSV line of every row."""
+    extra_columns: list[str] = field(default_factory=list)
+    """Columns beside `image` and the caption, in the CSV's order."""
+    row_extras: list[dict[str, str]] = field(default_factory=list)
+    """The values of `extra_columns` in every row."""
 
 
-def read_caption_csv(csv_path: str | os.PathLike, caption_column: str = "caption") -> CaptionTable:
-    """Parse and validate a dataset CSV (columns `image` and `caption_column`)."""
-    csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise DataError(f"{csv_path}: dataset CSV not found")
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        for column in ("image", caption_column):
-            if column not in header:
-                raise DataError(f"{csv_path}: missing column '{column}' (header is {header})")
+CSV_DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "vertical bar"}
+"""Column separators a CSV may use (spreadsheets in many locales write `;`); the first under which
+the header holds the required columns is taken."""
+
+
+def _csv_delimiter(csv_path: Path, header_line: str, required: tuple[str, ...]) -> str:
+    """The separator under which `header_line` holds every `required` column; else a DataError
+    naming the missing column, the header as read and the separators tried."""
+    for delimiter in CSV_DELIMITERS:
+        header = next(csv.reader([header_line], delimiter=delimiter), [])
+        if all(column in (name.strip() for name in header) for column in required):
+            return delimiter
+    header = next(csv.reader([header_line]), [])
+    missing = next(column for column in required if column not in (name.strip() for name in header))
+    raise DataError(f"{csv_path}: missing column '{missing}' (header is {header}; tried columns separated by "
+                    f"{', '.join(CSV_DELIMITERS.values())}): the first line must name the columns "
+                    f"{' and '.join(required)}")
+
+
+def _image_path(csv_path: Path, image: str) -> Path:
+    """Where a CSV's image entry points: relative to the CSV's folder unless absolute; a path
+    written with Windows separators (`trip\\photo.jpg`) is read with this system's."""
+    if "\\" in image and os.sep == "/" and not (csv_path.parent / image).exists():
+        image = image.replace("\\", "/")
+    return Path(image) if os.path.isabs(image) else (csv_path.parent / image)
+
+
+def _read_rows(csv_path: Path, caption_column: str) -> CaptionTable:
+    """The rows of a dataset CSV whose file exists, in order; see `read_caption_csv`."""
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        header_line = f.readline()
+        f.seek(0)
+        delimiter = _csv_delimiter(csv_path, header_line, ("image", caption_column))
+        reader = csv.DictReader(f, delimiter=delimiter)
+        reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
+        extra_columns = [name for name in reader.fieldnames if name not in ("image", caption_column)]
         image_ids: dict[Path, int] = {}
-        table = CaptionTable(csv_path, [], [], [], [])
+        table = CaptionTable(csv_path, [], [], [], [], extra_columns=extra_columns)
         for row in reader:
             line = reader.line_num
+            if None in row:
+                raise DataError(f"{csv_path}: line {line}: {len(reader.fieldnames) + len(row[None])} columns where the "
+                                f"header names {len(reader.fieldnames)}: put a caption that holds a "
+                                f"'{delimiter}' in double quotes")
             image = (row.get("image") or "").strip()
             caption = " ".join((row.get(caption_column) or "").split())
             if not image:
                 raise DataError(f"{csv_path}: line {line}: empty image path")
             if not caption:
                 raise DataError(f"{csv_path}: line {line}: empty {caption_column} for image '{image}'")
-            path = Path(image) if os.path.isabs(image) else (csv_path.parent / image)
+            path = _image_path(csv_path, image)
             if path not in image_ids:
                 image_ids[path] = len(table.image_paths)
                 table.image_paths.append(path)
@@ -142,6 +175,21 @@ def read_caption_csv(csv_path: str | os.PathLike, caption_column: str = "caption
             table.captions.append(caption)
             table.row_image.append(image_ids[path])
             table.row_lines.append(line)
+            table.row_extras.append({name: row.get(name) or "" for name in extra_columns})
+    return table
+
+
+def read_caption_csv(csv_path: str | os.PathLike, caption_column: str = "caption") -> CaptionTable:
+    """Parse and validate a dataset CSV (columns `image` and `caption_column`, any others kept as
+    `extra_columns`), as spreadsheets write it too: a byte-order mark, CRLF line ends, `;`, tab
+    or `|` between columns, Windows separators in paths."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise DataError(f"{csv_path}: dataset CSV not found")
+    try:
+        table = _read_rows(csv_path, caption_column)
+    except UnicodeDecodeError as error:
+        raise DataError(f"{csv_path}: not UTF-8 text ({error}); save it as CSV UTF-8") from error
     if not table.captions:
         raise DataError(f"{csv_path}: no data rows")
     return table
@@ -242,22 +290,25 @@ def load_csv_dataset(csv_path: str | os.PathLike, image_size: int, *, caption_co
                        name=Path(csv_path).stem, image_paths=[str(p) for p in table.image_paths])
 
 
-def write_caption_csv(out_csv: str | os.PathLike, pairs: Iterable[tuple[str | os.PathLike, str]]) -> int:
-    """Write `image,caption` rows (image paths made relative to the CSV's folder when possible)."""
+def write_caption_csv(out_csv: str | os.PathLike, pairs: Iterable[tuple], extra_columns: Sequence[str] = ()) -> int:
+    """Write `image,caption` rows (image paths made relative to the CSV's folder when possible);
+    with `extra_columns`, each pair carries a third item, a dict of those columns' values."""
     out_csv = Path(out_csv)
     count = 0
     with atomic_path(out_csv) as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
-            writer.writerow(["image", "caption"])
-            for image, caption in pairs:
+            writer.writerow(["image", "caption", *extra_columns])
+            for image, caption, *extras in pairs:
                 image = Path(image)
                 if image.is_absolute():
                     try:
                         image = Path(os.path.relpath(image, out_csv.parent.resolve()))
                     except ValueError:
                         pass
-                writer.writerow([image.as_posix(), " ".join(str(caption).split())])
+                values = extras[0] if extras else {}
+                writer.writerow([image.as_posix(), " ".join(str(caption).split()),
+                                 *(values.get(name, "") for name in extra_columns)])
                 count += 1
     return count
 

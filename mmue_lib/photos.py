@@ -4,17 +4,18 @@ A photo is read as it is displayed (EXIF orientation applied), converted to 8 bi
 (16-bit scaled, CMYK and palette converted) and kept at its own resolution; grayscale stays one
 channel and alpha is kept aside. The surrogate sees the photo as a collector's loader does
 (`data.load_rgb` + `data.resize_center_crop`: alpha on white, shorter side to the model's size,
-centre crop). Noise made at the model's size is carried back to the photo's resolution by
-nearest-neighbour upsampling over the centre square that crop came from, so every saved pixel
-stays within the bound and the collector's resize brings the noise back. Outside that square the
-photo is unchanged.
+centre crop). Noise made at the model's size is carried to the photo's resolution smoothly
+(`carry_noise`: mirrored past the centre square so that it covers the whole photo, Lanczos
+upsampled, corrected until the collector's own resize gives the noise back, and bounded at full
+resolution), so that no mosaic of the model's pixels shows on flat areas.
 """
 from __future__ import annotations
 
+import json
 import os
-import shutil
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -26,14 +27,16 @@ from tqdm import tqdm
 
 from . import distributed
 from .data import (CaptionTable, DataError, PairDataset, center_crop_geometry, check_image_files, duplicate_rows,
-                   load_csv_dataset, read_caption_csv, resize_center_crop, write_caption_csv)
+                   image_file_names, load_csv_dataset, read_caption_csv, resize_center_crop, write_caption_csv)
 from .distributed import resolve_device
 from .methods import METHODS, ProtectConfig, protection_config, schedule_settings
 from .models import create_clip, load_clip, model_image_size
 from .progress import bar as progress_bar
 from .progress import duration
 from .protect import Protection, checkpoint_differences, estimate_seconds, generate_protection
-from .release import export_protected, protected_dataset, psnr
+from .outfolder import (add_to_manifest, check_output_folder, check_room, mib, prepare_output, read_manifest,
+                        state_path)
+from .release import export_protected, protected_dataset, psnr, blockiness, ssim
 from .storage import atomic_path, write_json
 from .triggers import trigger_vocabulary
 
@@ -120,55 +123,111 @@ def model_view(photo: Photo, size: int) -> np.ndarray:
     return resize_center_crop(photo.rgb_on_white(), size)
 
 
-def _cells(length: int, resized: int, offset: int, size: int) -> np.ndarray:
-    """For each pixel along a side of `length` px, resized to `resized` px and cropped from `offset`,
-    the model-size crop cell it falls in (-1 outside the crop)."""
-    cells = np.floor((np.arange(length) + 0.5) * resized / length).astype(np.int64) - offset
-    return np.where((cells >= 0) & (cells < size), cells, -1)
+CARRY_CORRECTIONS = 3
+"""Corrections of the carried noise by what the collector's resize makes of it: measured on
+random sign noise (the hardest case), the collector then sees 0.67-0.69 of the noise's amplitude,
+as with nearest-neighbour upsampling (0.68-0.70), against 0.61 uncorrected."""
 
 
-def carry_noise(photo: Photo, noise: np.ndarray) -> np.ndarray:
-    """uint8 [H, W, C]: the photo with int noise [3, S, S] (made at the model's size) carried to its own
-    resolution over the centre crop; grayscale photos take the first channel (their noise is tied)."""
+def _resize_field(field: np.ndarray, width: int, height: int, method: int) -> np.ndarray:
+    """float32 [C, H', W'] resized channel by channel to `width` x `height` with PIL's `method`."""
+    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(channel, np.float32), "F")
+                                .resize((width, height), method, reducing_gap=3.0 if method == Image.BICUBIC else None))
+                     for channel in field])
+
+
+def carry_noise(photo: Photo, noise: np.ndarray, bound: int) -> np.ndarray:
+    """uint8 [H, W, C]: the photo with int noise [3, S, S] (made at the model's size, within
+    `bound`) carried to its own resolution over the whole photo (see the module docstring);
+    grayscale photos take the first channel (their noise is tied)."""
     size = noise.shape[-1]
     width, height = photo.size
     new_w, new_h, left, top = center_crop_geometry(width, height, size)
-    rows, cols = _cells(height, new_h, top, size), _cells(width, new_w, left, size)
-    channels = noise[:1] if photo.gray else noise
-    full = channels[:, np.clip(rows, 0, None)][:, :, np.clip(cols, 0, None)].transpose(1, 2, 0).astype(np.int16)
-    full *= ((rows >= 0)[:, None] & (cols >= 0)[None, :])[..., None]
-    return np.clip(photo.pixels.astype(np.int16) + full, 0, 255).astype(np.uint8)
+    channels = (noise[:1] if photo.gray else noise).astype(np.float32)
+    target = np.pad(channels, ((0, 0), (top, new_h - size - top), (left, new_w - size - left)), mode="reflect")
+    carried = np.clip(_resize_field(target, width, height, Image.LANCZOS), -bound, bound)
+    for _ in range(CARRY_CORRECTIONS):
+        seen = _resize_field(carried, new_w, new_h, Image.BICUBIC)
+        carried = np.clip(carried + _resize_field(target - seen, width, height, Image.LANCZOS), -bound, bound)
+    change = np.round(carried).astype(np.int16).transpose(1, 2, 0)
+    return np.clip(photo.pixels.astype(np.int16) + change, 0, 255).astype(np.uint8)
 
 
-def save_photo(photo: Photo, pixels: np.ndarray, out_path: str | os.PathLike) -> None:
-    """Write uint8 [H, W, C] `pixels` as a lossless PNG, grayscale as L and the photo's alpha kept;
-    written to a temporary name and renamed, so no half-written file is left."""
+OUTPUT_FORMATS = {"png": ".png", "jpeg": ".jpg"}
+"""`mmue protect --output-format`: lossless PNG, or JPEG at `--quality` (photos with transparency
+stay PNG, which JPEG cannot hold)."""
+
+
+def save_photo(photo: Photo, pixels: np.ndarray, out_path: str | os.PathLike, quality: int | None = None) -> None:
+    """Write uint8 [H, W, C] `pixels` as PNG (lossless; the photo's alpha kept), or as JPEG at
+    `quality` when `out_path` ends in .jpg; grayscale as L. Written to a temporary name and
+    renamed, so no half-written file is left."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     image = Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels, "L" if pixels.shape[2] == 1 else "RGB")
-    if photo.alpha is not None:
-        image.putalpha(Image.fromarray(photo.alpha, "L"))
     with atomic_path(out_path) as temporary:
-        image.save(temporary, format="PNG")
+        if out_path.suffix == ".jpg":
+            image.save(temporary, format="JPEG", quality=quality, subsampling=0 if quality >= 90 else 2)
+        else:
+            if photo.alpha is not None:
+                image.putalpha(Image.fromarray(photo.alpha, "L"))
+            image.save(temporary, format="PNG")
 
 
-def published_names(table: CaptionTable) -> list[str]:
-    """Where each photo of `table` is published, relative to the output folder: `images/` + its path
-    relative to the CSV's folder (else its file name), as `.png`; two photos that would share a
-    name are an error naming both CSV lines."""
-    folder = table.csv_path.parent.resolve()
-    names: dict[str, int] = {}
+@dataclass
+class PhotoHeader:
+    """What a photo's header says, before its pixels are decoded."""
+
+    width: int
+    height: int
+    channels: int
+    alpha: bool
+
+
+def read_headers(table: CaptionTable) -> list[PhotoHeader]:
+    """The header of every photo of `table`; a DataError naming the CSV line of one that is not an image."""
+    headers = []
     for path, line in zip(table.image_paths, table.image_lines):
         try:
-            relative = path.resolve().relative_to(folder)
+            with Image.open(path) as image:
+                alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+                headers.append(PhotoHeader(*image.size, len(image.getbands()), alpha))
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+            raise DataError(f"{table.csv_path}: line {line}: cannot read image {path}: {error}") from error
+    return headers
+
+
+def published_names(table: CaptionTable, alpha: list[bool] | None = None,
+                    output_format: str = "png") -> tuple[list[str], list[str]]:
+    """Where each photo of `table` is published, relative to the output folder, and a note per
+    renamed photo: `images/` + its path relative to the CSV's folder (else its file name), with
+    the format's suffix (PNG for photos with `alpha`). Photos that would share a name (`a.jpg`,
+    `a.png`) keep their own suffix in it (`a-jpg.png`, `a-png.png`)."""
+    folder = table.csv_path.parent.resolve()
+    alpha = alpha or [False] * len(table.image_paths)
+    relatives = []
+    for path in table.image_paths:
+        try:
+            relatives.append(path.resolve().relative_to(folder))
         except ValueError:
-            relative = Path(path.name)
-        name = (Path("images") / relative).with_suffix(".png").as_posix()
-        if name in names:
-            raise DataError(f"{table.csv_path}: lines {names[name]} and {line} would both be published as {name}: "
-                            f"rename one of the photos")
-        names[name] = line
-    return list(names)
+            relatives.append(Path(path.name))
+    suffixes = [".png" if has_alpha else OUTPUT_FORMATS[output_format] for has_alpha in alpha]
+    plain = [(Path("images") / relative).with_suffix(suffix).as_posix() for relative, suffix in zip(relatives, suffixes)]
+    counts = Counter(plain)
+    taken = {name for name in plain if counts[name] == 1}
+    names, notes = [], []
+    for relative, suffix, name, line in zip(relatives, suffixes, plain, table.image_lines):
+        if counts[name] > 1:
+            kind = relative.suffix.lstrip(".").lower() or "image"
+            kept = (Path("images") / relative.parent / f"{relative.stem}-{kind}{suffix}").as_posix()
+            if kept in taken:
+                kept = (Path("images") / relative.parent / f"{relative.stem}-{kind}-line{line}{suffix}").as_posix()
+            taken.add(kept)
+            notes.append(f"{relative.as_posix()} (line {line}) is published as {kept}: another photo would also "
+                         f"be {name}")
+            name = kept
+        names.append(name)
+    return names, notes
 
 
 def read_photos(table: CaptionTable, size: int, progress: bool = True) -> PairDataset:
@@ -201,39 +260,69 @@ def check_photo_noise(config: ProtectConfig) -> None:
         raise ValueError("--noise-per row makes one copy of a photo per caption: use it with --resolution model")
 
 
-def export_photos(table: CaptionTable, dataset: PairDataset, protection: Protection, out_dir: str | os.PathLike,
-                  fraction: float, seed: int, report: dict) -> Path:
-    """Publish at each photo's own resolution: the protected photos under `published_names`,
-    `protected.csv` (captions with their triggers) and `report.json` (`report` plus, per photo,
-    its file, size, whether it is protected, PSNR and largest change at full resolution)."""
+def noise_kept(photo: Photo, intended: np.ndarray, published: np.ndarray, size: int) -> float:
+    """The share of the intended change (uint8 [H, W, C] `intended` against the photo) that a model
+    at `size` px still sees in `published` (after a lossy save): the projection of the one change
+    on the other, 1 when all of it is there."""
+    clean = model_view(photo, size).astype(np.float64)
+    wanted = model_view(Photo(photo.path, intended, photo.alpha), size) - clean
+    seen = model_view(Photo(photo.path, published, photo.alpha), size) - clean
+    energy = float((wanted * wanted).sum())
+    return float((seen * wanted).sum() / energy) if energy else 1.0
+
+
+def export_photos(table: CaptionTable, dataset: PairDataset, protection: Protection, out_dir: Path,
+                  names: list[str], fraction: float, seed: int, quality: int, report: dict) -> Path:
+    """Publish at each photo's own resolution: the photos under `names` (PNG, or JPEG at `quality`
+    for names ending .jpg), `protected.csv` (captions with their triggers, the CSV's other columns
+    kept) and `report.json` (`report` plus, per photo, its size, whether it is protected and how
+    visible its change is: PSNR, SSIM, blockiness, largest change; for a JPEG, the share of
+    the noise its model view keeps)."""
     check_photo_noise(protection.config)
-    out_dir = Path(out_dir)
     protected = protected_dataset(dataset, protection, fraction, seed)
     chosen = protected.extra["protected_images"].tolist()
-    names = published_names(table)
+    bound, size = protection.config.eps, dataset.image_size
     images = []
     for index, (path, name) in enumerate(zip(table.image_paths, names)):
         photo = open_photo(path)
         noise = protection.noise[0 if protection.config.noise_per == "universal" else index].numpy()
-        pixels = carry_noise(photo, noise) if chosen[index] else photo.pixels
-        save_photo(photo, pixels, out_dir / name)
-        delta = np.abs(pixels.astype(np.int16) - photo.pixels.astype(np.int16))
-        images.append({"file": name, "source": str(path), "size": list(photo.size), "protected": chosen[index],
-                       "grayscale": photo.gray, "alpha": photo.alpha is not None, "notes": photo.notes,
-                       "psnr_db": psnr(torch.from_numpy(photo.pixels), torch.from_numpy(pixels)),
-                       "max_abs_delta": int(delta.max(initial=0))})
+        pixels = carry_noise(photo, noise, bound) if chosen[index] else photo.pixels
+        save_photo(photo, pixels, out_dir / name, quality)
+        entry = {"file": name, "source": str(path), "size": list(photo.size), "protected": chosen[index],
+                 "grayscale": photo.gray, "alpha": photo.alpha is not None, "notes": photo.notes}
+        if name.endswith(".jpg"):
+            published = open_photo(out_dir / name).pixels
+            entry["noise_kept"] = noise_kept(photo, pixels, published, size) if chosen[index] else None
+            pixels = published
+        changed = chosen[index] or name.endswith(".jpg")
+        entry.update({"psnr_db": psnr(torch.from_numpy(photo.pixels), torch.from_numpy(pixels)),
+                      "ssim": ssim(photo.pixels, pixels) if changed else 1.0,
+                      "blockiness": blockiness(photo.pixels, pixels) if changed else None,
+                      "max_abs_delta": int(np.abs(pixels.astype(np.int16) - photo.pixels.astype(np.int16)).max())})
+        images.append(entry)
     csv_path = out_dir / "protected.csv"
-    write_caption_csv(csv_path, ((names[image], caption) for image, caption in
-                                 zip(table.row_image, protected.captions)))
-    finite = [entry["psnr_db"] for entry in images if entry["psnr_db"] is not None]
+    write_caption_csv(csv_path, ((names[image], caption, extras) for image, caption, extras in
+                                 zip(table.row_image, protected.captions, table.row_extras)), table.extra_columns)
     write_json(out_dir / "report.json", {
-        **report, "images": images, "psnr_db_mean": sum(finite) / len(finite) if finite else None,
-        "image_fields": "file: the published image (lossless PNG at the photo's own resolution and orientation); "
-                        "source: the photo it came from; size: [width, height] px; protected: whether noise was "
-                        "added (--fraction); grayscale / alpha: kept as in the photo; notes: conversions on reading; "
-                        "psnr_db: null where the image is unchanged; max_abs_delta: largest pixel change in 1/255 "
-                        "steps"})
+        **report, "images": images, "visibility": visibility_summary(images),
+        "image_fields": "file: the published image (at the photo's own resolution and orientation); source: the "
+                        "photo it came from; size: [width, height] px; protected: whether noise was added "
+                        "(--fraction); grayscale / alpha: kept as in the photo; notes: conversions on reading; "
+                        "psnr_db (null where unchanged) and ssim (1 = identical): how much the published image "
+                        "differs from the photo; blockiness: the share of the change's variation in steps "
+                        "(about 1: a visible mosaic of noise cells; 0.02-0.2: smooth noise); max_abs_delta: largest pixel change in "
+                        "1/255 steps; noise_kept (JPEG only): share of the noise a model still sees after the "
+                        "JPEG compression"})
     return csv_path
+
+
+def visibility_summary(images: list[dict]) -> dict:
+    """Means over the protected photos of `export_photos`' per-photo measures (None where none has one)."""
+    def mean(key: str) -> float | None:
+        values = [entry[key] for entry in images if entry["protected"] and entry.get(key) is not None]
+        return sum(values) / len(values) if values else None
+
+    return {key: mean(key) for key in ("psnr_db", "ssim", "blockiness", "noise_kept")}
 
 
 @dataclass
@@ -250,6 +339,9 @@ class ProtectRequest:
     surrogate: str | None = None
     fraction: float = 1.0
     force: bool = False
+    keep_state: bool = False
+    output_format: Literal["png", "jpeg"] = "png"
+    quality: int = 92
     settings: dict = field(default_factory=dict)
     """Protection settings over the method's preset and the schedule (`ProtectConfig` fields)."""
 
@@ -267,8 +359,16 @@ was measured with `benchmarks/protect_companions.py` (100 photos collected among
 a collector's victim ranked them 0.39 of the way from posted-clean toward never-posted, the same
 as when they were protected together with 1,900 companion photos (0.40), whose loss did fall."""
 
-STATE_FILE = "protect_state.ckpt"
-"""Kept in --out after a protection, so a rerun with a larger --max-rounds continues from it."""
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a protection, with the one line that says how to continue."""
+
+
+def state_bytes(surrogate: torch.nn.Module, num_images: int, size: int) -> int:
+    """About how large the saved state is: the surrogate and its optimizer's two moments (float32)
+    and one int8 noise per photo."""
+    parameters = sum(p.numel() for p in surrogate.parameters())
+    return 3 * 4 * parameters + num_images * 3 * size * size + 2 ** 20
 
 
 def protect_photos(request: ProtectRequest) -> None:
@@ -276,24 +376,23 @@ def protect_photos(request: ProtectRequest) -> None:
     compute, train a surrogate while protecting (resuming a saved state), and publish the photos,
     their captions with triggers and a report in `request.out`."""
     out = Path(request.out)
-    state = out / STATE_FILE
     table = read_caption_csv(request.csv)
     for line, first in duplicate_rows(table):
         print(f"warning: {request.csv}: line {line} repeats line {first} (same image and caption)", file=sys.stderr)
     check_image_files(table)
+    check_output_folder(out, table.image_paths, table.image_lines, table.csv_path)
     config = protection_config(request.method, schedule_settings(request.schedule), **request.settings)
     if config.trigger_len and config.trigger_vocab == "captions":
         trigger_vocabulary(config, table.captions)
     if config.direction == "maximize" and not request.surrogate:
         raise ValueError(f"--method {request.method} attacks a clean-trained surrogate: pass --surrogate PATH")
+    headers = read_headers(table)
+    names, renamed = [], []
     if request.resolution == "photo":
         check_photo_noise(config)
-        published_names(table)
+        names, renamed = published_names(table, [h.alpha for h in headers], request.output_format)
     device = resolve_device(config.device)
     model = DEVICE_SURROGATES.get(device.type, DEVICE_SURROGATES["cpu"]) if request.model == "auto" else request.model
-    with distributed.main_first():
-        done = prepare_output(out, state, config, len(table.image_paths), len(table.captions),
-                                       request.force and distributed.context().is_main)
     if request.surrogate:
         surrogate = load_clip(request.surrogate)
         if request.size and request.size != model_image_size(surrogate):
@@ -301,11 +400,24 @@ def protect_photos(request: ProtectRequest) -> None:
     else:
         surrogate = create_clip(model, image_size=request.size, seed=config.seed)
     size = model_image_size(surrogate)
+    state = state_path(out)
+    state_size = state_bytes(surrogate, len(table.image_paths), size)
+    outputs = sum(h.width * h.height * (h.channels + 1) for h in headers) + 2 ** 20
+    check_room(out, outputs, f"the {len(headers)} published photos")
+    check_room(state.parent, state_size, "the protection's resumable state")
+    is_main = distributed.context().is_main
+    with distributed.main_first():
+        done = saved_rounds(state, out, config, len(table.image_paths), len(table.captions), request.force)
+        if is_main:
+            prepare_output(out, [*names, "protected.csv", "report.json"], request.force, resuming=done > 0)
+    for note in renamed:
+        print(f"note: {note}", file=sys.stderr)
     with distributed.main_first():
         clean = read_photos(table, size) if request.resolution == "photo" else load_csv_dataset(request.csv, size)
     for warning in clean.extra.get("warnings", []):
         print(f"warning: {warning}", file=sys.stderr)
-    if clean.num_images < SMALL_COLLECTION and config.direction == "minimize":
+    small = clean.num_images < SMALL_COLLECTION and config.direction == "minimize"
+    if small:
         print(f"warning: {clean.num_images} photos: below about {SMALL_COLLECTION} the protection's loss does not "
               f"fall (the surrogate learns a small collection's captions instead of its triggers). It still protects "
               f"in part: 100 photos collected among 2,000 others were ranked by a CLIP trained on the collection at "
@@ -317,7 +429,8 @@ def protect_photos(request: ProtectRequest) -> None:
           f"schedule {request.schedule}, surrogate {surrogate_name}, on {device.type}: "
           f"{'continuing after round ' + str(done) + ', ' if done else ''}"
           f"about {duration(estimate_seconds(clean, surrogate, config, range(done, config.max_rounds)))} "
-          f"for {max(0, config.max_rounds - done)} round(s) (fewer if the loss reaches {config.stop_loss})")
+          f"for {max(0, config.max_rounds - done)} round(s) (fewer if the loss reaches {config.stop_loss}); "
+          f"the state that lets a rerun continue (about {mib(state_size)}) is saved in {state}, outside --out")
 
     def report_round(record: dict) -> None:
         spent = sum(r["seconds"] for r in protection_rounds) + record["seconds"]
@@ -329,69 +442,87 @@ def protect_photos(request: ProtectRequest) -> None:
 
     protection_rounds: list[dict] = []
     started = time.perf_counter()
-    protection = generate_protection(clean, surrogate, config, checkpoint_path=state, on_round=report_round)
-    if not distributed.context().is_main:
+    try:
+        protection = generate_protection(clean, surrogate, config, checkpoint_path=state, on_round=report_round)
+    except KeyboardInterrupt:
+        finished = done + len(protection_rounds)
+        raise Interrupted(f"interrupted{f' after round {finished}' if finished else ''}: rerun the same command to "
+                          f"continue{f' from round {finished + 1}' if finished else ''}") from None
+    if not is_main:
         return
     report = {"method": request.method, "schedule": request.schedule, "config": asdict(config),
               "csv": str(request.csv), "image_size": size, "resolution": request.resolution,
-              "fraction": request.fraction,
+              "fraction": request.fraction, "output_format": request.output_format,
               "surrogate": surrogate_name, "rounds": len(protection.history), "history": protection.history,
               "final_loss": protection.history[-1]["noise_loss"] if protection.history else None,
               "converged": protection.converged, "seconds": protection.seconds,
               "seconds_this_run": time.perf_counter() - started,
-              "state": f"{STATE_FILE}: rerun with a larger --max-rounds to continue from it; delete it when done"}
-    if request.resolution == "photo":
-        csv_path = export_photos(table, clean, protection, out, request.fraction, config.seed, report)
-    else:
-        csv_path = export_protected(clean, protected_dataset(clean, protection, request.fraction, config.seed), out,
-                                    report)
+              "state": (f"kept in {state} (--keep-state): it holds the exact noise and triggers, which remove the "
+                        f"protection; never publish it, and delete it when done" if request.keep_state else
+                        "deleted when the protection finished (it holds the exact noise and triggers, which remove "
+                        "the protection)")}
+    try:
+        if request.resolution == "photo":
+            csv_path = export_photos(table, clean, protection, out, names, request.fraction, config.seed,
+                                     request.quality, report)
+        else:
+            published = protected_dataset(clean, protection, request.fraction, config.seed)
+            add_to_manifest(out, image_file_names(published))
+            csv_path = export_protected(clean, published, out, report)
+    except OSError as error:
+        raise OSError(f"cannot write the protected photos in {out}: {error.strerror or error}. The protection itself "
+                      f"is saved in {state}: make room and rerun the same command to publish it without computing "
+                      f"it again") from error
+    if not request.keep_state:
+        state.unlink(missing_ok=True)
     print(f"wrote {csv_path} ({clean.num_images} images) and {out / 'report.json'}; post the images and the "
           f"captions of {csv_path.name} together (the triggers are part of the protection)")
+    if request.resolution == "photo":
+        print(visibility_line(json.loads((out / "report.json").read_text(encoding="utf-8"))["visibility"],
+                              request.quality if request.output_format == "jpeg" else None))
     if protection.converged is False:
-        print(f"warning: the protection did not converge: after {len(protection.history)} rounds the PGD loss is "
-              f"{report['final_loss']:.3g}, above stop_loss {config.stop_loss:g}; such noise protects less. "
-              f"Rerun the same command with --max-rounds {2 * config.max_rounds} to continue from round "
-              f"{len(protection.history)}, and measure it with mmue check.", file=sys.stderr)
+        print(not_converged_advice(protection, config, small), file=sys.stderr)
 
 
-def prepare_output(out: Path, state: Path, config, num_images: int, num_rows: int, force: bool) -> int:
-    """Make --out ready before any compute: empty, or emptied of an earlier output (--force), or
-    holding the saved state of this same protection (continued: more rounds, or after a kill).
-    Returns the number of rounds the kept state holds."""
-    if not out.is_dir() or not any(out.iterdir()):
-        return 0
-    if force:
-        empty_output(out, keep=None)
-        return 0
+def visibility_line(summary: dict, quality: int | None) -> str:
+    """One line on how visible the published change is (and, for JPEG, how much noise survives)."""
+    line = (f"visibility (means over the protected photos, report.json has each): PSNR {summary['psnr_db']:.1f} dB, "
+            f"SSIM {summary['ssim']:.3f}, blockiness {summary['blockiness']:.2f} (about 1: a visible mosaic of noise "
+            f"cells; 0.02-0.2: smooth noise)") if summary["psnr_db"] is not None else "no photo was changed"
+    if quality is not None and summary["noise_kept"] is not None:
+        line += (f"; JPEG at quality {quality} keeps {summary['noise_kept']:.2f} of the noise as a model sees it "
+                 f"(PNG keeps all of it)")
+    return line
+
+
+def not_converged_advice(protection: Protection, config: ProtectConfig, small: bool) -> str:
+    """What to do about a protection whose loss stayed above its schedule's stop_loss."""
+    loss = protection.history[-1]["noise_loss"]
+    rounds = len(protection.history)
+    if small:
+        return (f"note: after {rounds} rounds the protection's loss is {loss:.3g} (it stops below "
+                f"{config.stop_loss:g}), as expected for a small collection (see the warning above): more rounds "
+                f"do not lower it. Measure what the photos get with mmue check")
+    return (f"warning: the protection did not converge: after {rounds} rounds the loss is {loss:.3g}, above "
+            f"stop_loss {config.stop_loss:g}; such noise protects less. Rerun with --force --max-rounds "
+            f"{2 * config.max_rounds} (or --keep-state, then a larger --max-rounds continues it), and measure it "
+            f"with mmue check")
+
+
+def saved_rounds(state: Path, out: Path, config: ProtectConfig, num_images: int, num_rows: int, force: bool) -> int:
+    """Rounds an interrupted protection into `out` saved in `state` (0: none). A state of another
+    protection is refused (--force starts over); a state whose output folder is gone or replaced
+    (--force) is stale and removed."""
     if not state.is_file():
-        raise ValueError(f"{out} is not empty; choose another --out or pass --force to overwrite")
+        return 0
+    if force or read_manifest(out) is None:
+        if distributed.context().is_main:
+            state.unlink()
+        return 0
     saved = torch.load(state, map_location="cpu", weights_only=True)
     differences = checkpoint_differences(saved, config, num_images, num_rows)
     if differences:
-        raise ValueError(f"{out} holds a protection with other settings ({'; '.join(differences)}): rerun with "
-                         f"the same options (a larger --max-rounds continues it), pass --force to start over, "
-                         f"or choose another --out")
-    empty_output(out, keep=state)
+        raise ValueError(f"the saved state of the protection into {out} has other settings "
+                         f"({'; '.join(differences)}): rerun with the same options (a larger --max-rounds continues "
+                         f"it), pass --force to start over, or choose another --out")
     return len(saved["history"])
-
-
-PROTECT_OUTPUTS = ("protected.csv", "report.json")
-"""Files `mmue protect` writes beside its `images/` folder of PNGs."""
-
-
-def empty_output(out: Path, keep: Path | None) -> None:
-    """Remove an earlier `mmue protect` output from `out` but `keep`; refuse a folder holding anything else."""
-    images = out / "images"
-    ours = [out / name for name in (*PROTECT_OUTPUTS, STATE_FILE) if out / name != keep]
-    ours += [images] if images.is_dir() else []
-    foreign = [p for p in out.iterdir() if p not in ours and p != keep]
-    if images.is_dir():
-        foreign += [p for p in images.rglob("*") if p.is_file() and p.suffix != ".png"]
-    if foreign:
-        raise ValueError(f"--force empties {out} of an earlier mmue protect output, but it also holds "
-                         f"{', '.join(sorted(p.name for p in foreign)[:5])}: choose another --out")
-    for path in ours:
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)

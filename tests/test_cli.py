@@ -1,4 +1,5 @@
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -6,6 +7,7 @@ from PIL import Image
 
 from mmue_lib.cli import check_verdict, main
 from mmue_lib.data import load_csv_dataset, make_synthetic_dataset
+from mmue_lib.outfolder import state_path
 from mmue_lib.tables import RETRIEVAL_KEYS
 
 
@@ -114,23 +116,103 @@ def test_protect_names_a_folder_in_the_image_column_and_warns_about_duplicate_ro
     assert not (tmp_path / "out").exists()
 
 
-def test_force_replaces_an_earlier_output_and_refuses_a_folder_of_other_files(tmp_path, capsys):
+def protect_args(csv_path, out, *options):
+    """`mmue protect` of `csv_path` into `out` with a tiny surrogate and one short round."""
+    return ["protect", "--csv", str(csv_path), "--out", str(out), "--model", "RN-tiny", "--size", "32",
+            "--max-rounds", "1", "--surrogate-steps", "1", "--batch-size", "4", "--device", "cpu", *options]
+
+
+def test_force_removes_only_what_mmue_protect_wrote(tmp_path, capsys):
     csv_path = small_photo_csv(tmp_path / "photos")
     out = tmp_path / "out"
-    (out / "images").mkdir(parents=True)
-    (out / "images" / "000099_stale.png").write_bytes(b"old")
-    (out / "report.json").write_text("{}")
-    args = ["protect", "--csv", str(csv_path), "--out", str(out), "--model", "RN-tiny", "--size", "32",
-            "--max-rounds", "1", "--surrogate-steps", "1", "--batch-size", "4", "--device", "cpu"]
-    assert main(args + ["--force"]) == 0
+    assert main(protect_args(csv_path, out)) == 0
     assert sorted(p.name for p in (out / "images").iterdir()) == [f"p{i}.png" for i in range(4)]
+    assert main(protect_args(csv_path, out)) == 2 and "holds an earlier mmue protect output" in capsys.readouterr().err
+    three = tmp_path / "photos" / "three.csv"
+    three.write_text("".join(csv_path.read_text().splitlines(keepends=True)[:4]))
+    assert main(protect_args(three, out, "--force")) == 0
+    assert sorted(p.name for p in (out / "images").iterdir()) == [f"p{i}.png" for i in range(3)]
     report = json.loads((out / "report.json").read_text())
-    assert [entry["file"] for entry in report["images"]] == [f"images/p{i}.png" for i in range(4)]
     assert all(entry["protected"] and 0 < entry["max_abs_delta"] <= 8 and entry["size"] == [40, 40]
                for entry in report["images"])
-    (out / "notes.txt").write_text("mine")
-    assert main(args + ["--force"]) == 2 and "also holds notes.txt" in capsys.readouterr().err
-    assert (out / "notes.txt").is_file() and (out / "report.json").is_file()
+    (out / "images" / "notes.txt").write_text("mine")
+    assert main(protect_args(csv_path, out, "--force")) == 2
+    assert "holds images/notes.txt, which mmue protect did not write there" in capsys.readouterr().err
+    assert (out / "images" / "notes.txt").is_file() and (out / "report.json").is_file()
+    assert len(list((out / "images").iterdir())) == 4
+
+
+def test_an_out_that_could_lose_a_photo_is_refused_before_anything_is_read(tmp_path, capsys, monkeypatch):
+    album = tmp_path / "album" / "images"
+    small_photo_csv(album)
+    outside = tmp_path / "album.csv"
+    outside.write_text("image,caption\n" + "".join(f"album/images/p{i}.png,photo {i}\n" for i in range(4)))
+    originals = {p: p.read_bytes() for p in album.iterdir()}
+    (tmp_path / "notes.txt").write_text("mine")
+    for out, message in ((tmp_path / "album", "holds the photo"), (album, "holds the photo"),
+                         (album / "protected", "is inside"), (tmp_path / "notes.txt", "is a file"),
+                         (tmp_path / "notes.txt" / "out", "is a file, so the folder cannot be created")):
+        assert main(protect_args(outside, out, "--force")) == 2
+        assert message in capsys.readouterr().err, out
+    assert {p: p.read_bytes() for p in album.iterdir()} == originals and not (album / "protected").exists()
+    out = tmp_path / "out"
+    assert main(protect_args(outside, out)) == 0
+    published = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert main(protect_args(out / "protected.csv", out, "--force")) == 2, "re-protecting an output into itself"
+    assert "holds the photo" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == published
+    import mmue_lib.outfolder as outfolder
+
+    monkeypatch.setattr(outfolder.shutil, "disk_usage", lambda path: SimpleNamespace(free=4096))
+    assert main(protect_args(outside, tmp_path / "full")) == 2
+    assert "published photos need about" in capsys.readouterr().err and not (tmp_path / "full").exists()
+
+
+def test_a_failed_write_keeps_the_protection_and_a_rerun_publishes_it(tmp_path, capsys, monkeypatch):
+    import mmue_lib.photos as photos
+
+    csv_path = small_photo_csv(tmp_path / "photos")
+    out = tmp_path / "out"
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(photos, "save_photo", full_disk)
+        assert main(protect_args(csv_path, out)) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "rerun the same command to publish it without computing" in err
+    assert "Traceback" not in err
+    assert main(protect_args(csv_path, out)) == 0
+    printed = capsys.readouterr().out
+    assert "continuing after round 1" in printed and "round 1 of 1" not in printed
+    assert len(list((out / "images").iterdir())) == 4 and not state_path(out).exists()
+
+
+def test_ctrl_c_says_in_one_line_how_to_continue(tmp_path, capsys, monkeypatch):
+    import mmue_lib.photos as photos
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(photos, "generate_protection", interrupted)
+    assert main(protect_args(small_photo_csv(tmp_path / "photos"), tmp_path / "out")) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "mmue: interrupted: rerun the same command to continue"
+
+
+def test_a_spreadsheet_csv_is_read_and_its_columns_kept_and_jpeg_says_what_it_keeps(tmp_path, capsys):
+    csv_path = small_photo_csv(tmp_path / "photos" / "trip")
+    excel = tmp_path / "photos" / "excel.csv"
+    excel.write_bytes("\ufeffimage;caption;credit\r\n".encode() + "".join(
+        f"trip\\p{i}.png;photo number {i}, taken by me;Ann {i}\r\n" for i in range(4)).encode())
+    out = tmp_path / "out"
+    assert main(protect_args(excel, out, "--output-format", "jpeg", "--quality", "90")) == 0
+    printed = capsys.readouterr().out
+    assert "JPEG at quality 90 keeps" in printed
+    lines = (out / "protected.csv").read_text().splitlines()
+    assert lines[0] == "image,caption,credit" and lines[1].startswith("images/trip/p0.jpg,") and lines[1].endswith(",Ann 0")
+    report = json.loads((out / "report.json").read_text())
+    assert 0.3 < report["visibility"]["noise_kept"] < 1 and all(e["file"].endswith(".jpg") for e in report["images"])
 
 
 def test_training_options_take_their_defaults_and_choices_from_train_config(capsys):

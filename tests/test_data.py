@@ -84,6 +84,28 @@ def test_missing_csv_is_a_clear_error(tmp_path):
         read_caption_csv(tmp_path / "nope.csv")
 
 
+def test_csvs_as_spreadsheets_write_them_are_read(tmp_path):
+    (tmp_path / "trip").mkdir()
+    save_image(tmp_path / "trip" / "a.png")
+    (tmp_path / "excel.csv").write_bytes("\ufeffimage,caption,credit\r\ntrip\\a.png,a dog, running,Ann\r\n".encode())
+    with pytest.raises(DataError, match="line 2"):
+        read_caption_csv(tmp_path / "excel.csv")
+    (tmp_path / "excel.csv").write_bytes("\ufeffimage,caption,credit\r\ntrip\\a.png,\"a dog, running\",Ann\r\n".encode())
+    table = read_caption_csv(tmp_path / "excel.csv")
+    assert table.image_paths == [tmp_path / "trip" / "a.png"] and table.captions == ["a dog, running"]
+    assert table.extra_columns == ["credit"] and table.row_extras == [{"credit": "Ann"}]
+    (tmp_path / "semicolons.csv").write_text("image;caption\ntrip/a.png;a dog, running\n")
+    assert read_caption_csv(tmp_path / "semicolons.csv").captions == ["a dog, running"]
+    (tmp_path / "tabs.csv").write_text("image\tcaption\ntrip/a.png\ta dog\n")
+    assert read_caption_csv(tmp_path / "tabs.csv").captions == ["a dog"]
+    (tmp_path / "other.csv").write_text("photo:text\ntrip/a.png:a dog\n")
+    with pytest.raises(DataError, match="tried columns separated by comma, semicolon, tab"):
+        read_caption_csv(tmp_path / "other.csv")
+    (tmp_path / "latin.csv").write_bytes("image,caption\ntrip/a.png,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(DataError, match="not UTF-8 text .*save it as CSV UTF-8"):
+        read_caption_csv(tmp_path / "latin.csv")
+
+
 def test_image_cache_is_reused_and_invalidated(tmp_path):
     cache = tmp_path / "cache"
     image = save_image(tmp_path / "a.png")

@@ -13,7 +13,7 @@ FLOORS = [
     {"methods", "explain"},
     {"triggers"},
     {"protect"},
-    {"release", "paper"},
+    {"release", "paper", "outfolder"},
     {"cache"},
     {"records"},
     {"runs"},

@@ -7,7 +7,8 @@ from PIL import Image
 
 from mmue_lib.cli import main
 from mmue_lib.data import load_rgb, make_synthetic_dataset, read_caption_csv, resize_center_crop
-from mmue_lib.photos import Photo, carry_noise, model_view, open_photo, published_names
+from mmue_lib.photos import Photo, carry_noise, model_view, not_converged_advice, open_photo, published_names
+from mmue_lib.release import blockiness, ssim
 from odd_photos import displayed_size, write_odd_photos
 
 
@@ -40,7 +41,7 @@ def test_carried_noise_keeps_the_bound_and_comes_back_through_the_collectors_res
         photo = open_photo(path)
         noise = (torch.randint(0, 2, (3, 32, 32), generator=generator) * 16 - 8).to(torch.int8).numpy()
         noise = noise.repeat(2, axis=1).repeat(2, axis=2)
-        protected = carry_noise(photo, noise)
+        protected = carry_noise(photo, noise, 8)
         assert protected.shape == photo.pixels.shape
         assert np.abs(protected.astype(int) - photo.pixels.astype(int)).max() <= 8
         if path.name.startswith("tiny"):
@@ -60,22 +61,49 @@ def test_gray_noise_is_tied_across_channels_in_pgd():
     assert (tied[0] == tied[0, :1]).all() and not (tied[1] == tied[1, :1]).all()
 
 
-def test_published_names_keep_each_photos_name_and_refuse_a_clash(tmp_path):
+def test_published_names_keep_each_photos_name_and_keep_same_stem_photos_apart(tmp_path):
     (tmp_path / "trip").mkdir()
-    for name in ("a.jpg", "trip/b.png", "a.png"):
+    for name in ("a.jpg", "trip/b.png", "a.png", "c.jpg"):
         Image.new("RGB", (20, 20)).save(tmp_path / name)
-    (tmp_path / "photos.csv").write_text("image,caption\na.jpg,one\ntrip/b.png,two\n")
-    assert published_names(read_caption_csv(tmp_path / "photos.csv")) == ["images/a.png", "images/trip/b.png"]
-    (tmp_path / "photos.csv").write_text("image,caption\na.jpg,one\na.png,two\n")
-    with pytest.raises(ValueError, match="lines 2 and 3 would both be published as images/a.png"):
-        published_names(read_caption_csv(tmp_path / "photos.csv"))
+    (tmp_path / "photos.csv").write_text("image,caption\na.jpg,one\ntrip/b.png,two\nc.jpg,three\n")
+    table = read_caption_csv(tmp_path / "photos.csv")
+    assert published_names(table) == (["images/a.png", "images/trip/b.png", "images/c.png"], [])
+    assert published_names(table, [False, False, True], "jpeg")[0] == ["images/a.jpg", "images/trip/b.jpg",
+                                                                       "images/c.png"], "transparency stays PNG"
+    (tmp_path / "photos.csv").write_text("image,caption\na.jpg,one\na.png,two\nc.jpg,three\n")
+    names, notes = published_names(read_caption_csv(tmp_path / "photos.csv"))
+    assert names == ["images/a-jpg.png", "images/a-png.png", "images/c.png"]
+    assert notes[0] == "a.jpg (line 2) is published as images/a-jpg.png: another photo would also be images/a.png"
+
+
+def test_carried_noise_is_smooth_and_covers_the_whole_photo():
+    noise = (torch.randint(0, 2, (3, 64, 64), generator=torch.Generator().manual_seed(1)) * 16 - 8).numpy()
+    panorama = Photo("sky.png", np.full((300, 1200, 3), 128, np.uint8))
+    assert (carry_noise(panorama, noise, 8) != 128).any(axis=2).mean() > 0.9, "the sides carry noise too"
+    snow = Photo("snow.png", np.full((640, 640, 3), 200, np.uint8))
+    protected = carry_noise(snow, noise, 8)
+    mosaic = (snow.pixels + noise.repeat(10, axis=1).repeat(10, axis=2).transpose(1, 2, 0)).astype(np.uint8)
+    assert blockiness(snow.pixels, mosaic) > 0.9, "a mosaic of the model's pixels is all steps"
+    assert blockiness(snow.pixels, protected) < 0.1, "the carried noise has no steps"
+    assert 0.5 < ssim(snow.pixels, protected) < 1 and ssim(snow.pixels, snow.pixels) == 1
+
+
+def test_a_small_collection_gets_no_advice_that_does_not_help():
+    from types import SimpleNamespace
+
+    from mmue_lib.methods import protection_config, schedule_settings
+
+    config = protection_config("mem-3", schedule_settings("calibrated"))
+    protection = SimpleNamespace(history=[{"noise_loss": 4.7}] * 3)
+    assert "--max-rounds" not in not_converged_advice(protection, config, small=True)
+    assert "--max-rounds 6" in not_converged_advice(protection, config, small=False)
 
 
 def test_protect_publishes_every_photo_at_its_own_size_within_the_bound(odd_folder, tmp_path, capsys):
     out = tmp_path / "out"
     args = ["protect", "--csv", str(odd_folder), "--out", str(out), "--model", "RN-tiny", "--size", "32",
             "--max-rounds", "1", "--surrogate-steps", "1", "--batch-size", "4", "--device", "cpu"]
-    assert main(args) == 0
+    assert main(args + ["--keep-state"]) == 0
     printed = capsys.readouterr()
     assert "about " in printed.out and "round 1 of 1: noise loss" in printed.out
     assert "tiny_0.png is 8 x 8 px" in printed.err
@@ -91,13 +119,15 @@ def test_protect_publishes_every_photo_at_its_own_size_within_the_bound(odd_fold
         delta = np.abs(published.pixels.astype(int) - source.pixels.astype(int))
         assert delta.max() <= 8 and entry["max_abs_delta"] == delta.max() and entry["protected"]
     assert all(caption.split()[0] != "a" or len(caption.split()) > 3 for caption in table.captions)
-    assert main(args[:-6] + ["--max-rounds", "2", "--surrogate-steps", "1", "--batch-size", "4", "--device", "cpu"]) == 0
+    assert report["visibility"]["blockiness"] < 0.3 and "visibility (means over the protected photos" in printed.out
+    assert main(args[:-6] + ["--max-rounds", "2", "--surrogate-steps", "1", "--batch-size", "4", "--device", "cpu",
+                             "--keep-state"]) == 0
     printed = capsys.readouterr().out
     assert "continuing after round 1" in printed and "round 2 of 2" in printed and "round 1 of" not in printed
     assert json.loads((out / "report.json").read_text())["rounds"] == 2
     assert main(args[:-6] + ["--max-rounds", "2", "--surrogate-steps", "1", "--batch-size", "4", "--eps", "4",
                              "--device", "cpu"]) == 2
-    assert "holds a protection with other settings (eps 8 saved, 4 now)" in capsys.readouterr().err
+    assert "has other settings (eps 8 saved, 4 now)" in capsys.readouterr().err
 
 
 def test_model_resolution_output_is_what_the_surrogate_saw(tmp_path):
