@@ -12,7 +12,7 @@ LAB_FLAGS ?=
 BROWSER_VENV := .venv-browser
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: help install test test-fast browser-test smoke paper-slice repro plan executed nb tables figures lab clean
+.PHONY: help install test test-fast browser-test smoke paper-slice repro plan executed nb tables figures lab vocabulary clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -73,6 +73,9 @@ figures: $(STAMP) ## execute the notebooks that write figures
 
 lab: $(STAMP) ## start JupyterLab with the project's kernel (as root too: containers, CI runners)
 	$(VENV)/bin/jupyter lab $(ROOT_FLAG) $(LAB_FLAGS) notebooks
+
+vocabulary: $(STAMP) ## rewrite the study vocabulary shipped for small collections' triggers from $(MMUE_DATA)/flickr8k/train.csv
+	$(PY) -c "from mmue_lib.triggers import write_study_vocabulary as w; print(w('$(MMUE_DATA)/flickr8k/train.csv'), 'words')"
 
 clean: ## remove executed notebooks other than the committed cpu ones, and Python caches (not .venv, not results)
 	if [ -d executed ]; then find executed -mindepth 1 -maxdepth 1 ! -name cpu -exec rm -rf {} +; fi

@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/protect_photos.py                      # 40 odd photos, default options
     .venv/bin/python benchmarks/protect_photos.py --photos 40 100 250 500 -- --max-rounds 8
+    .venv/bin/python benchmarks/protect_photos.py --check --out /tmp/pp   # and the strength (about 15 min more)
 
 For each collection size, makes a folder of photos of every kind people post (`tests/odd_photos.py`:
 sizes 333 to 1200 px, portrait, grayscale, RGBA, palette, CMYK, 16-bit, EXIF-rotated, an 8 x 8
@@ -9,7 +10,12 @@ one) from the first Flickr8k test images, one caption each, runs `mmue protect` 
 default options (plus any given after `--`), and prints the wall time, the peak RAM, the PGD
 loss of every round beside ln(N) (a contrastive loss at chance), and whether every published
 photo has its source's displayed size and stays within the bound on every pixel at full
-resolution. Nothing is cached between sizes.
+resolution. It prints how visible the change is (PSNR, SSIM, blockiness: `release.blockiness`)
+as published (noise carried smoothly over the whole photo) beside the earlier way (the noise's
+cells repeated by nearest-neighbour upsampling over the centre square), on the same noise. With
+--check it runs `mmue check` (its defaults: three victims on the Flickr8k train background) on
+both ways and prints how far each moved the photos toward never posted. Nothing is cached
+between sizes but the check's victims, which resume from --out.
 """
 from __future__ import annotations
 
@@ -26,9 +32,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+import torch
+
 from mmue_lib.cli import main as mmue
-from mmue_lib.data import read_caption_csv
-from mmue_lib.photos import open_photo
+from mmue_lib.data import center_crop_geometry, read_caption_csv, write_caption_csv
+from mmue_lib.outfolder import state_path
+from mmue_lib.photos import Photo, open_photo, save_photo
+from mmue_lib.release import blockiness, psnr, ssim
 from mmue_lib.storage import expand_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -58,11 +68,56 @@ def check_output(csv_path: Path, out: Path, eps: int) -> tuple[int, int]:
     return same_size, within
 
 
+def nearest_carry(photo: Photo, noise: np.ndarray) -> np.ndarray:
+    """The earlier way to carry noise [3, S, S] to a photo: each model pixel's value repeated over
+    the photo pixels it came from (nearest neighbour), over the centre square only."""
+    size = noise.shape[-1]
+    width, height = photo.size
+    new_w, new_h, left, top = center_crop_geometry(width, height, size)
+
+    def cells(length: int, resized: int, offset: int) -> np.ndarray:
+        index = np.floor((np.arange(length) + 0.5) * resized / length).astype(np.int64) - offset
+        return np.where((index >= 0) & (index < size), index, -1)
+
+    rows, cols = cells(height, new_h, top), cells(width, new_w, left)
+    channels = noise[:1] if photo.gray else noise
+    full = channels[:, np.clip(rows, 0, None)][:, :, np.clip(cols, 0, None)].transpose(1, 2, 0).astype(np.int16)
+    full *= ((rows >= 0)[:, None] & (cols >= 0)[None, :])[..., None]
+    return np.clip(photo.pixels.astype(np.int16) + full, 0, 255).astype(np.uint8)
+
+
+def publish_nearest(csv_path: Path, out: Path, before: Path) -> dict:
+    """`out`'s protection published the earlier way into `before` (same noise, same captions);
+    returns the visibility means of both ways."""
+    noise = torch.load(state_path(out), map_location="cpu", weights_only=True)["noise"].numpy()
+    sources = read_caption_csv(csv_path).image_paths
+    table = read_caption_csv(out / "protected.csv")
+    names = [path.relative_to(out).as_posix() for path in table.image_paths]
+    measures = {"published": [], "earlier": []}
+    for index, (source, name) in enumerate(zip(sources, names)):
+        photo = open_photo(source)
+        earlier = nearest_carry(photo, noise[index % len(noise)])
+        save_photo(photo, earlier, before / name)
+        for way, pixels in (("published", open_photo(out / name).pixels), ("earlier", earlier)):
+            measures[way].append((psnr(torch.from_numpy(photo.pixels), torch.from_numpy(pixels)),
+                                  ssim(photo.pixels, pixels), blockiness(photo.pixels, pixels)))
+    write_caption_csv(before / "protected.csv", zip((names[i] for i in table.row_image), table.captions))
+    return {way: np.mean(np.array(values, dtype=float), axis=0) for way, values in measures.items()}
+
+
+def check(csv_path: Path, protected_csv: Path, out: Path) -> dict:
+    """`mmue check` of one published way (victims shared through `out`): moved toward never posted."""
+    if mmue(["check", "--clean", str(csv_path), "--protected", str(protected_csv), "--out", str(out)]):
+        raise SystemExit(f"mmue check failed on {protected_csv}")
+    return json.loads((out / "check.json").read_text())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--photos", type=int, nargs="+", default=[40], help="collection sizes (one photo is added: 8 x 8)")
     parser.add_argument("--data", default="$MMUE_DATA/flickr8k")
     parser.add_argument("--out", help="folder for the photos and outputs (default: a temporary one)")
+    parser.add_argument("--check", action="store_true", help="also measure the strength of both ways with mmue check")
     parser.add_argument("options", nargs="*", help="after --: more mmue protect options")
     args = parser.parse_args()
     root = Path(args.out or tempfile.mkdtemp(prefix="protect_photos_"))
@@ -71,7 +126,7 @@ def main() -> None:
         csv_path = write_odd_photos(sources, root / f"photos{count}", captions)
         out = root / f"protected{count}"
         started = time.perf_counter()
-        code = mmue(["protect", "--csv", str(csv_path), "--out", str(out), "--force", *args.options])
+        code = mmue(["protect", "--csv", str(csv_path), "--out", str(out), "--force", "--keep-state", *args.options])
         seconds = time.perf_counter() - started
         if code:
             raise SystemExit(f"mmue protect failed on {count} photos")
@@ -83,7 +138,18 @@ def main() -> None:
               f"PGD loss per round {losses} (ln N = {math.log(count + 1):.2f}, stop_loss {report['config']['stop_loss']}), "
               f"surrogate training loss {surrogate}; "
               f"{same_size}/{count + 1} at their displayed size, {within}/{count + 1} within eps "
-              f"{report['config']['eps']} on every pixel; PSNR {report['psnr_db_mean']:.1f} dB", flush=True)
+              f"{report['config']['eps']} on every pixel", flush=True)
+        before = root / f"earlier{count}"
+        visibility = publish_nearest(csv_path, out, before)
+        for way, (db, similarity, steps) in visibility.items():
+            print(f"  {way:9}: PSNR {db:.1f} dB, SSIM {similarity:.3f}, blockiness {steps:.2f}", flush=True)
+        if args.check:
+            for way, protected_csv in (("published", out / "protected.csv"), ("earlier", before / "protected.csv")):
+                result = check(csv_path, protected_csv, root / f"check{count}")
+                moved = result["moved_toward_never_posted"]
+                print(f"  {way:9}: moved toward never posted {moved['i2t']} / {moved['t2i']} (i2t / t2i); "
+                      + "; ".join(result["verdict"].values()), flush=True)
+        state_path(out).unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

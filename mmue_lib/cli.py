@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
-import math
 import os
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Literal, get_args, get_origin, get_type_hints
 
 from . import data, distributed
+from .check import DEFAULT_BACKGROUND
 from .methods import METHODS, SCHEDULES, ProtectConfig
 from .photos import DEVICE_SURROGATES, OUTPUT_FORMATS, ProtectRequest, protect_photos
 from .train import TrainConfig
@@ -93,41 +93,20 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _check(args: argparse.Namespace) -> None:
-    from .metrics import random_metrics
-    from .models import model_image_size
-    from .tables import retrieval_table
+    from .check import CheckRequest, check_photos, print_check
 
-    victims = {"Clean": (args.clean, _victim_model(args)), "Protected": (args.protected, _victim_model(args))}
-    size = model_image_size(victims["Clean"][1])
+    request = CheckRequest(clean=args.clean, protected=args.protected, out=args.out, background=args.background,
+                           background_images=args.background_images, gallery_others=args.gallery_others,
+                           model=args.model, size=args.size, context_length=args.context_length,
+                           pretrained=args.pretrained, train=_train_config(args))
     made_at = _protected_size(Path(args.protected))
-    if made_at is not None and made_at != size:
-        print(f"warning: {args.protected} was protected at {made_at} px and is checked at {size} px: its images are "
-              f"rescaled, which may weaken the noise; pass --size {made_at} to check it as it was made",
+    if made_at is not None and args.size is not None and made_at != args.size:
+        print(f"warning: {args.protected} was protected at {made_at} px and is checked at {args.size} px: its images "
+              f"are rescaled, which may weaken the noise; pass --size {made_at} to check it as it was made",
               file=sys.stderr)
-    with distributed.main_first():
-        sets = {label: data.load_csv_dataset(csv, size, max_images=args.max_images)
-                for label, (csv, _) in victims.items()}
-        test = data.load_csv_dataset(args.test_csv, size)
-    shared = data.count_shared_images(sets["Clean"], test)
-    if shared:
-        raise ValueError(f"{shared} of the {test.num_images} images of {args.test_csv} are also in {args.clean}: "
-                         "test on images that neither victim trains on")
-    out = Path(args.out)
-    finals = {label: _train_victim(args, model, csv, sets[label], test, out / label.lower())
-              for label, (csv, model) in victims.items()}
-    if not distributed.context().is_main:
-        return
-    table = retrieval_table(finals, random_metrics(test.row_image)).set_index("method")
-    verdicts = {direction: check_verdict(table, direction) for direction in ("i2t", "t2i")}
-    rows = {label: {key: (None if isinstance(value, float) and math.isnan(value) else value)
-                    for key, value in row.items()} for label, row in table.to_dict(orient="index").items()}
-    write_json(out / "check.json", {"clean_csv": args.clean, "protected_csv": args.protected, "test_csv": args.test_csv,
-                                    "model": args.model, "image_size": size, "rows": rows,
-                                    "verdict": verdicts})
-    print(table.to_string(float_format=lambda value: f"{value:.2f}", na_rep="n/a"))
-    print("C: 0 = the protected victim retrieves as well as the clean one, 1 = as badly as random guessing")
-    for text in verdicts.values():
-        print(text)
+    report = check_photos(request)
+    if report:
+        print_check(report)
 
 
 def _protected_size(protected_csv: Path) -> int | None:
@@ -137,27 +116,6 @@ def _protected_size(protected_csv: Path) -> int | None:
         return json.loads(report.read_text(encoding="utf-8")).get("image_size")
     except (OSError, ValueError):
         return None
-
-
-def check_verdict(table, direction: str) -> str:
-    """One sentence on what the protection did to retrieval in `direction` ("i2t" / "t2i"), from
-    the rows Random / Clean / Protected of `tables.retrieval_table` (indexed by method)."""
-    name = {"i2t": "image -> text", "t2i": "text -> image"}[direction]
-    key = f"{direction}_MedR"
-    clean, protected, chance = (table.loc[row, key] for row in ("Clean", "Protected", "Random"))
-    closure = table.loc["Protected", f"{direction} C"]
-    if math.isnan(closure):
-        return (f"{name}: no verdict: the victim trained on the clean photos did not learn to retrieve them "
-                f"(MedR {clean:.0f}, chance {chance:.0f}); train it longer (--epochs) or check more photos")
-    if closure >= 0.5:
-        strength = "the protection works"
-    elif closure >= 0.2:
-        strength = "the protection works partly"
-    else:
-        strength = "the protection barely works"
-    return (f"{name}: {strength}: retrieval of your photos fell from MedR {clean:.0f} (victim trained on the clean "
-            f"photos) to {protected:.0f} (trained on the protected ones), {closure:.2f} of the way to chance "
-            f"(MedR {chance:.0f})")
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -260,20 +218,24 @@ def _config_option(parser: argparse.ArgumentParser, config: type, name: str, fla
                         default=field.default if default is True else default, **options)
 
 
-TRAINING_OPTIONS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "rows_per_epoch", "seed", "device",
-                    "precision")
-"""`TrainConfig` fields that `mmue train` and `mmue check` take as options."""
+TRAINING_OPTIONS = {"epochs": "passes over the images", "batch_size": "pairs per contrastive batch",
+                    "lr": "peak learning rate (AdamW, cosine decay)", "weight_decay": "AdamW weight decay",
+                    "warmup_steps": "linear warm-up steps", "rows_per_epoch": "captions per image and epoch",
+                    "seed": "seed of the model's initialisation and the batch order",
+                    "device": "auto: a GPU when there is one", "precision": None}
+"""`TrainConfig` fields that `mmue train` and `mmue check` take as options, with their help."""
 
 
-def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="RN-small")
+def _add_training_arguments(parser: argparse.ArgumentParser, max_images: bool = True) -> None:
+    parser.add_argument("--model", default="RN-small", help="architecture (mmue models lists them)")
     parser.add_argument("--pretrained", help="local checkpoint to fine-tune")
     parser.add_argument("--size", type=int, help="image size (default: the model's)")
-    parser.add_argument("--context-length", type=int)
-    parser.add_argument("--max-images", type=int)
-    for name in TRAINING_OPTIONS:
+    parser.add_argument("--context-length", type=int, help="caption tokens (default: the model's)")
+    if max_images:
+        parser.add_argument("--max-images", type=int, help="train on the first N images only")
+    for name, meaning in TRAINING_OPTIONS.items():
         _config_option(parser, TrainConfig, name, "--wd" if name == "weight_decay" else None,
-                       help=PRECISION_HELP if name == "precision" else None)
+                       help=meaning or PRECISION_HELP)
     parser.add_argument("--nproc", type=int, default=1, help=NPROC_HELP)
 
 
@@ -340,15 +302,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_arguments(train)
     train.set_defaults(run=_train)
 
-    check = sub.add_parser("check", help="does a protection work? victims trained on the clean and on the "
-                                         "protected CSV, scored on a clean held-out CSV, and the closure C",
-                           formatter_class=_DefaultsFormatter)
+    check = sub.add_parser("check", help="does a protection work? a collector's CLIP trained on a background corpus "
+                                         "with your photos posted clean, protected, or not at all, and how well "
+                                         "each finds your photos", formatter_class=_DefaultsFormatter)
     check.add_argument("--clean", required=True, help="the CSV you protected")
     check.add_argument("--protected", required=True, help="protected.csv written by mmue protect")
-    check.add_argument("--test-csv", required=True, help="clean image,caption pairs that neither victim trains on")
-    check.add_argument("--out", required=True, help="folder for clean/ and protected/ victims and check.json")
-    _add_training_arguments(check)
-    check.set_defaults(run=_check)
+    check.add_argument("--out", required=True, help="folder for the three victims' resumable states and check.json")
+    check.add_argument("--background", help=f"image,caption CSV of photos a collector gathers beside yours (default: "
+                                             f"{DEFAULT_BACKGROUND}, the project's Flickr8k train split)")
+    check.add_argument("--background-images", type=int, default=2000, help="background images each victim trains on")
+    check.add_argument("--gallery-others", type=int, default=400,
+                       help="background photos searched beside yours (all of them trained on)")
+    _add_training_arguments(check, max_images=False)
+    check.set_defaults(run=_check, epochs=8, rows_per_epoch="one_per_image")
 
     evaluate = sub.add_parser("eval", help="retrieval metrics of a checkpoint on a CSV test set")
     evaluate.add_argument("--checkpoint", required=True)

@@ -99,6 +99,20 @@ class PairDataset:
         """Same images, other caption text per row (for example with a trigger)."""
         return PairDataset(self.images, list(captions), self.row_image.clone(), name or self.name, self.image_paths)
 
+    def first_captions(self, name: str | None = None) -> "PairDataset":
+        """Every image with its first caption only (one row per image, in image order)."""
+        first = [rows[0] for rows in self.rows_of_image()]
+        return PairDataset(self.images, [self.captions[row] for row in first], torch.arange(self.num_images),
+                           name or self.name, self.image_paths)
+
+
+def concat_datasets(parts: Sequence[PairDataset], name: str) -> PairDataset:
+    """The images and rows of `parts`, one after the other."""
+    offsets = np.cumsum([0] + [part.num_images for part in parts[:-1]])
+    return PairDataset(torch.cat([part.images for part in parts]), [c for part in parts for c in part.captions],
+                       torch.cat([part.row_image + int(offset) for part, offset in zip(parts, offsets)]), name,
+                       [path for part in parts for path in (part.image_paths or [""] * part.num_images)])
+
 
 @dataclass
 class CaptionTable:

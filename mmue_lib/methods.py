@@ -28,7 +28,7 @@ class ProtectConfig:
     trigger_len: int = 0
     trigger_per: Literal["row", "image", "universal"] = "row"
     trigger_init: Literal["the", "random"] = "the"
-    trigger_vocab: Literal["words", "captions", "mlm", "all"] = "words"
+    trigger_vocab: Literal["words", "captions", "study", "mlm", "all"] = "words"
     mlm_path: str | None = None
     trigger_top_k: int = 16
     beam_size: int = 1
@@ -54,8 +54,8 @@ class ProtectConfig:
     per image (seeded, never the first), out of reach of stripping a fixed number of leading words.
     end: it closes the caption (after its last word)."""
     trigger_min_count: int = 1
-    """With trigger_vocab 'captions': only words seen at least this often in the training captions
-    (common words, which a dictionary built from other captions of the domain keeps)."""
+    """With trigger_vocab 'captions' (or 'study'): only words seen at least this often in the
+    training captions (common words, which a dictionary built from other captions of the domain keeps)."""
 
     OPTIONAL_KEYS: ClassVar[tuple[str, ...]] = ("precision", "noise_eot", "eot_samples", "trigger_position",
                                                 "trigger_min_count")

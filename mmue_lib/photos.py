@@ -16,7 +16,7 @@ import os
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -360,6 +360,30 @@ a collector's victim ranked them 0.39 of the way from posted-clean toward never-
 as when they were protected together with 1,900 companion photos (0.40), whose loss did fall."""
 
 
+MIN_TRIGGER_WORDS = 100
+"""A trigger drawn from the collection's own captions needs at least this many words they supply
+(each seen `trigger_min_count` times); from fewer, it repeats the few there are ("the a in")."""
+
+
+def collection_trigger_words(config: ProtectConfig, captions: list[str]) -> tuple[ProtectConfig, str | None]:
+    """`config`, or for a caption-vocabulary trigger whose captions supply fewer than
+    `MIN_TRIGGER_WORDS` words, the same drawing from the study's Flickr8k caption vocabulary,
+    with a note saying so."""
+    if not config.trigger_len or config.trigger_vocab != "captions":
+        return config, None
+    try:
+        supplied = int(trigger_vocabulary(config, captions).sum())
+    except ValueError:
+        supplied = 0
+    if supplied >= MIN_TRIGGER_WORDS:
+        return config, None
+    study = replace(config, trigger_vocab="study")
+    return study, (f"your {len(captions)} captions supply {supplied} words seen {config.trigger_min_count} times or "
+                   f"more, too few for a trigger of {config.trigger_len} words: its words are drawn from the study's "
+                   f"Flickr8k caption vocabulary instead ({int(trigger_vocabulary(study, captions).sum())} words "
+                   f"seen as often there)")
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C during a protection, with the one line that says how to continue."""
 
@@ -382,8 +406,7 @@ def protect_photos(request: ProtectRequest) -> None:
     check_image_files(table)
     check_output_folder(out, table.image_paths, table.image_lines, table.csv_path)
     config = protection_config(request.method, schedule_settings(request.schedule), **request.settings)
-    if config.trigger_len and config.trigger_vocab == "captions":
-        trigger_vocabulary(config, table.captions)
+    config, vocabulary_note = collection_trigger_words(config, table.captions)
     if config.direction == "maximize" and not request.surrogate:
         raise ValueError(f"--method {request.method} attacks a clean-trained surrogate: pass --surrogate PATH")
     headers = read_headers(table)
@@ -410,7 +433,7 @@ def protect_photos(request: ProtectRequest) -> None:
         done = saved_rounds(state, out, config, len(table.image_paths), len(table.captions), request.force)
         if is_main:
             prepare_output(out, [*names, "protected.csv", "report.json"], request.force, resuming=done > 0)
-    for note in renamed:
+    for note in renamed + ([vocabulary_note] if vocabulary_note else []):
         print(f"note: {note}", file=sys.stderr)
     with distributed.main_first():
         clean = read_photos(table, size) if request.resolution == "photo" else load_csv_dataset(request.csv, size)

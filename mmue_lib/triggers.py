@@ -3,15 +3,24 @@ beam search over them, and the vocabularies a trigger may draw its words from.""
 from __future__ import annotations
 
 import os
+from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from .data import read_caption_csv
 from .defenses import normalized_word, word_counts
 from .methods import ProtectConfig
 from .models import Tokenizer
+
+STUDY_VOCABULARY = Path(__file__).parent / "vocabularies" / "flickr8k_train_words.tsv"
+"""The words of the study's Flickr8k train captions seen at least `STUDY_MIN_COUNT` times, with
+their counts (`write_study_vocabulary`): the vocabulary `trigger_vocab: study` draws from, for a
+collection whose own captions are too few to supply common words."""
+
+STUDY_MIN_COUNT = 5
 
 
 def hotflip_candidates(grad: torch.Tensor, embedding_weight: torch.Tensor, allowed: torch.Tensor,
@@ -61,7 +70,8 @@ def whole_word_tokens() -> torch.Tensor:
 def trigger_vocabulary(config: ProtectConfig, captions: list[str]) -> torch.Tensor:
     """[V] bool mask of tokens a trigger may use, by `config.trigger_vocab`: `words` (whole words),
     `captions` (whole words that occur in the training captions, at least `trigger_min_count`
-    times: the built-in semantic vocabulary), `mlm` (whole words a local masked language model
+    times: the built-in semantic vocabulary), `study` (the same from the study's Flickr8k train
+    captions, shipped with the package), `mlm` (whole words a local masked language model
     proposes for the trigger slots: the paper's BERT variant), `all` (any token, special ones
     included, as the official code). A ValueError when no word is left."""
     tokenizer = Tokenizer()
@@ -75,16 +85,38 @@ def trigger_vocabulary(config: ProtectConfig, captions: list[str]) -> torch.Tens
         if config.trigger_min_count > 1:
             counts = word_counts(captions)
             words = {w for w in words if counts[normalized_word(w)] >= config.trigger_min_count}
+    elif kind == "study":
+        words = {w for w, count in study_word_counts().items() if count >= config.trigger_min_count}
     elif kind == "mlm":
         words = mlm_proposals(config.mlm_path, captions, max(1, config.trigger_len), seed=config.seed)
     else:
-        raise ValueError(f"unknown trigger vocabulary '{kind}' (words, captions, mlm, all)")
+        raise ValueError(f"unknown trigger vocabulary '{kind}' (words, captions, study, mlm, all)")
     mask = _words_to_mask(words) & whole_word_tokens()
     if not mask.any():
         raise ValueError(f"trigger_vocab '{kind}' leaves no word for the triggers"
                          + (f" (none seen {config.trigger_min_count} times: lower trigger_min_count, "
                             "`mmue protect --trigger-min-count`)" if kind == "captions" else ""))
     return mask
+
+
+@lru_cache(maxsize=1)
+def study_word_counts() -> Counter:
+    """The shipped `STUDY_VOCABULARY` as word -> count."""
+    counts = Counter()
+    for line in STUDY_VOCABULARY.read_text(encoding="utf-8").splitlines():
+        word, count = line.split("\t")
+        counts[word] = int(count)
+    return counts
+
+
+def write_study_vocabulary(train_csv: str | os.PathLike, out: str | os.PathLike = STUDY_VOCABULARY) -> int:
+    """Write the words of `train_csv`'s captions seen at least `STUDY_MIN_COUNT` times, most common
+    first, one `word<TAB>count` per line; returns how many."""
+    counts = [(word, count) for word, count in word_counts(read_caption_csv(train_csv).captions).most_common()
+              if count >= STUDY_MIN_COUNT and word.isascii() and word.isalpha()]
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text("".join(f"{word}\t{count}\n" for word, count in counts), encoding="utf-8")
+    return len(counts)
 
 
 def _words_to_mask(words: set[str]) -> torch.Tensor:

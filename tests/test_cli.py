@@ -5,10 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
-from mmue_lib.cli import check_verdict, main
+from mmue_lib.check import check_verdict
+from mmue_lib.cli import main
 from mmue_lib.data import load_csv_dataset, make_synthetic_dataset
 from mmue_lib.outfolder import state_path
-from mmue_lib.tables import RETRIEVAL_KEYS
 
 
 def test_synthetic_train_eval_round_trip(tmp_path, capsys):
@@ -37,40 +37,63 @@ def test_errors_are_reported_without_traceback(tmp_path, capsys):
     assert "--token, --split-list" in capsys.readouterr().err
 
 
-def test_check_scores_clean_and_protected_victims_on_unseen_test_images(tmp_path, capsys):
+def test_check_trains_three_victims_on_a_background_and_ranks_your_photos(tmp_path, capsys, monkeypatch):
     assert main(["synthetic", "--out", str(tmp_path / "syn"), "--train-images", "40", "--test-images", "20"]) == 0
-    train_csv, test_csv = tmp_path / "syn" / "train.csv", tmp_path / "syn" / "test.csv"
+    background, yours = tmp_path / "syn" / "train.csv", tmp_path / "syn" / "test.csv"
     same_as_clean = tmp_path / "syn" / "copy.csv"
-    same_as_clean.write_text(train_csv.read_text())
+    same_as_clean.write_text(yours.read_text())
     common = ["--model", "RN-tiny", "--epochs", "1", "--batch-size", "20", "--device", "cpu"]
     out = tmp_path / "check"
-    assert main(["check", "--clean", str(train_csv), "--protected", str(same_as_clean), "--test-csv", str(test_csv),
-                 "--out", str(out), *common]) == 0
+    assert main(["check", "--clean", str(yours), "--protected", str(same_as_clean), "--background", str(background),
+                 "--gallery-others", "10", "--out", str(out), *common]) == 0
+    printed = capsys.readouterr().out
+    assert "victim 1 of 3, never posted (background only): 40 photos" in printed
+    assert "victim 3 of 3, protected (background + your protected photos): 60 photos" in printed
     check = json.loads((out / "check.json").read_text(), parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
-    rows = check["rows"]
-    assert set(rows) == {"Random", "Clean", "Protected"} and set(check["verdict"]) == {"i2t", "t2i"}
-    assert all(("of the way to chance" in text) != ("no verdict" in text) for text in check["verdict"].values())
-    scores = {name: {key: row[key] for key in RETRIEVAL_KEYS} for name, row in rows.items()}
-    assert scores["Protected"] == scores["Clean"], "the same data, seed and settings must give the same victim"
-    assert scores["Random"]["t2i_MedR"] == 10, "text->image chance MedR of 20 test images (floor of 9.5, plus one)"
-    assert (out / "clean" / "model.pt").is_file() and (out / "protected" / "model.pt").is_file()
-    assert "Protected" in capsys.readouterr().out
-    assert main(["check", "--clean", str(train_csv), "--protected", str(same_as_clean), "--test-csv", str(train_csv),
-                 "--out", str(tmp_path / "bad"), *common]) == 2
-    assert "40 of the 40 images" in capsys.readouterr().err
+    assert check["chance_median_rank"] == 15.5 and set(check["verdict"]) == {"i2t", "t2i"}
+    for direction in ("i2t", "t2i"):
+        medians = check["yours_median_rank"][direction]
+        assert medians["protected"] == medians["posted_clean"], "the same data, seed and settings: the same victim"
+        assert check["verdict"][direction] in printed
+    assert main(["check", "--clean", str(yours), "--protected", str(same_as_clean), "--background", str(yours),
+                 "--gallery-others", "10", "--out", str(tmp_path / "bad"), *common]) == 2
+    assert "20 of your 20 photos are also in the background" in capsys.readouterr().err
+    monkeypatch.setenv("MMUE_DATA", str(tmp_path / "nowhere"))
+    assert main(["check", "--clean", str(yours), "--protected", str(same_as_clean), "--out", str(tmp_path / "bad"),
+                 *common]) == 2
+    assert "no --background given and no Flickr8k at" in capsys.readouterr().err
 
 
 def test_check_says_in_words_what_the_protection_did():
-    import pandas as pd
+    medians = {"never_posted": 136.0, "posted_clean": 6.0, "protected": 57.0}
+    assert check_verdict("i2t", medians, 51 / 130, 100, 500) == (
+        "image -> text: the protection works partly: median rank of your 100 photos among 500: 6 posted clean, 57 "
+        "protected, 136 never posted; it moved your photos 0.39 of the way from posted clean to never posted")
+    unlearnt = {"never_posted": 240.0, "posted_clean": 230.0, "protected": 250.0}
+    assert check_verdict("t2i", unlearnt, 2.0, 100, 500).startswith(
+        "text -> image: no verdict: a collector's CLIP did not learn your photos better for having seen them")
 
-    table = pd.DataFrame({"i2t_MedR": [65.0, 12.0, 48.0], "i2t C": [1.0, 0.0, 36 / 53],
-                          "t2i_MedR": [50.0, 60.0, 55.0], "t2i C": [1.0, 0.0, float("nan")]},
-                         index=["Random", "Clean", "Protected"])
-    assert check_verdict(table, "i2t") == (
-        "image -> text: the protection works: retrieval of your photos fell from MedR 12 (victim trained on the "
-        "clean photos) to 48 (trained on the protected ones), 0.68 of the way to chance (MedR 65)")
-    assert check_verdict(table, "t2i").startswith("text -> image: no verdict: the victim trained on the clean photos "
-                                                  "did not learn")
+
+def test_a_small_collection_draws_its_triggers_from_the_study_vocabulary(tmp_path, capsys):
+    from mmue_lib.triggers import study_word_counts
+
+    out = tmp_path / "out"
+    assert main(protect_args(small_photo_csv(tmp_path / "photos"), out, "--method", "rmem-8")) == 0
+    assert "too few for a trigger of 8 words: its words are drawn from the study's Flickr8k caption vocabulary" \
+        in capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["trigger_vocab"] == "study"
+    triggers = [line.split(",", 1)[1].split()[:8] for line in (out / "protected.csv").read_text().splitlines()[1:]]
+    common = study_word_counts()
+    assert all(common[word] >= 20 for trigger in triggers for word in trigger)
+    assert len({word for trigger in triggers for word in trigger}) > 3
+
+
+def test_check_help_shows_its_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["check", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 2000)" in text and "(default: 8)" in text and "flickr8k/train.csv" in text
 
 
 def small_photo_csv(folder):
@@ -92,7 +115,6 @@ def small_photo_csv(folder):
     (["--batch-size", "1"], "--batch-size 1: allowed 2 to"),
     (["--size", "4"], "--size 4: allowed 16 to"),
     (["--trigger-min-count", "0"], "--trigger-min-count 0: allowed 1 to"),
-    (["--method", "rmem-8"], "none seen 20 times: lower trigger_min_count, `mmue protect --trigger-min-count`"),
     (["--model", "RN5O"], "--model RN5O: unknown architecture; did you mean RN50"),
     (["--surrogate", "nowhere.pt"], "--surrogate nowhere.pt: file not found"),
 ])

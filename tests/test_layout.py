@@ -14,6 +14,7 @@ FLOORS = [
     {"triggers"},
     {"protect"},
     {"release", "paper", "outfolder"},
+    {"check"},
     {"cache"},
     {"records"},
     {"runs"},

@@ -418,3 +418,13 @@ def test_protect_command_writes_publishable_data(tmp_path, capsys):
     assert (config["alpha"], config["trigger_per"], config["max_rounds"]) == (1, "row", 1), "options win over the schedule"
     assert main(["protect", "--csv", str(csv_path), "--out", str(tmp_path / "o2"), "--method", "uap"]) == 2
     assert "--surrogate" in capsys.readouterr().err
+
+
+def test_the_shipped_study_vocabulary_is_the_flickr8k_train_captions(shared_data, tmp_path):
+    from mmue_lib.triggers import STUDY_VOCABULARY, write_study_vocabulary
+
+    write_study_vocabulary(shared_data / "flickr8k" / "train.csv", tmp_path / "words.tsv")
+    assert (tmp_path / "words.tsv").read_text() == STUDY_VOCABULARY.read_text(), "rerun make vocabulary"
+    mask = trigger_vocabulary(ProtectConfig(trigger_vocab="study", trigger_min_count=20), [])
+    assert 900 < int(mask.sum()) < 1100
+
