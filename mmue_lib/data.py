@@ -172,9 +172,11 @@ def _read_rows(csv_path: Path, caption_column: str) -> CaptionTable:
         for row in reader:
             line = reader.line_num
             if None in row:
-                raise DataError(f"{csv_path}: line {line}: {len(reader.fieldnames) + len(row[None])} columns where the "
-                                f"header names {len(reader.fieldnames)}: put a caption that holds a "
-                                f"'{delimiter}' in double quotes")
+                if reader.fieldnames[-1] != caption_column:
+                    raise DataError(f"{csv_path}: line {line}: {len(reader.fieldnames) + len(row[None])} columns "
+                                    f"where the header names {len(reader.fieldnames)}: put a caption that holds a "
+                                    f"'{delimiter}' in double quotes")
+                row[caption_column] = delimiter.join([row[caption_column] or "", *row.pop(None)])
             image = (row.get("image") or "").strip()
             caption = " ".join((row.get(caption_column) or "").split())
             if not image:
@@ -196,7 +198,8 @@ def _read_rows(csv_path: Path, caption_column: str) -> CaptionTable:
 def read_caption_csv(csv_path: str | os.PathLike, caption_column: str = "caption") -> CaptionTable:
     """Parse and validate a dataset CSV (columns `image` and `caption_column`, any others kept as
     `extra_columns`), as spreadsheets write it too: a byte-order mark, CRLF line ends, `;`, tab
-    or `|` between columns, Windows separators in paths."""
+    or `|` between columns, Windows separators in paths. A caption in the last column may hold
+    the separator unquoted, as people write by hand."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: dataset CSV not found")

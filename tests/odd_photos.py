@@ -2,6 +2,7 @@
 the fixture of the `mmue protect` tests and of `benchmarks/protect_photos.py`."""
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -75,5 +76,6 @@ def write_odd_photos(sources: list[np.ndarray], folder: Path, captions: list[str
     Image.fromarray(sources[0]).resize((8, 8), Image.BICUBIC).save(folder / "tiny_0.png")
     rows.append(("tiny_0.png", captions[0]))
     csv_path = folder / "photos.csv"
-    csv_path.write_text("image,caption\n" + "".join(f"{name},{caption}\n" for name, caption in rows))
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([("image", "caption"), *rows])
     return csv_path

@@ -88,8 +88,10 @@ def test_csvs_as_spreadsheets_write_them_are_read(tmp_path):
     (tmp_path / "trip").mkdir()
     save_image(tmp_path / "trip" / "a.png")
     (tmp_path / "excel.csv").write_bytes("\ufeffimage,caption,credit\r\ntrip\\a.png,a dog, running,Ann\r\n".encode())
-    with pytest.raises(DataError, match="line 2"):
+    with pytest.raises(DataError, match="line 2: 4 columns where the header names 3: put a caption"):
         read_caption_csv(tmp_path / "excel.csv")
+    (tmp_path / "by_hand.csv").write_text("image,caption\ntrip/a.png,a dog, running, jumping\n")
+    assert read_caption_csv(tmp_path / "by_hand.csv").captions == ["a dog, running, jumping"]
     (tmp_path / "excel.csv").write_bytes("\ufeffimage,caption,credit\r\ntrip\\a.png,\"a dog, running\",Ann\r\n".encode())
     table = read_caption_csv(tmp_path / "excel.csv")
     assert table.image_paths == [tmp_path / "trip" / "a.png"] and table.captions == ["a dog, running"]
