@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 
 from . import distributed, progress
-from .storage import cache_root, provenance, stable_hash, write_json
+from .storage import cache_root, provenance, shown_path, stable_hash, write_json
 
 CODE_VERSION = 1
 """Bump when a library change makes cached results stale."""
@@ -285,7 +285,7 @@ def planned(function: Callable) -> Callable:
         if plan.todo:
             counts = " and ".join(f"{kinds.count(name)} {kind.noun}(s)" for name, kind in KINDS.items())
             print(f"{len(plan.runs)} runs: {len(plan.runs) - len(plan.todo)} from the cache, {counts} to compute "
-                  f"(cache: {cache_root() / 'runs'})", flush=True)
+                  f"(cache: {shown_path(cache_root() / 'runs')})", flush=True)
         plan.dry = False
         token = _PLAN.set(plan)
         try:

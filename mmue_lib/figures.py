@@ -16,10 +16,34 @@ from .storage import atomic_path
 
 
 def save_figure(figure: plt.Figure, figures_dir: str | os.PathLike, name: str, dpi: int = 120) -> None:
-    """Write `name.png` and `name.pdf` under `figures_dir`."""
-    for suffix in ("png", "pdf"):
+    """Write `name.png` and `name.pdf` under `figures_dir`, byte for byte the same for the same
+    figure (no creation date in the PDF), so that regenerating one leaves git clean."""
+    for suffix, metadata in (("png", {}), ("pdf", {"CreationDate": None})):
         with atomic_path(Path(figures_dir) / f"{name}.{suffix}") as tmp:
-            figure.savefig(tmp, format=suffix, dpi=dpi, bbox_inches="tight")
+            figure.savefig(tmp, format=suffix, dpi=dpi, bbox_inches="tight", metadata=metadata)
+
+
+DIRECTIONS = {"i2t": "image -> text", "t2i": "text -> image"}
+
+
+def readable(column: str) -> str:
+    """A table column as a panel title: "i2t_MedR" -> "image -> text MedR", "t2i C" -> "text -> image C"."""
+    for short, words in DIRECTIONS.items():
+        if column.startswith(short):
+            return f"{words} {column[len(short):].lstrip('_ ')}".strip()
+    return column
+
+
+def legend_entries(axes) -> tuple[list, list[str]]:
+    """The handles and labels of every panel, each label once: one legend for lines that only
+    some panels draw (a "random" line in the MedR panels, not in the loss panel)."""
+    handles, labels = [], []
+    for axis in np.ravel(axes):
+        for handle, label in zip(*axis.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    return handles, labels
 
 
 def plot_fraction(table: pd.DataFrame) -> plt.Figure:
@@ -35,7 +59,7 @@ def plot_fraction(table: pd.DataFrame) -> plt.Figure:
                 axis.plot(rows["p"], rows[f"{direction} C (paper)"], marker="x", linestyle=":", color=colour,
                           label=f"{label} (paper)")
         _closure_axis(axis, direction, "fraction of protected images p")
-    axes[0].legend(fontsize=8)
+    axes[0].legend(*legend_entries(axes), fontsize=8)
     figure.tight_layout()
     return figure
 
@@ -98,8 +122,8 @@ def plot_seed_intervals(summary: pd.DataFrame, values: tuple[str, ...] = ("i2t C
                  color=[f"C{i % 10}" for i in range(len(labels))])
         axis.axhline(1, color="gray", linestyle="--", linewidth=1, label="random")
         axis.set_xticks(range(len(labels)), labels, fontsize=8)
-        axis.set_title(f"{value}, mean and 95% interval over seeds")
-    axes[0][0].legend(fontsize=8)
+        axis.set_title(f"{readable(value)}, mean and 95% interval over seeds")
+    axes[0][0].legend(*legend_entries(axes), fontsize=8)
     figure.tight_layout()
     return figure
 
@@ -121,17 +145,17 @@ def plot_grouped_bars(table: pd.DataFrame, group: str, bar: str, values: list[st
         if chance and value in chance:
             (axis.axvline if horizontal else axis.axhline)(chance[value], color="gray", linestyle="--",
                                                            linewidth=1, label="random")
-        axis.set_title(value)
+        axis.set_title(readable(value))
         if not horizontal:
             axis.set_xticks(range(len(groups)), groups)
     if horizontal:
         axes[0][0].set_yticks(range(len(groups)), groups)
         axes[0][0].invert_yaxis()
-        handles, labels = axes[0][0].get_legend_handles_labels()
+        handles, labels = legend_entries(axes)
         figure.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=8, frameon=False)
         figure.tight_layout(rect=(0, 0, 1, 1 - 0.35 / size[1]))
     else:
-        axes[0][0].legend(fontsize=8)
+        axes[0][0].legend(*legend_entries(axes), fontsize=8)
         figure.tight_layout()
     return figure
 
@@ -188,7 +212,7 @@ def plot_training_curves(histories: dict[str, list[dict]], chance: dict | None =
             axis.axhline(chance[key], color="gray", linestyle="--", linewidth=1, label="random")
         axis.set_title(title)
         axis.set_xlabel("epoch")
-    axes[0].legend(fontsize=8)
+    axes[0].legend(*legend_entries(axes), fontsize=8)
     figure.tight_layout()
     return figure
 

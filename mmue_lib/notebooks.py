@@ -149,19 +149,25 @@ def run_notebook(name: str, scale: str, overrides: dict | None = None, output_ro
                                    kernel_name="python3", cwd=str(NOTEBOOK_DIR), progress_bar=False)
     finally:
         if out.exists():
-            tidy_outputs(out)
+            tidy_outputs(out, output_root)
     return out
 
 
-def tidy_outputs(path: Path) -> None:
+def tidy_outputs(path: Path, output_root: Path = PROJECT_ROOT) -> None:
     """Rewrite an executed notebook as a reader sees it in a terminal: each cell's consecutive
     stream outputs merged, and of a line redrawn with carriage returns (a progress bar) only its
-    last state kept (nbconvert's `CoalesceStreamsPreprocessor`), where papermill stores every redraw."""
+    last state kept (nbconvert's `CoalesceStreamsPreprocessor`), where papermill stores every redraw;
+    papermill's record of the input and output paths relative to the project and `output_root`,
+    so that no machine's folders show."""
     import nbformat
     from nbconvert.preprocessors import CoalesceStreamsPreprocessor
 
     notebook = nbformat.read(path, as_version=4)
     CoalesceStreamsPreprocessor().preprocess(notebook, {})
+    record = notebook.metadata.get("papermill", {})
+    for key, root in (("input_path", PROJECT_ROOT), ("output_path", output_root)):
+        if record.get(key) and Path(record[key]).is_relative_to(root):
+            record[key] = Path(record[key]).relative_to(root).as_posix()
     write_text(path, nbformat.writes(notebook) + "\n")
 
 

@@ -12,6 +12,7 @@ resolution), so that no mosaic of the model's pixels shows on flat areas.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -29,7 +30,7 @@ from . import distributed
 from .data import (CaptionTable, DataError, PairDataset, center_crop_geometry, check_image_files, duplicate_rows,
                    image_file_names, load_csv_dataset, read_caption_csv, resize_center_crop, write_caption_csv)
 from .distributed import resolve_device
-from .methods import METHODS, ProtectConfig, protection_config, schedule_settings
+from .methods import METHODS, ProtectConfig, bound, protection_config, schedule_settings
 from .models import create_clip, load_clip, model_image_size
 from .progress import bar as progress_bar
 from .progress import duration
@@ -503,8 +504,8 @@ def protect_photos(request: ProtectRequest) -> None:
     if request.resolution == "photo":
         print(visibility_line(json.loads((out / "report.json").read_text(encoding="utf-8"))["visibility"],
                               request.quality if request.output_format == "jpeg" else None))
-    if protection.converged is False:
-        print(not_converged_advice(protection, config, small), file=sys.stderr)
+    if bound(config, protection.history, clean.num_images) is False:
+        print(unbound_advice(protection, config, clean.num_images, small), file=sys.stderr)
 
 
 def visibility_line(summary: dict, quality: int | None) -> str:
@@ -518,18 +519,18 @@ def visibility_line(summary: dict, quality: int | None) -> str:
     return line
 
 
-def not_converged_advice(protection: Protection, config: ProtectConfig, small: bool) -> str:
-    """What to do about a protection whose loss stayed above its schedule's stop_loss."""
-    loss = protection.history[-1]["noise_loss"]
-    rounds = len(protection.history)
+def unbound_advice(protection: Protection, config: ProtectConfig, num_images: int, small: bool) -> str:
+    """What to do about a protection whose noise did not bind (`methods.bound`)."""
+    loss, rounds = protection.history[-1]["noise_loss"], len(protection.history)
+    pairs = min(config.batch_size, num_images)
+    state = (f"after {rounds} rounds the protection's loss is {loss:.3g}, near a contrastive loss at chance "
+             f"(ln {pairs} = {math.log(pairs):.2f})")
     if small:
-        return (f"note: after {rounds} rounds the protection's loss is {loss:.3g} (it stops below "
-                f"{config.stop_loss:g}), as expected for a small collection (see the warning above): more rounds "
-                f"do not lower it. Measure what the photos get with mmue check")
-    return (f"warning: the protection did not converge: after {rounds} rounds the loss is {loss:.3g}, above "
-            f"stop_loss {config.stop_loss:g}; such noise protects less. Rerun with --force --max-rounds "
-            f"{2 * config.max_rounds} (or --keep-state, then a larger --max-rounds continues it), and measure it "
-            f"with mmue check")
+        return (f"note: {state}, as expected for a small collection (see the warning above): more rounds do not "
+                f"lower it. Measure what the photos get with mmue check")
+    return (f"warning: the noise did not bind to the captions: {state}; such noise protects less. Rerun with "
+            f"--force and more --surrogate-steps or --max-rounds {2 * config.max_rounds}, and measure it with "
+            f"mmue check")
 
 
 def saved_rounds(state: Path, out: Path, config: ProtectConfig, num_images: int, num_rows: int, force: bool) -> int:

@@ -6,6 +6,7 @@ key policy of `storage.keyed_settings`.
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import asdict
@@ -18,7 +19,7 @@ from .cache import RunKind, cached, compute_from_folder, planned, register, run_
 from .data import PairDataset, load_split
 from .defenses import apply_defenses, defense_label, parse_defenses
 from .faces import load_named_faces
-from .methods import METHODS, ProtectConfig, converged, protection_config
+from .methods import METHODS, ProtectConfig, bound, protection_config
 from .models import create_clip, load_clip, model_context_length, save_clip
 from .protect import Protection, generate_protection
 from .release import protected_dataset
@@ -194,13 +195,15 @@ def describe_protection(spec: dict) -> str:
 
 
 def convergence_warning(spec: dict, result: dict) -> str | None:
-    """Why a protection run did not reach its `stop_loss`, or None when it did (or has none)."""
+    """What it means for the result when a protection run's noise did not bind (`methods.bound`),
+    or None when it bound (whether or not it reached its early-stop `stop_loss`)."""
     config, history = ProtectConfig(**spec["config"]), result["history"]
-    if converged(config, history) is not False:
+    if bound(config, history) is not False:
         return None
-    return (f"{describe_protection(spec)} did not converge: its PGD loss is {history[-1]['noise_loss']:.3g} "
-            f"after {len(history)} round(s), above stop_loss {config.stop_loss:g}; such noise protects less "
-            "(more rounds: protect.max_rounds)")
+    return (f"{describe_protection(spec)}: the noise did not bind to the captions: its PGD loss ended at "
+            f"{history[-1]['noise_loss']:.3g} after {len(history)} round(s), near a contrastive loss at chance "
+            f"(ln {config.batch_size} = {math.log(config.batch_size):.2f}); victims trained on it measure a weak "
+            f"protection (more rounds or surrogate steps: protect.max_rounds, protect.surrogate_steps)")
 
 
 def _run_of(kind: str, spec: dict | None) -> dict | None:

@@ -139,8 +139,13 @@ class Settings:
                  f"- protection: schedule `{self.schedule_name}` ({_inline(self.schedule, SEEDED)})"]
         if self.options:
             lines.append(f"- this notebook: {_inline(self.options)}")
-        lines.append(f"- results to `{self.results_dir}`, figures to `{self.figures_dir}`")
+        root = "" if self.output_root == PROJECT_ROOT else " under `output_root`"
+        lines.append(f"- results to `{self.results_dir.relative_to(self.output_root)}`, figures to "
+                     f"`{self.figures_dir.relative_to(self.output_root)}`{root}")
         return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"Settings({self.notebook!r}, scale {self.scale!r}, from {' + '.join(self.sources)})"
 
 
 def _inline(mapping: Mapping, skip: tuple = ()) -> str:

@@ -30,6 +30,12 @@ def cache_root() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "mmue"
 
 
+def shown_path(path: str | os.PathLike) -> str:
+    """`path` as printed in outputs that others read: the home folder as `~`."""
+    path, home = Path(path), Path.home()
+    return f"~/{path.relative_to(home).as_posix()}" if path.is_relative_to(home) else str(path)
+
+
 def expand_path(value: str | os.PathLike) -> Path:
     """Expand `$MMUE_DATA`, `$MMUE_CACHE`, other environment variables and `~` in a path."""
     text = str(value)

@@ -20,9 +20,9 @@ from .storage import atomic_path, write_text
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
-    """A GitHub Markdown table of a DataFrame. Integer-valued floats print without decimals; other
-    floats with two decimals in a column whose floats all lie below 10 in size (closure C,
-    losses) and one decimal elsewhere (Hit@10 %, MedR)."""
+    """A GitHub Markdown table of a DataFrame, each column rounded alike: without decimals where
+    every float in it is a whole number; else with two decimals where its floats all lie below 10
+    in size (closure C, losses) and one elsewhere (Hit@10 %, MedR)."""
     digits = [_column_digits(frame.iloc[:, i]) for i in range(frame.shape[1])]
     header = [str(c) for c in frame.columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -31,13 +31,15 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 
 def _column_digits(column: pd.Series) -> int:
-    sizes = [abs(v) for v in column if isinstance(v, float) and math.isfinite(v)]
-    return 2 if sizes and max(sizes) < 10 else 1
+    values = [v for v in column if isinstance(v, float) and math.isfinite(v)]
+    if all(v.is_integer() for v in values):
+        return 0
+    return 2 if max(abs(v) for v in values) < 10 else 1
 
 
 def _cell(value, digits: int) -> str:
     if isinstance(value, float):
-        return "" if math.isnan(value) else (f"{value:.0f}" if value.is_integer() else f"{value:.{digits}f}")
+        return "" if math.isnan(value) else f"{value:.{digits}f}"
     return str(value)
 
 

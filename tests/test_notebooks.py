@@ -109,6 +109,11 @@ def test_notebook_runs_at_smoke_scale(name, tmp_path):
     shown = "".join(text if isinstance(text, str) else "".join(text)
                     for text in [o.get("text", "") for o in outputs] + plain_only)
     assert "PosixPath" not in shown and "TqdmWarning" not in shown and "IProgress" not in shown
+    notebook = json.loads(executed.read_text())
+    notebook["cells"] = [c for c in notebook["cells"] if "injected-parameters" not in c["metadata"].get("tags", [])]
+    del notebook["metadata"]["papermill"]["parameters"]
+    text = json.dumps(notebook)
+    assert str(tmp_path) not in text and str(PROJECT_ROOT) not in text, "no machine's folders in an executed notebook"
     for relative in notebook_metadata(name)["outputs"]:
         folder, file_name = relative.split("/", 1)
         path = tmp_path / folder / "smoke" / file_name

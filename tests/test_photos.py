@@ -7,7 +7,7 @@ from PIL import Image
 
 from mmue_lib.cli import main
 from mmue_lib.data import load_rgb, make_synthetic_dataset, read_caption_csv, resize_center_crop
-from mmue_lib.photos import Photo, carry_noise, model_view, not_converged_advice, open_photo, published_names
+from mmue_lib.photos import Photo, carry_noise, model_view, open_photo, published_names, unbound_advice
 from mmue_lib.release import blockiness, ssim
 from odd_photos import displayed_size, write_odd_photos
 
@@ -95,8 +95,8 @@ def test_a_small_collection_gets_no_advice_that_does_not_help():
 
     config = protection_config("mem-3", schedule_settings("calibrated"))
     protection = SimpleNamespace(history=[{"noise_loss": 4.7}] * 3)
-    assert "--max-rounds" not in not_converged_advice(protection, config, small=True)
-    assert "--max-rounds 6" in not_converged_advice(protection, config, small=False)
+    assert "--max-rounds" not in unbound_advice(protection, config, 41, small=True)
+    assert "--max-rounds 6" in unbound_advice(protection, config, 5000, small=False)
 
 
 def test_protect_publishes_every_photo_at_its_own_size_within_the_bound(odd_folder, tmp_path, capsys):

@@ -108,11 +108,14 @@ def test_runs_describe_themselves_and_say_how_far_an_interrupted_one_got(fresh_c
     assert status[1]["seconds"] == victim["seconds"] and status[2]["seconds"] is None
 
 
-def test_a_protection_that_missed_its_stop_loss_is_reported_with_what_it_means(fresh_cache):
+def test_only_a_protection_whose_noise_did_not_bind_is_warned_about(fresh_cache):
     protection, _ = small_runs()
-    warning = runs.convergence_warning(protection["spec"], protection)
-    assert "MEM-3 seed 0 against RN-tiny" in warning and "did not converge" in warning and "stop_loss 0.01" in warning
-    assert runs.convergence_warning(protection["spec"], {**protection, "history": [{"noise_loss": 0.0}]}) is None
+    batch = protection["spec"]["config"]["batch_size"]
+    unbound = {**protection, "history": [{"noise_loss": 3.0}, {"noise_loss": 4.6}]}
+    warning = runs.convergence_warning(protection["spec"], unbound)
+    assert "MEM-3 seed 0 against RN-tiny" in warning and "did not bind" in warning and f"(ln {batch} = " in warning
+    missed_stop_loss = {**protection, "history": [{"noise_loss": 2.9}, {"noise_loss": 0.33}]}
+    assert runs.convergence_warning(protection["spec"], missed_stop_loss) is None, "the calibrated schedule's end"
     assert protection["provenance"]["device"] == "cpu" and protection["provenance"]["torch"] == torch.__version__
 
 

@@ -75,16 +75,17 @@ def test_grouped_bars_draw_one_bar_per_group_and_label_with_the_table_values(hor
     assert [tick.get_text() for tick in ticks] == ["none", "jpeg", "blur"]
     legend = figure.legends[0] if horizontal else axis.get_legend()
     assert sorted(text.get_text() for text in legend.get_texts()) == ["Clean", "MEM", "random"]
+    assert axis.get_title() == "C"
     if horizontal:
         assert axis.get_ylim()[0] > axis.get_ylim()[1], "the first group is drawn at the top"
 
 
-def test_markdown_table_gives_small_valued_columns_two_decimals():
-    table = pd.DataFrame({"method": ["EM", "MEM-3"], "i2t_MedR": [289.0, 665.5],
+def test_markdown_table_rounds_each_column_alike():
+    table = pd.DataFrame({"method": ["EM", "MEM-3"], "i2t_MedR": [289.0, 665.5], "t2i_MedR": [13.0, 250.0],
                           "i2t C": [0.3229, 1.0], "note": ["a", float("nan")]})
     assert tables.markdown_table(table).splitlines() == [
-        "| method | i2t_MedR | i2t C | note |", "|---|---|---|---|",
-        "| EM | 289 | 0.32 | a |", "| MEM-3 | 665.5 | 1 |  |"]
+        "| method | i2t_MedR | t2i_MedR | i2t C | note |", "|---|---|---|---|---|",
+        "| EM | 289.0 | 13 | 0.32 | a |", "| MEM-3 | 665.5 | 250 | 1.00 |  |"]
 
 
 def test_seed_check_gives_each_seeds_closure_against_its_own_clean_victim_and_their_interval():
@@ -158,3 +159,28 @@ def test_closures_per_schedule_or_seed_and_their_intervals():
     summary = tables.interval_summary(rows, "method").set_index("method")
     assert summary.loc["MEM-3", "runs"] == 2
     assert (summary.loc["MEM-3", "i2t C"], summary.loc["MEM-3", "i2t C ±95%"]) == pytest.approx(tables.interval([0.5, 1.0]))
+
+
+def test_every_dashed_line_is_in_a_legend_and_panels_have_readable_titles():
+    history = [{"epoch": 1, "train_loss": 3.0, "i2t_MedR": 50.0, "t2i_MedR": 40.0},
+               {"epoch": 2, "train_loss": 2.0, "i2t_MedR": 30.0, "t2i_MedR": 20.0}]
+    figure = figures.plot_training_curves({"Clean": history}, chance={"i2t_MedR": 100.0, "t2i_MedR": 90.0})
+    labels = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+    assert labels == ["Clean", "random"], "the random line of the MedR panels is labelled"
+    assert figures.readable("i2t_MedR") == "image -> text MedR" and figures.readable("t2i C") == "text -> image C"
+
+
+def test_a_saved_figure_is_the_same_bytes_every_time(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from mmue_lib.figures import save_figure
+
+    figure, axis = plt.subplots()
+    axis.plot([1, 2, 3], [3, 1, 2], label="a line")
+    axis.legend()
+    save_figure(figure, tmp_path / "first", "figure")
+    save_figure(figure, tmp_path / "second", "figure")
+    plt.close(figure)
+    for suffix in ("png", "pdf"):
+        assert (tmp_path / "first" / f"figure.{suffix}").read_bytes() == (tmp_path / "second" / f"figure.{suffix}").read_bytes()
+    assert b"CreationDate" not in (tmp_path / "first" / "figure.pdf").read_bytes(), "a date would differ on another day"
