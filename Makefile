@@ -22,9 +22,12 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
-	# Saved notebooks keep their outputs on disk, but git sees notebooks/*.ipynb without them (.gitattributes).
+	# The kernel the notebooks name ("Python 3 (mmue)"), so that the lab keeps their kernelspec as committed.
+	$(PY) -m ipykernel install --sys-prefix --name mmue --display-name "Python 3 (mmue)" > /dev/null
+	# Saved notebooks keep their outputs on disk, but git sees notebooks/*.ipynb without them and
+	# without the lab's language_info (.gitattributes).
 	if git rev-parse --git-dir > /dev/null 2>&1; then \
-	  git config filter.nbstripout.clean '"$(abspath $(VENV))/bin/python" -m nbstripout'; \
+	  git config filter.nbstripout.clean '"$(abspath $(VENV))/bin/python" -m nbstripout --extra-keys metadata.language_info'; \
 	  git config filter.nbstripout.smudge cat; \
 	  git config filter.nbstripout.required true; fi
 	touch $(STAMP)

@@ -137,6 +137,17 @@ def notebook_parameters(scale: str, overrides: dict | None = None, output_root: 
             "output_root": None if Path(output_root) == PROJECT_ROOT else str(output_root)}
 
 
+KERNEL = "mmue"
+"""The kernel the notebooks name (`make install` registers it in the venv as "Python 3 (mmue)")."""
+
+
+def kernel_name() -> str:
+    """`KERNEL` where it is registered, else the environment's own `python3`."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    return KERNEL if KERNEL in KernelSpecManager().find_kernel_specs() else "python3"
+
+
 def run_notebook(name: str, scale: str, overrides: dict | None = None, output_root: Path = PROJECT_ROOT) -> Path:
     """Execute one notebook at `scale`; returns the executed notebook's path."""
     import papermill
@@ -146,7 +157,7 @@ def run_notebook(name: str, scale: str, overrides: dict | None = None, output_ro
     try:
         papermill.execute_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"), str(out),
                                    parameters=notebook_parameters(scale, overrides, output_root),
-                                   kernel_name="python3", cwd=str(NOTEBOOK_DIR), progress_bar=False)
+                                   kernel_name=kernel_name(), cwd=str(NOTEBOOK_DIR), progress_bar=False)
     finally:
         if out.exists():
             tidy_outputs(out, output_root)

@@ -44,6 +44,9 @@ def test_source_notebook_is_clean_and_its_parameters_cell_holds_only_what_paperm
     assert assigned == PARAMETER_NAMES
     assert f'load_settings("{name}", scale, overrides, output_root)' in "".join(code[1]["source"])
     assert notebook["metadata"]["mmue"]["outputs"], "declare the files the notebook writes"
+    assert notebook["metadata"]["kernelspec"] == {"display_name": "Python 3 (mmue)", "language": "python",
+                                                  "name": "mmue"}, "the kernel make install registers, as the lab saves it"
+    assert "language_info" not in notebook["metadata"], "the lab rewrites it on save; git's nbstripout filter drops it"
 
 
 @pytest.mark.parametrize("name", notebook_names())

@@ -1,13 +1,15 @@
 """A reader's Run All, in a real browser: JupyterLab started as `make lab` starts it, headless
 Chromium (Debian's `chromium` and `chromium-driver`) driven by selenium, opens notebooks at
 smoke scale, runs all their cells from the Run menu, and checks that no cell shows an error,
-that every cell ran, and that Table 1 rendered. Screenshots go to --screenshots.
+that every cell ran, and that Table 1 rendered; then saves each notebook from the File menu and
+checks that `git status` stays clean (git's nbstripout filter drops outputs and the lab's
+language_info; the lab keeps the committed kernelspec). Screenshots go to --screenshots.
 
     make browser-test          # or: python tests/browser/lab_run_all.py --notebooks 01_data_overview 02_table1
 
 Not collected by pytest (it takes minutes and needs a browser); `make browser-test` runs it.
-It leaves the source notebooks as they were (autosave is off, nothing is saved) and keeps its
-runs in a temporary cache.
+It leaves the source notebooks as they were (autosave is off; after the save check each file
+gets its bytes back) and keeps its runs in a temporary cache.
 """
 from __future__ import annotations
 
@@ -124,6 +126,17 @@ def run_all(driver: webdriver.Chrome, base: str, token: str, name: str, timeout:
             "stderr": stderr}
 
 
+def save_and_git_status(driver: webdriver.Chrome, name: str) -> str:
+    """Save the open notebook from the File menu; `git status --porcelain` of it afterwards."""
+    path = PROJECT / "notebooks" / f"{name}.ipynb"
+    before = path.stat().st_mtime_ns
+    click_menu(driver, "File", "Save Notebook")
+    WebDriverWait(driver, 60).until(lambda _: path.stat().st_mtime_ns != before, message=f"{name} was not saved")
+    time.sleep(2)
+    return subprocess.run(["git", "status", "--porcelain", "--", str(path)], cwd=PROJECT, capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--notebooks", nargs="+", default=["01_data_overview", "02_table1"])
@@ -142,6 +155,14 @@ def main() -> int:
             for name in args.notebooks:
                 driver = browser()
                 seen = run_all(driver, f"http://127.0.0.1:{port}", token, name, args.timeout, args.screenshots)
+                source = PROJECT / "notebooks" / f"{name}.ipynb"
+                original = source.read_bytes()
+                try:
+                    status = save_and_git_status(driver, name)
+                finally:
+                    source.write_bytes(original)
+                if status:
+                    failures.append(f"{name}: saving it in the lab left git status {status!r}")
                 driver.quit()
                 driver = None
                 print(json.dumps({k: v for k, v in seen.items() if k not in ("table_text", "prompts")}), flush=True)
