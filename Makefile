@@ -7,6 +7,7 @@ export MMUE_DATA ?= $(abspath ../shared/data)
 SCALE ?= $(if $(wildcard $(MMUE_DATA)/flickr8k/train.csv),cpu,smoke)
 NB ?=
 NPROC ?= 1
+YES ?=
 PART ?=
 LAB_FLAGS ?=
 BROWSER_VENV := .venv-browser
@@ -54,25 +55,25 @@ smoke: $(STAMP) ## execute every notebook at smoke scale
 	$(PY) -m mmue_lib.notebooks --scale smoke
 
 paper-slice: $(STAMP) ## every notebook with the paper's models and schedules on a slice (scale gpu-smoke; NPROC=2: two processes per run); prints time and peak memory per notebook
-	$(PY) -m mmue_lib.notebooks --scale gpu-smoke $(if $(filter-out 1,$(NPROC)),--set nproc=$(NPROC))
+	$(PY) -m mmue_lib.notebooks --scale gpu-smoke --yes $(if $(filter-out 1,$(NPROC)),--set nproc=$(NPROC))
 
-repro: $(STAMP) ## execute the notebooks at SCALE (PART=paper: 01-09, PART=extensions: 10-14), writing results/ and figures/
-	$(PY) -m mmue_lib.notebooks --scale $(SCALE) $(if $(PART),--part $(PART))
+repro: $(STAMP) ## execute the notebooks at SCALE (PART=paper: 01-09, PART=extensions: 10-14), writing results/ and figures/; asks before more than an hour (YES=1: does not)
+	$(PY) -m mmue_lib.notebooks --scale $(SCALE) $(if $(PART),--part $(PART)) $(if $(YES),--yes)
 
 plan: $(STAMP) ## say what make repro would run and about how long it takes here, without running it
 	$(PY) -m mmue_lib.notebooks --scale $(SCALE) $(if $(PART),--part $(PART)) --plan
 
 executed: $(STAMP) ## execute the paper's notebooks (01-09) at cpu scale into executed/cpu, which git keeps (reads the run cache)
-	$(PY) -m mmue_lib.notebooks --scale cpu --part paper
+	$(PY) -m mmue_lib.notebooks --scale cpu --part paper $(if $(YES),--yes)
 
 nb: $(STAMP) ## execute one notebook: make nb NB=01_data_overview SCALE=smoke
-	$(PY) -m mmue_lib.notebooks --scale $(SCALE) --only $(NB)
+	$(PY) -m mmue_lib.notebooks --scale $(SCALE) --only $(NB) $(if $(YES),--yes)
 
 tables: $(STAMP) ## execute the notebooks that write tables
-	$(PY) -m mmue_lib.notebooks --scale $(SCALE) --produces table
+	$(PY) -m mmue_lib.notebooks --scale $(SCALE) --produces table $(if $(YES),--yes)
 
 figures: $(STAMP) ## execute the notebooks that write figures
-	$(PY) -m mmue_lib.notebooks --scale $(SCALE) --produces figure
+	$(PY) -m mmue_lib.notebooks --scale $(SCALE) --produces figure $(if $(YES),--yes)
 
 lab: $(STAMP) ## start JupyterLab with the project's kernel (as root too: containers, CI runners)
 	$(VENV)/bin/jupyter lab $(ROOT_FLAG) $(LAB_FLAGS) notebooks

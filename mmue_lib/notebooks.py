@@ -182,6 +182,18 @@ def tidy_outputs(path: Path, output_root: Path = PROJECT_ROOT) -> None:
     write_text(path, nbformat.writes(notebook) + "\n")
 
 
+ASK_ABOVE_HOURS = 1.0
+"""Above this many planned hours (or where the plan cannot say), the runner asks before it starts."""
+
+
+def confirmed(question: str) -> bool:
+    """The answer to a yes/no question on the terminal; no when there is no terminal to ask on."""
+    if not sys.stdin.isatty():
+        print(f"{question} (no terminal to ask on: pass --yes, or YES=1 to make)", flush=True)
+        return False
+    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", required=True, choices=scales())
@@ -193,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-root", type=Path, default=PROJECT_ROOT,
                         help="folder that receives executed/, results/ and figures/")
     parser.add_argument("--plan", action="store_true", help="print what would run and how long, and stop")
+    parser.add_argument("--yes", action="store_true",
+                        help=f"start without asking, even when the plan says more than {ASK_ABOVE_HOURS:g} h or "
+                             f"cannot say (make repro YES=1)")
     args = parser.parse_args(argv)
     try:
         overrides = parse_overrides(args.set)
@@ -225,6 +240,12 @@ def main(argv: list[str] | None = None) -> int:
               "runs are cached, so a stopped run resumes where it was", flush=True)
     if args.plan:
         return 0
+    unknown = len(known) < len(lines)
+    if (unknown or sum(known) > ASK_ABOVE_HOURS) and not args.yes and not confirmed(
+            f"start {'computing whose time is not measured' if unknown else f'about {progress.duration(sum(known) * 3600)} of computing'}?"):
+        print(f"[{args.scale}] nothing started; make plan says what it would run, YES=1 (--yes) starts without "
+              "asking", flush=True)
+        return 1
     measured = []
     for name in names:
         started = time.perf_counter()

@@ -180,7 +180,7 @@ def test_gpu_workflow_parses_and_runs_the_make_target_that_runs_every_notebook_a
         dry = subprocess.run(["make", "-n", *words[1:]], cwd=PROJECT_ROOT, capture_output=True, text=True)
         assert dry.returncode == 0, dry.stderr
         if words[1] == "paper-slice":
-            assert "-m mmue_lib.notebooks --scale gpu-smoke --set nproc=2" in dry.stdout
+            assert "-m mmue_lib.notebooks --scale gpu-smoke --yes --set nproc=2" in dry.stdout
     kept = next(step for step in job["steps"] if "upload-artifact" in step.get("uses", ""))["with"]["path"].split()
     assert kept == [f"{folder}/gpu-smoke/" for folder in ("executed", "results", "figures")]
 
@@ -199,3 +199,24 @@ def test_executed_notebooks_keep_only_the_last_state_of_progress_bars(tmp_path):
     outputs = nbformat.read(path, as_version=4).cells[0].outputs
     assert [(output.name, output.text) for output in outputs] == [("stderr", "run 1/2: 100%\n"),
                                                                   ("stdout", "done\nMedR 12\n")]
+
+
+def test_a_long_run_is_started_only_when_asked_for(tmp_path, monkeypatch, capsys):
+    import papermill
+
+    from mmue_lib import notebooks
+
+    monkeypatch.setenv("MMUE_CACHE", str(tmp_path / "empty-cache"))
+    started = []
+    monkeypatch.setattr(papermill, "execute_notebook", lambda source, out, **kwargs: started.append(source))
+    monkeypatch.setattr("sys.stdin.isatty", lambda: False)
+    assert notebooks.main(["--scale", "cpu", "--only", "02_table1", "--output-root", str(tmp_path)]) == 1
+    assert "start about" in capsys.readouterr().out and started == []
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True)
+    monkeypatch.setattr("builtins.input", lambda question: "n")
+    assert notebooks.main(["--scale", "cpu", "--only", "02_table1", "--output-root", str(tmp_path)]) == 1
+    assert started == []
+    assert notebooks.main(["--scale", "cpu", "--only", "02_table1", "--output-root", str(tmp_path), "--yes"]) == 0
+    assert len(started) == 1
+    assert notebooks.main(["--scale", "smoke", "--only", "01_data_overview", "--output-root", str(tmp_path)]) == 0
+    assert len(started) == 2, "a run of minutes starts without a question"
