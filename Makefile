@@ -13,7 +13,7 @@ LAB_FLAGS ?=
 BROWSER_VENV := .venv-browser
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: help install test test-fast browser-test smoke paper-slice repro plan executed nb tables figures lab vocabulary clean
+.PHONY: help install test test-fast browser-test smoke paper-slice repro plan executed nb tables figures report lab vocabulary clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -74,6 +74,9 @@ tables: $(STAMP) ## execute the notebooks that write tables
 
 figures: $(STAMP) ## execute the notebooks that write figures
 	$(PY) -m mmue_lib.notebooks --scale $(SCALE) --produces figure $(if $(YES),--yes)
+
+report: $(STAMP) ## a static HTML site of the executed notebooks of SCALE in site/ (open site/index.html)
+	$(PY) -c "from mmue_lib.notebooks import write_report; print(write_report('$(SCALE)'))"
 
 lab: $(STAMP) ## start JupyterLab with the project's kernel (as root too: containers, CI runners)
 	$(VENV)/bin/jupyter lab $(ROOT_FLAG) $(LAB_FLAGS) notebooks

@@ -271,3 +271,44 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def notebook_title(notebook) -> str:
+    """The first Markdown heading of a notebook (its title), else an empty string."""
+    for cell in notebook.cells:
+        if cell.cell_type == "markdown":
+            for line in cell.source.splitlines():
+                if line.startswith("#"):
+                    return line.lstrip("#").strip()
+    return ""
+
+
+def write_report(scale: str, executed_root: Path = PROJECT_ROOT, site: Path = PROJECT_ROOT / "site") -> Path:
+    """A static HTML site of the executed notebooks of `scale` (nbconvert's lab template, figures
+    embedded): one page per notebook under `site/<scale>/` and an index linking them with their
+    titles; returns the index."""
+    import html
+
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    folder = executed_root / "executed" / scale
+    names = [name for name in notebook_names() if (folder / f"{name}.ipynb").is_file()]
+    if not names:
+        raise FileNotFoundError(f"no executed notebooks in {folder}: make repro SCALE={scale} writes them")
+    exporter = HTMLExporter(template_name="lab")
+    rows = []
+    for name in names:
+        notebook = nbformat.read(folder / f"{name}.ipynb", as_version=4)
+        body, _ = exporter.from_notebook_node(notebook)
+        write_text(site / scale / f"{name}.html", body)
+        rows.append(f'<li><a href="{scale}/{name}.html">{html.escape(name)}</a>: '
+                    f"{html.escape(notebook_title(notebook))}</li>")
+    missing = [name for name in notebook_names() if name not in names]
+    note = (f"<p>Not executed at this scale yet: {html.escape(', '.join(missing))}.</p>" if missing else "")
+    index = site / "index.html"
+    write_text(index, "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>mmue: executed notebooks"
+                      f"</title></head><body><h1>mmue: the executed notebooks at scale {scale}</h1>"
+                      f"<p>Multimodal Unlearnable Examples, reproduced: every table and figure as the notebooks "
+                      f"computed them.</p><ol>{''.join(rows)}</ol>{note}</body></html>\n")
+    return index

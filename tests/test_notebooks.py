@@ -220,3 +220,22 @@ def test_a_long_run_is_started_only_when_asked_for(tmp_path, monkeypatch, capsys
     assert len(started) == 1
     assert notebooks.main(["--scale", "smoke", "--only", "01_data_overview", "--output-root", str(tmp_path)]) == 0
     assert len(started) == 2, "a run of minutes starts without a question"
+
+
+def test_the_report_is_a_page_per_executed_notebook_and_an_index(tmp_path):
+    import nbformat
+
+    from mmue_lib.notebooks import write_report
+
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Table 1: the headline\n\ntext"),
+                                               nbformat.v4.new_code_cell("1 + 1", outputs=[nbformat.v4.new_output(
+                                                   "execute_result", {"text/plain": "2"}, execution_count=1)])])
+    (tmp_path / "executed" / "smoke").mkdir(parents=True)
+    nbformat.write(notebook, tmp_path / "executed" / "smoke" / "02_table1.ipynb")
+    index = write_report("smoke", tmp_path, tmp_path / "site")
+    text = index.read_text()
+    assert '<a href="smoke/02_table1.html">02_table1</a>: Table 1: the headline' in text
+    assert "Not executed at this scale yet: 01_data_overview" in text
+    assert "the headline" in (tmp_path / "site" / "smoke" / "02_table1.html").read_text()
+    with pytest.raises(FileNotFoundError, match="make repro SCALE=cpu"):
+        write_report("cpu", tmp_path, tmp_path / "site")
