@@ -137,11 +137,30 @@ def save_and_git_status(driver: webdriver.Chrome, name: str) -> str:
                           text=True, check=True).stdout.strip()
 
 
+def check_report(driver: webdriver.Chrome, index: Path, shots: Path) -> list[str]:
+    """Open the report's index (`make report`) and every page it links; what is wrong with them."""
+    problems = []
+    driver.get(index.as_uri())
+    links = [(a.text, a.get_attribute("href")) for a in driver.find_elements(By.CSS_SELECTOR, "li a")]
+    driver.save_screenshot(str(shots / "report-index.png"))
+    if not links:
+        return [f"{index}: links no notebook"]
+    for name, href in links:
+        driver.get(href)
+        time.sleep(1)
+        shown = len(driver.find_elements(By.CSS_SELECTOR, "table, img"))
+        driver.save_screenshot(str(shots / f"report-{name}.png"))
+        if not shown:
+            problems.append(f"report page {name} shows no table or figure")
+    return problems
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--notebooks", nargs="+", default=["01_data_overview", "02_table1"])
     parser.add_argument("--timeout", type=float, default=1200, help="seconds per notebook's Run All")
     parser.add_argument("--screenshots", type=Path, default=Path(tempfile.gettempdir()) / "mmue-browser-test")
+    parser.add_argument("--report", type=Path, help="also open this report index (make report) and every page it links")
     args = parser.parse_args()
     args.screenshots.mkdir(parents=True, exist_ok=True)
     port, token = free_port(), secrets.token_hex(16)
@@ -159,6 +178,7 @@ def main() -> int:
                 original = source.read_bytes()
                 try:
                     status = save_and_git_status(driver, name)
+                    (args.screenshots / f"saved-{name}.ipynb").write_bytes(source.read_bytes())
                 finally:
                     source.write_bytes(original)
                 if status:
@@ -172,6 +192,11 @@ def main() -> int:
                     title, words = CHECKS[name]
                     if not any(all(word in text for word in words) for text in seen["table_text"]):
                         failures.append(f"{name}: {title} did not render (tables: {seen['table_text'][:2]})")
+            if args.report:
+                driver = browser()
+                failures += check_report(driver, args.report.resolve(), args.screenshots)
+                driver.quit()
+                driver = None
         except (WebDriverException, TimeoutError, RuntimeError) as error:
             if driver is not None:
                 driver.save_screenshot(str(args.screenshots / "failure.png"))
