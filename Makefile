@@ -25,12 +25,6 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	# The kernel the notebooks name ("Python 3 (mmue)"), so that the lab keeps their kernelspec as committed.
 	$(PY) -m ipykernel install --sys-prefix --name mmue --display-name "Python 3 (mmue)" > /dev/null
-	# Saved notebooks keep their outputs on disk, but git sees notebooks/*.ipynb without them and
-	# without the lab's language_info (.gitattributes).
-	if git rev-parse --git-dir > /dev/null 2>&1; then \
-	  git config filter.nbstripout.clean '"$(abspath $(VENV))/bin/python" -m nbstripout --extra-keys metadata.language_info'; \
-	  git config filter.nbstripout.smudge cat; \
-	  git config filter.nbstripout.required true; fi
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install the package with its test tools
@@ -79,7 +73,8 @@ figures: $(STAMP) ## execute the notebooks that write figures
 report: $(STAMP) ## a static HTML site of the executed notebooks of SCALE in site/ (open site/index.html)
 	$(PY) -c "from mmue_lib.notebooks import write_report; print(write_report('$(SCALE)'))"
 
-lab: $(STAMP) ## start JupyterLab with the project's kernel (as root too: containers, CI runners)
+lab: $(STAMP) ## start JupyterLab with the project's kernel (as root too: containers, CI runners); makes each notebook's .ipynb from its .py where missing or older
+	$(VENV)/bin/jupytext --sync --quiet notebooks/[0-9][0-9]_*.py
 	$(VENV)/bin/jupyter lab $(ROOT_FLAG) $(LAB_FLAGS) notebooks
 
 vocabulary: $(STAMP) ## rewrite the study vocabulary shipped for small collections' triggers from $(MMUE_DATA)/flickr8k/train.csv

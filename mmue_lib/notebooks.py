@@ -15,7 +15,6 @@ with overrides, write under another `--output-root` so that the committed result
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import threading
 import time
@@ -36,12 +35,20 @@ PARTS = {"paper": False, "extensions": True}
 
 
 def notebook_names() -> list[str]:
-    return sorted(p.stem for p in NOTEBOOK_DIR.glob("*.ipynb"))
+    return sorted(p.stem for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.py"))
 
 
 def notebook_metadata(name: str) -> dict:
     """A notebook's `mmue` metadata: the files it writes (`outputs`), what it `produces`, `extension`."""
-    return json.loads((NOTEBOOK_DIR / f"{name}.ipynb").read_text(encoding="utf-8")).get("metadata", {}).get("mmue", {})
+    return read_source(name).metadata.get("mmue", {})
+
+
+def read_source(name: str):
+    """A notebook as its source in git holds it (`notebooks/<name>.py`, jupytext's percent format):
+    an nbformat notebook with its cells, tags and metadata, and no outputs."""
+    import jupytext
+
+    return jupytext.read(NOTEBOOK_DIR / f"{name}.py")
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -152,30 +159,36 @@ def run_notebook(name: str, scale: str, overrides: dict | None = None, output_ro
     """Execute one notebook at `scale`; returns the executed notebook's path."""
     import papermill
 
+    import nbformat
+
     out = output_root / "executed" / scale / f"{name}.ipynb"
     out.parent.mkdir(parents=True, exist_ok=True)
+    source = out.parent / f".{name}.source.ipynb"
+    nbformat.write(read_source(name), source)
     try:
-        papermill.execute_notebook(str(NOTEBOOK_DIR / f"{name}.ipynb"), str(out),
-                                   parameters=notebook_parameters(scale, overrides, output_root),
+        papermill.execute_notebook(str(source), str(out), parameters=notebook_parameters(scale, overrides, output_root),
                                    kernel_name=kernel_name(), cwd=str(NOTEBOOK_DIR), progress_bar=False)
     finally:
+        source.unlink(missing_ok=True)
         if out.exists():
-            tidy_outputs(out, output_root)
+            tidy_outputs(out, output_root, f"notebooks/{name}.py")
     return out
 
 
-def tidy_outputs(path: Path, output_root: Path = PROJECT_ROOT) -> None:
+def tidy_outputs(path: Path, output_root: Path = PROJECT_ROOT, source: str | None = None) -> None:
     """Rewrite an executed notebook as a reader sees it in a terminal: each cell's consecutive
     stream outputs merged, and of a line redrawn with carriage returns (a progress bar) only its
     last state kept (nbconvert's `CoalesceStreamsPreprocessor`), where papermill stores every redraw;
-    papermill's record of the input and output paths relative to the project and `output_root`,
-    so that no machine's folders show."""
+    papermill's record of the input (`source`, the notebook in git) and the output relative to
+    the project and `output_root`, so that no machine's folders show."""
     import nbformat
     from nbconvert.preprocessors import CoalesceStreamsPreprocessor
 
     notebook = nbformat.read(path, as_version=4)
     CoalesceStreamsPreprocessor().preprocess(notebook, {})
     record = notebook.metadata.get("papermill", {})
+    if source and "input_path" in record:
+        record["input_path"] = source
     for key, root in (("input_path", PROJECT_ROOT), ("output_path", output_root)):
         if record.get(key) and Path(record[key]).is_relative_to(root):
             record[key] = Path(record[key]).relative_to(root).as_posix()
@@ -197,7 +210,7 @@ def confirmed(question: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", required=True, choices=scales())
-    parser.add_argument("--only", nargs="*", help="notebook names (without .ipynb)")
+    parser.add_argument("--only", nargs="*", help="notebook names (without .py or .ipynb)")
     parser.add_argument("--part", choices=sorted(PARTS), help="the paper's artefacts (01-09) or the extensions (10-14)")
     parser.add_argument("--produces", choices=["table", "figure"])
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

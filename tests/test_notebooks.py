@@ -4,17 +4,17 @@ import ast
 import json
 import shlex
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from papermill.iorw import load_notebook_node
 from papermill.parameterize import parameterize_notebook
 
 from mmue_lib.experiments import planned_runs
-from mmue_lib.notebooks import (NOTEBOOK_DIR, notebook_metadata, notebook_names, notebook_parameters, run_notebook,
-                                tidy_outputs)
+from mmue_lib.notebooks import (notebook_metadata, notebook_names, notebook_parameters, read_source,
+                                run_notebook, tidy_outputs)
 from mmue_lib.settings import load_settings, scales
 from mmue_lib.storage import PROJECT_ROOT, expand_path
 
@@ -26,8 +26,15 @@ def code_cells(notebook: dict) -> list[str]:
 
 
 def read(name: str) -> dict:
-    """The notebook as papermill reads it."""
-    return load_notebook_node(str(NOTEBOOK_DIR / f"{name}.ipynb"))
+    """The notebook as papermill reads what the runner hands it (its source in git, as .ipynb)."""
+    import tempfile
+
+    import nbformat
+    from papermill.iorw import load_notebook_node
+
+    with tempfile.TemporaryDirectory() as folder:
+        nbformat.write(read_source(name), Path(folder) / f"{name}.ipynb")
+        return load_notebook_node(str(Path(folder) / f"{name}.ipynb"))
 
 
 def test_there_are_notebooks_and_every_scale_has_their_params():
@@ -46,7 +53,7 @@ def test_source_notebook_is_clean_and_its_parameters_cell_holds_only_what_paperm
     assert notebook["metadata"]["mmue"]["outputs"], "declare the files the notebook writes"
     assert notebook["metadata"]["kernelspec"] == {"display_name": "Python 3 (mmue)", "language": "python",
                                                   "name": "mmue"}, "the kernel make install registers, as the lab saves it"
-    assert "language_info" not in notebook["metadata"], "the lab rewrites it on save; git's nbstripout filter drops it"
+    assert "language_info" not in notebook["metadata"], "jupytext's metadata filter keeps it out of the source"
 
 
 @pytest.mark.parametrize("name", notebook_names())
@@ -136,11 +143,11 @@ def test_set_reaches_only_the_notebooks_that_have_the_setting(tmp_path, monkeypa
     monkeypatch.setenv("MMUE_CACHE", str(tmp_path / "empty-cache"))
     seen = {}
     monkeypatch.setattr(papermill, "execute_notebook",
-                        lambda source, out, parameters, **kwargs: seen.__setitem__(source, parameters))
+                        lambda source, out, parameters, **kwargs: seen.__setitem__(Path(out).stem, parameters))
     assert notebooks.main(["--scale", "smoke", "--only", "01_data_overview", "08_poisoning_fraction",
                            "--set", "fractions=[0.5]", "--set", "example_count=2", "--set", "train.epochs=1",
                            "--output-root", str(tmp_path)]) == 0
-    first, fraction = (seen[str(NOTEBOOK_DIR / f"{n}.ipynb")] for n in ("01_data_overview", "08_poisoning_fraction"))
+    first, fraction = (seen[n] for n in ("01_data_overview", "08_poisoning_fraction"))
     assert fraction["overrides"] == {"fractions": [0.5], "train.epochs": 1}
     assert first["overrides"] == {"example_count": 2, "train.epochs": 1}
     assert first["output_root"] == str(tmp_path) and first["scale"] == "smoke"

@@ -2,14 +2,14 @@
 Chromium (Debian's `chromium` and `chromium-driver`) driven by selenium, opens notebooks at
 smoke scale, runs all their cells from the Run menu, and checks that no cell shows an error,
 that every cell ran, and that Table 1 rendered; then saves each notebook from the File menu and
-checks that `git status` stays clean (git's nbstripout filter drops outputs and the lab's
-language_info; the lab keeps the committed kernelspec). Screenshots go to --screenshots.
+checks that `git status` stays clean (the lab writes the .ipynb, which git ignores, and its
+paired .py, which must come out as committed). Screenshots go to --screenshots.
 
     make browser-test          # or: python tests/browser/lab_run_all.py --notebooks 01_data_overview 02_table1
 
 Not collected by pytest (it takes minutes and needs a browser); `make browser-test` runs it.
-It leaves the source notebooks as they were (autosave is off; after the save check each file
-gets its bytes back) and keeps its runs in a temporary cache.
+It leaves the notebooks as they were (autosave is off; after the save check both files of the
+pair get their bytes back) and keeps its runs in a temporary cache.
 """
 from __future__ import annotations
 
@@ -127,14 +127,15 @@ def run_all(driver: webdriver.Chrome, base: str, token: str, name: str, timeout:
 
 
 def save_and_git_status(driver: webdriver.Chrome, name: str) -> str:
-    """Save the open notebook from the File menu; `git status --porcelain` of it afterwards."""
-    path = PROJECT / "notebooks" / f"{name}.ipynb"
-    before = path.stat().st_mtime_ns
+    """Save the open notebook from the File menu; `git status --porcelain` of the notebooks folder."""
+    pair = [PROJECT / "notebooks" / f"{name}{suffix}" for suffix in (".ipynb", ".py")]
+    before = [path.stat().st_mtime_ns for path in pair]
     click_menu(driver, "File", "Save Notebook")
-    WebDriverWait(driver, 60).until(lambda _: path.stat().st_mtime_ns != before, message=f"{name} was not saved")
+    WebDriverWait(driver, 60).until(lambda _: all(path.stat().st_mtime_ns != mtime for path, mtime in zip(pair, before)),
+                                    message=f"{name}: the lab did not write both files of the pair (.ipynb, .py)")
     time.sleep(2)
-    return subprocess.run(["git", "status", "--porcelain", "--", str(path)], cwd=PROJECT, capture_output=True,
-                          text=True, check=True).stdout.strip()
+    return subprocess.run(["git", "status", "--porcelain", "--", str(PROJECT / "notebooks")], cwd=PROJECT,
+                          capture_output=True, text=True, check=True).stdout.strip()
 
 
 def check_report(driver: webdriver.Chrome, index: Path, shots: Path) -> list[str]:
@@ -174,13 +175,14 @@ def main() -> int:
             for name in args.notebooks:
                 driver = browser()
                 seen = run_all(driver, f"http://127.0.0.1:{port}", token, name, args.timeout, args.screenshots)
-                source = PROJECT / "notebooks" / f"{name}.ipynb"
-                original = source.read_bytes()
+                pair = [PROJECT / "notebooks" / f"{name}{suffix}" for suffix in (".ipynb", ".py")]
+                originals = [path.read_bytes() for path in pair]
                 try:
                     status = save_and_git_status(driver, name)
-                    (args.screenshots / f"saved-{name}.ipynb").write_bytes(source.read_bytes())
+                    (args.screenshots / f"saved-{name}.ipynb").write_bytes(pair[0].read_bytes())
                 finally:
-                    source.write_bytes(original)
+                    for path, original in zip(pair, originals):
+                        path.write_bytes(original)
                 if status:
                     failures.append(f"{name}: saving it in the lab left git status {status!r}")
                 driver.quit()

@@ -1,0 +1,59 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     notebook_metadata_filter: kernelspec,mmue,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3 (mmue)
+#     language: python
+#     name: mmue
+#   mmue:
+#     outputs:
+#     - results/table2.csv
+#     produces:
+#     - table
+# ---
+
+# %% [markdown]
+# # 3. Table 2: transferability to other victim architectures
+#
+# The protection is made once, on the surrogate architecture (`surrogate_model`), and victims
+# of other architectures are trained from scratch on it: a protector does not know the model
+# that will be trained on the data. MedR on the clean test set for each victim trained on clean
+# data and on protected data, beside the paper's (MEM-3 made on RN50; victims RN50, RN101,
+# ViT-B/32), with the protection closure C.
+#
+# **Settings.** Everything this notebook runs comes from `params/<scale>/` (`shared.yaml` and this notebook's file); the settings cell below shows what it resolved. Run All runs the `smoke` scale (synthetic data, tiny models, about a minute). To rerun it on the real data beside the project (Flickr8k, faces20), set `scale = "cpu"` in the first code cell; `overrides` changes single settings, e.g. `{"train.epochs": 2}` (then set `output_root` to another folder, so that the committed results stay as they are).
+#
+
+# %% tags=["parameters"]
+scale = "smoke"  # "cpu": Flickr8k at 64 px ($MMUE_DATA), hours on a CPU; "paper": the paper's models at 224 px
+overrides = {}  # settings to change for this run, e.g. {"train.epochs": 2, "data.max_train_images": 300}
+output_root = None  # folder that receives results/ and figures/ (None: the project's)
+
+# %%
+from mmue_lib import experiments, paper, records, runs, tables
+from mmue_lib.metrics import random_metrics
+from mmue_lib.methods import METHODS
+from mmue_lib.settings import load_settings
+
+settings = load_settings("03_table2", scale, overrides, output_root)
+settings
+
+# %%
+options = settings.options
+experiment = experiments.table2(settings)
+records.write_run_records(experiment, settings.results_dir, "table2")
+chance = random_metrics(runs.load_data(settings.data, "test").row_image)
+
+# %%
+rows = [(victim, paper_victim, experiment[victim]["clean"]["final"], experiment[victim]["protected"]["final"])
+        for victim, paper_victim in zip(options.victim_models, options.paper_victims)]
+paper_rows = {victim: paper.TABLE2[(victim, settings.paper_dataset)] for victim in options.paper_victims
+              if (victim, settings.paper_dataset) in paper.TABLE2}
+table = tables.transfer_table(rows, chance, METHODS[options.transfer_method].label, paper_rows)
+tables.write_table(table, settings.results_dir, "table2")
