@@ -39,7 +39,7 @@ test: $(STAMP) ## run the test suite (unit tests, two-process runs, every notebo
 test-fast: $(STAMP) ## the quick loop while working: unit tests only (no notebook, no torchrun, no training to check a method works)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not notebook and not slow"
 
-browser-test: $(STAMP) ## Run All of 01 and 02 (smoke) in JupyterLab and a save, then the cpu report's pages, in headless Chromium with selenium (a few minutes)
+browser-test: $(STAMP) ## Run All of 01, 02 and 04 (smoke) in JupyterLab and a save of each, then the cpu report's pages, in headless Chromium with selenium (a few minutes)
 	@test -x /usr/bin/chromedriver || { echo "needs Debian's browser: apt-get install -y chromium chromium-driver"; exit 2; }
 	test -x $(BROWSER_VENV)/bin/python || $(PYTHON) -m venv $(BROWSER_VENV)
 	$(BROWSER_VENV)/bin/python -m pip install -q selenium

@@ -156,10 +156,22 @@ def check_report(driver: webdriver.Chrome, index: Path, shots: Path) -> list[str
     return problems
 
 
+def plan_timeout(name: str) -> float:
+    """Seconds a notebook's Run All may take: its measured smoke hours (params/smoke/run_hours.yaml,
+    the CPU to itself) ten times over, for a machine busy with other jobs, plus two minutes to start."""
+    hours = {}
+    for line in (PROJECT / "params" / "smoke" / "run_hours.yaml").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if value.strip() and not line.startswith("#"):
+            hours[key.strip()] = float(value)
+    return 120 + 10 * 3600 * hours.get(name, 0.1)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--notebooks", nargs="+", default=["01_data_overview", "02_table1"])
-    parser.add_argument("--timeout", type=float, default=1200, help="seconds per notebook's Run All")
+    parser.add_argument("--notebooks", nargs="+", default=["01_data_overview", "02_table1", "04_figure4"])
+    parser.add_argument("--timeout", type=float,
+                        help="seconds per notebook's Run All (default: from the smoke plan, see plan_timeout)")
     parser.add_argument("--screenshots", type=Path, default=Path(tempfile.gettempdir()) / "mmue-browser-test")
     parser.add_argument("--report", type=Path, help="also open this report index (make report) and every page it links")
     args = parser.parse_args()
@@ -174,7 +186,8 @@ def main() -> int:
             wait_for_server(port, lab, workdir / "lab.log")
             for name in args.notebooks:
                 driver = browser()
-                seen = run_all(driver, f"http://127.0.0.1:{port}", token, name, args.timeout, args.screenshots)
+                seen = run_all(driver, f"http://127.0.0.1:{port}", token, name, args.timeout or plan_timeout(name),
+                               args.screenshots)
                 pair = [PROJECT / "notebooks" / f"{name}{suffix}" for suffix in (".ipynb", ".py")]
                 originals = [path.read_bytes() for path in pair]
                 try:
