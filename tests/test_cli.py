@@ -249,3 +249,14 @@ def test_training_options_take_their_defaults_and_choices_from_train_config(caps
     with pytest.raises(SystemExit):
         main(["train", "--csv", "a.csv", "--out", "o", "--rows-per-epoch", "every"])
     assert "choose from 'all', 'one_per_image'" in capsys.readouterr().err
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_anything_is_read(tmp_path, capsys, monkeypatch):
+    import mmue_lib.outfolder as outfolder
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(outfolder.tempfile, "mkstemp", read_only)
+    assert main(protect_args(small_photo_csv(tmp_path / "photos"), tmp_path / "out")) == 2
+    assert "cannot write in" in capsys.readouterr().err and not (tmp_path / "out").exists()
