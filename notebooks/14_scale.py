@@ -47,6 +47,10 @@
 # A schedule check repeats MEM-3 at one point under another named schedule (at cpu scale the official
 # one), to tell schedule from scale; a seed check repeats one point with other seeds. Closures are
 # measured on test, against each point's own clean victim; nothing here is chosen on test.
+#
+# Run All runs the `smoke` scale (synthetic data, tiny models: 85 s on the project's 2-core CPU from an
+# empty run cache, kernel start included); `scale = "cpu"` runs the ladder on Flickr8k (hours: `make
+# plan SCALE=cpu PART=extensions` says how many).
 
 # %% tags=["parameters"]
 scale = "smoke"  # "cpu": Flickr8k at 64 px ($MMUE_DATA), hours on a CPU; "paper": the paper's models at 224 px
