@@ -28,13 +28,16 @@ def shared_data() -> Path:
 
 
 def pytest_collection_modifyitems(items):
-    """Longest first, so that parallel workers (`make test`) finish together: the smoke notebooks by
-    their measured cost (`params/smoke/run_hours.yaml`), then the other slow tests, then the rest."""
+    """Longest first, so that parallel workers (`make test`) finish together: the slow tests (the
+    longest single items: a 6-round protection, torchrun pairs), then the smoke notebooks by their
+    measured cost (`params/smoke/run_hours.yaml`), then the rest."""
     hours = measured_hours("smoke")
 
     def cost(item) -> float:
+        if item.get_closest_marker("slow"):
+            return 2.0
         if item.get_closest_marker("notebook"):
             return 1.0 + hours.get(item.callspec.params["name"], 0.0)
-        return 1.0 if item.get_closest_marker("slow") else 0.0
+        return 0.0
 
     items.sort(key=cost, reverse=True)
