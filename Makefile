@@ -58,8 +58,8 @@ repro: $(STAMP) ## execute the notebooks at SCALE (PART=paper: 01-09, PART=exten
 plan: $(STAMP) ## say what make repro would run and about how long it takes here, without running it
 	$(PY) -m mmue_lib.notebooks --scale $(SCALE) $(if $(PART),--part $(PART)) --plan
 
-executed: $(STAMP) ## execute the paper's notebooks (01-09) at cpu scale into executed/cpu, which git keeps (reads the run cache)
-	$(PY) -m mmue_lib.notebooks --scale cpu --part paper $(if $(YES),--yes)
+executed: $(STAMP) ## execute every notebook at cpu scale into executed/cpu, results/cpu and figures/cpu, which git keeps, from one set of runs (the run cache; PART= narrows it; asks first)
+	$(PY) -m mmue_lib.notebooks --scale cpu $(if $(PART),--part $(PART)) $(if $(YES),--yes)
 
 nb: $(STAMP) ## execute one notebook: make nb NB=01_data_overview SCALE=smoke
 	$(PY) -m mmue_lib.notebooks --scale $(SCALE) --only $(NB) $(if $(YES),--yes)
