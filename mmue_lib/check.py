@@ -12,7 +12,6 @@ posted clean toward never posted).
 """
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,8 +20,8 @@ import numpy as np
 import torch
 
 from . import distributed
-from .data import (DataError, PairDataset, check_image_files, concat_datasets, count_shared_images, load_csv_dataset,
-                   read_caption_csv)
+from .data import (DataError, PairDataset, check_image_files, concat_datasets, count_shared_images, file_stats,
+                   load_csv_dataset, read_caption_csv)
 from .metrics import image_to_text_ranks, text_to_image_ranks
 from .models import create_clip, encode_images, encode_texts, model_context_length, model_image_size
 from .progress import labelled
@@ -68,9 +67,8 @@ def background_csv(request: CheckRequest) -> Path:
 def collection_key(collection: PairDataset) -> str:
     """A short key of what a victim trains on (its image files as they are on disk, and captions),
     so that a victim's saved state serves only a rerun on the same photos."""
-    files = [[path, *((os.stat(path).st_size, os.stat(path).st_mtime_ns) if path else ())]
-             for path in collection.image_paths or []]
-    return stable_hash([files, collection.captions])[:12]
+    return stable_hash([file_stats(path for path in collection.image_paths or [] if path),
+                        collection.captions])[:12]
 
 
 def gallery_ranks(model: torch.nn.Module, gallery: PairDataset) -> dict[str, np.ndarray]:

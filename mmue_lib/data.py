@@ -15,9 +15,10 @@ import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -239,13 +240,30 @@ def resize_center_crop(image: Image.Image, size: int) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
 
 
+@contextmanager
+def reading_image(csv_path: Path, line: int, path: Path) -> Iterator[None]:
+    """Turn a failure to read the image `path` inside the block into a DataError naming its CSV line."""
+    try:
+        yield
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise DataError(f"{csv_path}: line {line}: cannot read image {path}: {error}") from error
+
+
 def _decode(path: Path, size: int, csv_path: Path, line: int) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"{csv_path}: line {line}: image file not found: {path}")
-    try:
+    with reading_image(csv_path, line, path):
         return resize_center_crop(load_rgb(path), size)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise DataError(f"{csv_path}: line {line}: cannot read image {path}: {error}") from error
+
+
+def file_stats(paths: Iterable[str | os.PathLike]) -> list[tuple[str, int, int]]:
+    """(resolved path, size, modification time in ns) of each file: what a cache keyed on files
+    compares, so that an edited or replaced file gets a new key."""
+    stats = []
+    for path in map(Path, paths):
+        stat = path.stat()
+        stats.append((str(path.resolve()), stat.st_size, stat.st_mtime_ns))
+    return stats
 
 
 def check_image_files(table: CaptionTable) -> None:
@@ -264,8 +282,7 @@ def decode_images(table: CaptionTable, size: int, cache_dir: str | os.PathLike |
     is read page by page as batches index it. The tensor is copy-on-write: writing to it never
     reaches the file."""
     check_image_files(table)
-    stats = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in table.image_paths]
-    key = stable_hash([RESIZE_VERSION, size, stats])
+    key = stable_hash([RESIZE_VERSION, size, file_stats(table.image_paths)])
     cache_file = Path(cache_dir or cache_root() / "images") / f"{key}.npy"
     jobs = list(zip(table.image_paths, table.image_lines))
 

@@ -210,8 +210,13 @@ def bound(config: ProtectConfig, history: list[dict], num_images: int | None = N
     no rounds. `num_images` below the batch size makes the batch smaller."""
     if config.direction != "minimize" or not history:
         return None
-    pairs = min(config.batch_size, num_images or config.batch_size)
-    return history[-1]["noise_loss"] < BOUND_SHARE * math.log(max(pairs, 2))
+    return history[-1]["noise_loss"] < BOUND_SHARE * math.log(batch_pairs(config, num_images))
+
+
+def batch_pairs(config: ProtectConfig, num_images: int | None = None) -> int:
+    """Pairs in one contrastive batch of a protection: its batch size, or fewer images (at least 2);
+    a contrastive loss at chance is the log of it."""
+    return max(2, min(config.batch_size, num_images or config.batch_size))
 
 
 def converged(config: ProtectConfig, history: list[dict]) -> bool | None:

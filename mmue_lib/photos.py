@@ -11,7 +11,6 @@ resolution), so that no mosaic of the model's pixels shows on flat areas.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -23,14 +22,15 @@ from typing import Literal
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from . import distributed
-from .data import (CaptionTable, DataError, PairDataset, center_crop_geometry, check_image_files, duplicate_rows,
-                   image_file_names, load_csv_dataset, read_caption_csv, resize_center_crop, write_caption_csv)
+from .data import (CaptionTable, PairDataset, center_crop_geometry, check_image_files, duplicate_rows,
+                   image_file_names, load_csv_dataset, read_caption_csv, reading_image, resize_center_crop,
+                   write_caption_csv)
 from .distributed import resolve_device
-from .methods import METHODS, ProtectConfig, bound, protection_config, schedule_settings
+from .methods import METHODS, ProtectConfig, batch_pairs, bound, protection_config, schedule_settings
 from .models import create_clip, load_clip, model_image_size
 from .progress import bar as progress_bar
 from .progress import duration
@@ -189,12 +189,9 @@ def read_headers(table: CaptionTable) -> list[PhotoHeader]:
     """The header of every photo of `table`; a DataError naming the CSV line of one that is not an image."""
     headers = []
     for path, line in zip(table.image_paths, table.image_lines):
-        try:
-            with Image.open(path) as image:
-                alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
-                headers.append(PhotoHeader(*image.size, len(image.getbands()), alpha))
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-            raise DataError(f"{table.csv_path}: line {line}: cannot read image {path}: {error}") from error
+        with reading_image(table.csv_path, line, path), Image.open(path) as image:
+            alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+            headers.append(PhotoHeader(*image.size, len(image.getbands()), alpha))
     return headers
 
 
@@ -238,10 +235,8 @@ def read_photos(table: CaptionTable, size: int, progress: bool = True) -> PairDa
     views, gray, notes, warnings = [], [], [], []
     with progress_bar(len(table.image_paths), "photo", f"reading {table.csv_path.name}", enabled=progress) as bar:
         for path, line in zip(table.image_paths, table.image_lines):
-            try:
+            with reading_image(table.csv_path, line, path):
                 photo = open_photo(path)
-            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-                raise DataError(f"{table.csv_path}: line {line}: cannot read image {path}: {error}") from error
             if min(photo.size) < size:
                 warnings.append(f"{path.name} is {photo.size[0]} x {photo.size[1]} px, below the surrogate's {size} px: "
                                  f"it is upscaled for the surrogate and keeps only part of its noise")
@@ -273,12 +268,12 @@ def noise_kept(photo: Photo, intended: np.ndarray, published: np.ndarray, size: 
 
 
 def export_photos(table: CaptionTable, dataset: PairDataset, protection: Protection, out_dir: Path,
-                  names: list[str], fraction: float, seed: int, quality: int, report: dict) -> Path:
+                  names: list[str], fraction: float, seed: int, quality: int, report: dict) -> tuple[Path, dict]:
     """Publish at each photo's own resolution: the photos under `names` (PNG, or JPEG at `quality`
     for names ending .jpg), `protected.csv` (captions with their triggers, the CSV's other columns
     kept) and `report.json` (`report` plus, per photo, its size, whether it is protected and how
     visible its change is: PSNR, SSIM, blockiness, largest change; for a JPEG, the share of
-    the noise its model view keeps)."""
+    the noise its model view keeps). Returns the CSV's path and the visibility means."""
     check_photo_noise(protection.config)
     protected = protected_dataset(dataset, protection, fraction, seed)
     chosen = protected.extra["protected_images"].tolist()
@@ -304,8 +299,9 @@ def export_photos(table: CaptionTable, dataset: PairDataset, protection: Protect
     csv_path = out_dir / "protected.csv"
     write_caption_csv(csv_path, ((names[image], caption, extras) for image, caption, extras in
                                  zip(table.row_image, protected.captions, table.row_extras)), table.extra_columns)
+    visibility = visibility_summary(images)
     write_json(out_dir / "report.json", {
-        **report, "images": images, "visibility": visibility_summary(images),
+        **report, "images": images, "visibility": visibility,
         "image_fields": "file: the published image (at the photo's own resolution and orientation); source: the "
                         "photo it came from; size: [width, height] px; protected: whether noise was added "
                         "(--fraction); grayscale / alpha: kept as in the photo; notes: conversions on reading; "
@@ -314,7 +310,7 @@ def export_photos(table: CaptionTable, dataset: PairDataset, protection: Protect
                         "(about 1: a visible mosaic of noise cells; 0.02-0.2: smooth noise); max_abs_delta: largest pixel change in "
                         "1/255 steps; noise_kept (JPEG only): share of the noise a model still sees after the "
                         "JPEG compression"})
-    return csv_path
+    return csv_path, visibility
 
 
 def visibility_summary(images: list[dict]) -> dict:
@@ -487,8 +483,8 @@ def protect_photos(request: ProtectRequest) -> None:
                         "the protection)")}
     try:
         if request.resolution == "photo":
-            csv_path = export_photos(table, clean, protection, out, names, request.fraction, config.seed,
-                                     request.quality, report)
+            csv_path, visibility = export_photos(table, clean, protection, out, names, request.fraction,
+                                                 config.seed, request.quality, report)
         else:
             published = protected_dataset(clean, protection, request.fraction, config.seed)
             add_to_manifest(out, image_file_names(published))
@@ -502,8 +498,7 @@ def protect_photos(request: ProtectRequest) -> None:
     print(f"wrote {csv_path} ({clean.num_images} images) and {out / 'report.json'}; post the images and the "
           f"captions of {csv_path.name} together (the triggers are part of the protection)")
     if request.resolution == "photo":
-        print(visibility_line(json.loads((out / "report.json").read_text(encoding="utf-8"))["visibility"],
-                              request.quality if request.output_format == "jpeg" else None))
+        print(visibility_line(visibility, request.quality if request.output_format == "jpeg" else None))
     if bound(config, protection.history, clean.num_images) is False:
         print(unbound_advice(protection, config, clean.num_images, small), file=sys.stderr)
 
@@ -522,7 +517,7 @@ def visibility_line(summary: dict, quality: int | None) -> str:
 def unbound_advice(protection: Protection, config: ProtectConfig, num_images: int, small: bool) -> str:
     """What to do about a protection whose noise did not bind (`methods.bound`)."""
     loss, rounds = protection.history[-1]["noise_loss"], len(protection.history)
-    pairs = min(config.batch_size, num_images)
+    pairs = batch_pairs(config, num_images)
     state = (f"after {rounds} rounds the protection's loss is {loss:.3g}, near a contrastive loss at chance "
              f"(ln {pairs} = {math.log(pairs):.2f})")
     if small:

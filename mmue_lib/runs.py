@@ -19,7 +19,7 @@ from .cache import RunKind, cached, compute_from_folder, planned, register, run_
 from .data import PairDataset, load_split
 from .defenses import apply_defenses, defense_label, parse_defenses
 from .faces import load_named_faces
-from .methods import METHODS, ProtectConfig, bound, protection_config
+from .methods import METHODS, ProtectConfig, batch_pairs, bound, protection_config
 from .models import create_clip, load_clip, model_context_length, save_clip
 from .protect import Protection, generate_protection
 from .release import protected_dataset
@@ -202,7 +202,7 @@ def convergence_warning(spec: dict, result: dict) -> str | None:
         return None
     return (f"{describe_protection(spec)}: the noise did not bind to the captions: its PGD loss ended at "
             f"{history[-1]['noise_loss']:.3g} after {len(history)} round(s), near a contrastive loss at chance "
-            f"(ln {config.batch_size} = {math.log(config.batch_size):.2f}); victims trained on it measure a weak "
+            f"(ln {batch_pairs(config)} = {math.log(batch_pairs(config)):.2f}); victims trained on it measure a weak "
             f"protection (more rounds or surrogate steps: protect.max_rounds, protect.surrogate_steps)")
 
 
