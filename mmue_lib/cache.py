@@ -55,7 +55,8 @@ class RunKind:
     warning: Callable[[dict, dict], str | None] = lambda spec, result: None
     """What is wrong with a finished run's result, once, after the experiment that made it."""
     restorable: bool = False
-    """Whether a run record of this kind holds all an experiment reads of the run (`records.restore_records`)."""
+    """Whether a run record of this kind may stand in for the run (`records.restore_records`): it
+    holds the run's metrics and cost; its files are computed again where they are needed."""
 
 
 KINDS: dict[str, RunKind] = {}

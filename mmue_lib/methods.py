@@ -57,9 +57,21 @@ class ProtectConfig:
     trigger_min_count: int = 1
     """With trigger_vocab 'captions' (or 'study'): only words seen at least this often in the
     training captions (common words, which a dictionary built from other captions of the domain keeps)."""
+    generator_steps: int = 0
+    """T2UE (`t2ue`): generator steps per round. Above 0 the noise of an image comes from its first
+    caption through a text-conditioned generator (`t2ue.NoiseGenerator`) trained by these steps
+    between the surrogate's, instead of from PGD on each image: the PGD and trigger settings are unused."""
+    generator_lr: float = 1e-3
+    generator_width: int = 64
+    generator_embed_dim: int = 32
+    generator_corpus: Literal["released", "disjoint"] = "released"
+    """What the generator learns from: the released images themselves (the study's setting), or
+    'disjoint': the val split and the train images beyond the released ones, never the released
+    images (the zero-contact setting)."""
 
     OPTIONAL_KEYS: ClassVar[tuple[str, ...]] = ("precision", "noise_eot", "eot_samples", "trigger_position",
-                                                "trigger_min_count")
+                                                "trigger_min_count", "generator_steps", "generator_lr",
+                                                "generator_width", "generator_embed_dim", "generator_corpus")
     """Fields added after the committed cpu runs were keyed: they key a protection only when set
     away from their default."""
 
@@ -80,6 +92,13 @@ class ProtectConfig:
             raise ValueError(f"trigger_min_count must be >= 1, got {self.trigger_min_count}")
         if self.eot_samples < 1:
             raise ValueError(f"eot_samples must be >= 1, got {self.eot_samples}")
+        if self.generator_steps < 0:
+            raise ValueError(f"generator_steps must be >= 0, got {self.generator_steps}")
+        if self.generator_steps and (self.trigger_len or self.noise_per != "image" or self.direction != "minimize"):
+            raise ValueError("a T2UE generator (generator_steps > 0) makes error-minimising noise per image from "
+                             "its caption: use trigger_len 0, noise_per 'image', direction 'minimize'")
+        if self.generator_width % 8 or self.generator_width < 8:
+            raise ValueError(f"generator_width must be a multiple of 8, got {self.generator_width}")
         if self.eps < 0 or self.alpha < 1 or self.pgd_steps < 0:
             raise ValueError("eps, alpha and pgd_steps are in whole 1/255 steps: eps >= 0, alpha >= 1, pgd_steps >= 0")
 
@@ -106,13 +125,16 @@ METHODS: dict[str, Method] = {
     "mem-5": Method("MEM-5", {"trigger_len": 5}),
     "rmem-8": Method("R-MEM-8", {"trigger_len": 8, "trigger_vocab": "captions", "trigger_min_count": 20,
                                  "trigger_top_k": 4}, in_paper=False),
+    "t2ue": Method("T2UE", {"trigger_len": 0, "generator_steps": 40}, in_paper=False),
 }
 """The method registry, read by the runs, the notebooks, the CLI and the paper tables. UAP and
 TAP (the official code's "UAP" script) maximise the loss of a clean-trained surrogate. R-MEM-8
 (ours, `13_careful_collector`, chosen on val) is MEM made for a careful collector: an 8-word
 trigger at the start of each caption, of words seen at least 20 times in the captions, so that an
 in-domain dictionary keeps them and stripping fewer than 8 leading words leaves a trigger;
-top-4 candidates per slot keep its search near MEM-3's cost (`11_ablation`: top-4 protects as top-8)."""
+top-4 candidates per slot keep its search near MEM-3's cost (`11_ablation`: top-4 protects as top-8).
+T2UE (Ma et al. 2025, `t2ue`) makes each image's noise from its caption alone, through a generator
+trained once by error minimisation."""
 
 SCHEDULES: dict[str, dict] = {
     "official": {},

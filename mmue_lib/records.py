@@ -17,7 +17,8 @@ def run_record(run: dict) -> dict:
     seconds, peak memory, log and final metrics. A local checkpoint standing in for a run has only its spec."""
     record = {"kind": run.get("kind", "checkpoint"), "key": Path(run["folder"]).name if "folder" in run else None,
               "spec": run["spec"]}
-    kept = ("seconds", "peak_rss_bytes", "peak_gpu_bytes", "final", "history", "provenance")
+    kept = ("seconds", "peak_rss_bytes", "peak_gpu_bytes", "final", "history", "provenance", "generator_seconds",
+            "noise_seconds", "noise_ms_per_image", "corpus_images")
     return {**record, **{k: run[k] for k in kept if k in run}}
 
 
@@ -48,7 +49,7 @@ def _restorable() -> list[str]:
 
 
 def export_records(records_file: str | Path) -> int:
-    """Write the `run_record` of every restorable run (training runs) this cache finished (not those
+    """Write the `run_record` of every restorable run (every kind) this cache finished (not those
     it restored) to `records_file`, in the format of `write_run_records`, so that `restore_records`
     can carry them to another machine before the experiment that uses them is done. Returns how many."""
     records = {}
@@ -62,11 +63,12 @@ def export_records(records_file: str | Path) -> int:
 
 
 def restore_records(records_file: str | Path) -> list[Path]:
-    """Put the restorable runs (training runs) of a `write_run_records` file into the run cache as
-    finished, so that an experiment reads their recorded metrics instead of computing them again (a
-    fresh machine, a cache lost). Their models are not recorded: a later use of one (fine-tuning, a
-    trained surrogate, an attention map) says so. Protections are skipped (their noise is not
-    recorded), as are runs the cache already holds or is computing. Returns the folders written."""
+    """Put the restorable runs of a `write_run_records` file into the run cache as finished, so that
+    an experiment reads their recorded metrics and costs instead of computing them again (a fresh
+    machine, a cache lost). Their files are not recorded: a protection's noise or a generator is
+    computed again where a victim still to train needs it (`runs.artifact`); a later use of a model
+    (fine-tuning, a trained surrogate, an attention map) says so. Runs the cache already holds or is
+    computing are skipped. Returns the folders written."""
     records_file = Path(records_file)
     records = json.loads(records_file.read_text(encoding="utf-8"))
     restorable, written = _restorable(), []

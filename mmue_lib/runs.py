@@ -1,6 +1,7 @@
-"""The two kinds of run the cache holds (`cache.register`): a CLIP training run (a clean model, a
-surrogate, a victim trained on protected data, fine-tuning from a pretrained model) and a
-protection run (EM / UAP / MEM noise and triggers), with what loads their outcomes. Each spec
+"""The kinds of run the cache holds (`cache.register`): a CLIP training run (a clean model, a
+surrogate, a victim trained on protected data, fine-tuning from a pretrained model), a
+protection run (EM / UAP / MEM noise and triggers; T2UE noise from a generator's pass over the
+captions) and a T2UE generator's training, with what loads their outcomes. Each spec
 names every parameter the run depends on, the specs of the runs it uses included, in the one
 key policy of `storage.keyed_settings`.
 """
@@ -9,14 +10,15 @@ from __future__ import annotations
 import math
 import os
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from . import distributed
-from .cache import RunKind, cached, compute_from_folder, planned, register, run_folder
-from .data import PairDataset, load_split
+from .cache import RunKind, cached, compute_from_folder, describe_run, planned, register, run_folder, run_kind
+from .data import PairDataset, concat_datasets, load_split
 from .defenses import apply_defenses, defense_label, parse_defenses
 from .faces import load_named_faces
 from .methods import METHODS, ProtectConfig, batch_pairs, bound, protection_config
@@ -24,11 +26,12 @@ from .models import create_clip, load_clip, model_context_length, save_clip
 from .protect import Protection, generate_protection
 from .release import protected_dataset
 from .storage import expand_path, save_torch
+from .t2ue import generated_noise, load_generator, train_generator
 from .train import TokenizedPairs, TrainConfig, train_clip
 
 PROTECTED_IMAGES = "protected_images.npy"
 """A victim's protected train images, memory-mapped while it trains (removed when it is done)."""
-TRAIN_CHECKPOINT, PROTECT_CHECKPOINT = "train_state.ckpt", "state.ckpt"
+TRAIN_CHECKPOINT, PROTECT_CHECKPOINT, GENERATOR_CHECKPOINT = "train_state.ckpt", "state.ckpt", "generator_state.ckpt"
 """The checkpoint an unfinished run of each kind resumes from, in its folder."""
 
 
@@ -109,6 +112,22 @@ def pretrained_checkpoint(run: dict) -> Path:
     return file
 
 
+def artifact(run: dict, name: str) -> Path:
+    """The file `name` of a finished run. A run restored from records (`records.restore_records`)
+    has its log and cost but no files: it is computed again here, in this process, once."""
+    file = Path(run["folder"]) / name
+    if file.is_file() or "restored_from" not in run:
+        return file
+    kind = Path(run["folder"]).parent.name
+    if distributed.context().distributed:
+        raise RuntimeError(f"{describe_run(kind, run['spec'])}: restored from {run['restored_from']} without its "
+                           f"{name}; compute it in one process first, or remove {run['folder']}")
+    print(f"{describe_run(kind, run['spec'])}: restored from records without its {name}, which is needed here: "
+          "computing it again", flush=True)
+    (Path(run["folder"]) / "result.json").unlink()
+    return Path(run_kind(kind).recompute(run["spec"])["folder"]) / name
+
+
 def checkpoint_run(path: str, model: str, image_size: int, context_length: int) -> dict:
     """A local open_clip / OpenAI state-dict file standing in for a training run (as `pretrained`
     or `surrogate`); its spec names the file by path, size and modification time."""
@@ -133,13 +152,17 @@ def run_model(run: dict) -> torch.nn.Module:
 def protection_run(data: dict, method: str, surrogate_model: str, context_length: int, *,
                    schedule: dict | None = None, surrogate: dict | None = None, progress: bool = True,
                    **overrides) -> dict:
-    """Generate EM / UAP / MEM protection of the train split. `schedule` holds settings shared by
-    all methods (the method's preset wins over them); `overrides` win over the preset. The
-    surrogate starts from random initialisation, or from the `surrogate` training run (UAP/TAP
-    need a clean-trained one)."""
+    """Generate EM / UAP / MEM / T2UE protection of the train split. `schedule` holds settings
+    shared by all methods (the method's preset wins over them); `overrides` win over the preset.
+    The surrogate starts from random initialisation, or from the `surrogate` training run (UAP/TAP
+    need a clean-trained one). T2UE's noise is its generator's (`generator_run`) pass over each
+    image's first caption; its seconds are the generator's training and that pass together."""
     config = protection_config(method, schedule, **overrides)
     spec = {"data": data, "method": method, "config": config.keyed(), "surrogate_model": surrogate_model,
             "context_length": context_length, "surrogate": surrogate and surrogate["spec"]}
+    if config.generator_steps:
+        return _generated_protection(spec, config, generator_run(data, config, surrogate_model, context_length,
+                                                                 surrogate=surrogate, progress=progress))
 
     def compute(folder: Path) -> dict:
         model = (run_model(surrogate) if surrogate else
@@ -148,18 +171,81 @@ def protection_run(data: dict, method: str, surrogate_model: str, context_length
         protection = generate_protection(load_data(data, "train"), model, config,
                                          checkpoint_path=folder / PROTECT_CHECKPOINT, progress=progress)
         if distributed.context().is_main:
-            save_torch(folder / "protection.pt", {"config": asdict(config), "noise": protection.noise,
-                                                  "triggers": protection.triggers, "history": protection.history,
-                                                  "seconds": protection.seconds})
+            _save_protection(folder, protection)
             (folder / PROTECT_CHECKPOINT).unlink(missing_ok=True)
         return {"history": protection.history, "seconds": protection.seconds}
 
     return cached("protect", spec, compute)
 
 
+def _save_protection(folder: Path, protection: Protection) -> None:
+    save_torch(folder / "protection.pt", {"config": asdict(protection.config), "noise": protection.noise,
+                                          "triggers": protection.triggers, "history": protection.history,
+                                          "seconds": protection.seconds})
+
+
+def _generated_protection(spec: dict, config: ProtectConfig, generator: dict) -> dict:
+    """The protection run of a T2UE generator: its noise for every released image, from the image's
+    first caption in one batched forward pass."""
+    spec = {**spec, "generator": generator["spec"]}
+
+    def compute(folder: Path) -> dict:
+        trained = load_generator(artifact(generator, "generator.pt"))
+        captions = load_data(spec["data"], "train").first_captions().captions
+        started = time.perf_counter()
+        noise = generated_noise(trained.generator, captions, device=distributed.resolve_device(config.device))
+        seconds = time.perf_counter() - started
+        if distributed.context().is_main:
+            _save_protection(folder, Protection(config, noise, torch.zeros(0, 0, dtype=torch.long),
+                                                trained.history, trained.seconds + seconds))
+        return {"history": trained.history, "seconds": trained.seconds + seconds,
+                "generator_seconds": trained.seconds, "noise_seconds": seconds,
+                "noise_ms_per_image": 1000 * seconds / max(1, len(captions))}
+
+    return cached("protect", spec, compute)
+
+
+def generator_corpus(data: dict, corpus: str) -> PairDataset:
+    """What a T2UE generator learns from: the train split of `data` ('released'), or 'disjoint':
+    the val split and the train images beyond the first `max_train_images` (the released ones)."""
+    if corpus == "released":
+        return load_data(data, "train")
+    parts = [load_data(data, "val")]
+    if data["max_train_images"]:
+        every = load_data({**data, "max_train_images": None}, "train")
+        if every.num_images > data["max_train_images"]:
+            parts.append(every.subset(range(data["max_train_images"], every.num_images)))
+    return concat_datasets(parts, f"{Path(data['data']).name}-disjoint")
+
+
+@planned
+def generator_run(data: dict, config: ProtectConfig, surrogate_model: str, context_length: int, *,
+                  surrogate: dict | None = None, progress: bool = True) -> dict:
+    """Train a T2UE generator (`t2ue.train_generator`) on `data`'s corpus `config.generator_corpus`
+    against a surrogate from random initialisation (or the `surrogate` training run)."""
+    spec = {"data": data, "config": config.keyed(), "surrogate_model": surrogate_model,
+            "context_length": context_length, "surrogate": surrogate and surrogate["spec"]}
+
+    def compute(folder: Path) -> dict:
+        model = (run_model(surrogate) if surrogate else
+                 create_clip(surrogate_model, image_size=data["image_size"], context_length=context_length,
+                             seed=config.seed))
+        corpus = generator_corpus(data, config.generator_corpus)
+        trained = train_generator(corpus, model, config, checkpoint_path=folder / GENERATOR_CHECKPOINT,
+                                  progress=progress)
+        if distributed.context().is_main:
+            trained.save(folder / "generator.pt", {"corpus": corpus.name, "images": corpus.num_images,
+                                                   "captions": corpus.num_rows})
+            (folder / GENERATOR_CHECKPOINT).unlink(missing_ok=True)
+        return {"history": trained.history, "seconds": trained.seconds, "corpus_images": corpus.num_images}
+
+    return cached("generator", spec, compute)
+
+
 def load_protection(run: dict) -> Protection:
-    """The `Protection` of a finished protection run."""
-    state = torch.load(Path(run["folder"]) / "protection.pt", map_location="cpu", weights_only=True, mmap=True)
+    """The `Protection` of a finished protection run (computed again first when it was restored from
+    records, which hold its log and cost but not its noise)."""
+    state = torch.load(artifact(run, "protection.pt"), map_location="cpu", weights_only=True, mmap=True)
     return Protection(ProtectConfig(**state["config"]), state["noise"], state["triggers"], state["history"],
                       state["seconds"])
 
@@ -185,6 +271,13 @@ def describe_training(spec: dict) -> str:
     if spec.get("defenses"):
         parts.append(defense_label(spec["defenses"]))
     return ", ".join(parts)
+
+
+def describe_generator(spec: dict) -> str:
+    """One line saying what a generator training is: its seed, the surrogate, the corpus and data."""
+    config = spec["config"]
+    return (f"T2UE generator seed {config['seed']} against {spec['surrogate_model']}, "
+            f"{config.get('generator_corpus', 'released')} images of {describe_data(spec['data'])}")
 
 
 def describe_protection(spec: dict) -> str:
@@ -221,6 +314,7 @@ def register_kinds() -> None:
     """Tell the cache engine of the two run kinds (done when this module is imported)."""
     register("protect", PROTECTION_RUNS)
     register("train", TRAINING_RUNS)
+    register("generator", GENERATOR_RUNS)
 
 
 PROTECTION_RUNS = RunKind(
@@ -232,7 +326,7 @@ PROTECTION_RUNS = RunKind(
     timing=lambda spec: {"data": spec["data"], "method": spec["method"], "model": spec["surrogate_model"],
                          "settings": {k: v for k, v in spec["config"].items() if k != "seed"},
                          "trained_surrogate": bool(spec["surrogate"])},
-    warning=convergence_warning)
+    warning=convergence_warning, restorable=True)
 TRAINING_RUNS = RunKind(
     noun="training run", describe=describe_training, settings_section="train", checkpoint_file=TRAIN_CHECKPOINT,
     recompute=lambda spec: training_run(spec["data"], spec["model"], spec["context_length"], spec["train"],
@@ -243,6 +337,16 @@ TRAINING_RUNS = RunKind(
     timing=lambda spec: {"data": spec["data"], "model": spec["model"], "fraction": spec["fraction"],
                          "settings": {k: v for k, v in spec["train"].items() if k != "seed"},
                          "fine_tuned": bool(spec["pretrained"])},
+    restorable=True)
+GENERATOR_RUNS = RunKind(
+    noun="generator training", describe=describe_generator, settings_section="config",
+    checkpoint_file=GENERATOR_CHECKPOINT,
+    recompute=lambda spec: generator_run(spec["data"], ProtectConfig(**spec["config"]), spec["surrogate_model"],
+                                         spec["context_length"], surrogate=_run_of("train", spec["surrogate"]),
+                                         progress=_main_process()),
+    saved_progress=lambda spec, state: f"round {len(state['history'])} of {spec['config']['max_rounds']} saved",
+    timing=lambda spec: {"data": spec["data"], "model": spec["surrogate_model"],
+                         "settings": {k: v for k, v in spec["config"].items() if k != "seed"}},
     restorable=True)
 register_kinds()
 

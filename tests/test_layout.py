@@ -12,7 +12,7 @@ FLOORS = [
     {"train"},
     {"methods", "explain"},
     {"triggers"},
-    {"protect"},
+    {"protect", "t2ue"},
     {"release", "paper", "outfolder"},
     {"check"},
     {"cache"},

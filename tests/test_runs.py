@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -119,17 +120,25 @@ def test_only_a_protection_whose_noise_did_not_bind_is_warned_about(fresh_cache)
     assert protection["provenance"]["device"] == "cpu" and protection["provenance"]["torch"] == torch.__version__
 
 
-def test_a_restored_training_run_serves_its_metrics_but_not_its_model(fresh_cache, tmp_path, monkeypatch):
+def test_restored_runs_serve_their_records_and_a_protection_is_computed_again_only_for_its_noise(
+        fresh_cache, tmp_path, monkeypatch, capsys):
     protection, victim = small_runs()
     records.write_run_records({"victim": victim, "protection": protection}, tmp_path, "victim")
+    noise = runs.load_protection(protection).noise.clone()
     monkeypatch.setenv("MMUE_CACHE", str(tmp_path / "empty"))
-    assert len(records.restore_records(tmp_path / "runs" / "victim.json")) == 1, "protections are not restored"
+    assert len(records.restore_records(tmp_path / "runs" / "victim.json")) == 2
+    real_generate = runs.generate_protection
     monkeypatch.setattr(runs, "train_clip", lambda *a, **k: pytest.fail("a restored run was trained again"))
-    again = runs.training_run(victim["spec"]["data"], "RN-tiny", 32, victim["spec"]["train"], protection=protection,
-                              progress=False)
-    assert again["history"] == victim["history"] and again["seconds"] == victim["seconds"]
+    monkeypatch.setattr(runs, "generate_protection", lambda *a, **k: pytest.fail("a restored protection was redone"))
+    again, again_victim = small_runs()
+    assert again_victim["history"] == victim["history"] and again_victim["seconds"] == victim["seconds"]
+    assert again["history"] == protection["history"] and again["seconds"] == protection["seconds"]
     with pytest.raises(FileNotFoundError, match="without its model"):
-        runs.pretrained_checkpoint(again)
+        runs.pretrained_checkpoint(again_victim)
+    monkeypatch.setattr(runs, "generate_protection", real_generate)
+    assert torch.equal(runs.load_protection(again).noise, noise), "the noise, computed again, is the same"
+    assert "restored from records without its protection.pt" in capsys.readouterr().out
+    assert "restored_from" not in json.loads((Path(again["folder"]) / "result.json").read_text())
 
 
 def test_victims_can_be_scored_on_val_under_their_own_keys():
