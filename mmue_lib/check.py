@@ -12,6 +12,7 @@ posted clean toward never posted).
 """
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -81,6 +82,14 @@ def gallery_ranks(model: torch.nn.Module, gallery: PairDataset) -> dict[str, np.
             "t2i": text_to_image_ranks(images, texts, pairs.row_image).numpy()}
 
 
+def protected_size(protected_csv: Path) -> int | None:
+    """The image size a protection was made at, from the report.json beside its CSV (None if absent)."""
+    try:
+        return json.loads((protected_csv.parent / "report.json").read_text(encoding="utf-8")).get("image_size")
+    except (OSError, ValueError):
+        return None
+
+
 def check_photos(request: CheckRequest) -> dict:
     """Train the three victims (each resumable from its state in `request.out`, named by the photos it
     trains on, so that checks of several protections share the other two), score your photos and
@@ -103,6 +112,11 @@ def check_photos(request: CheckRequest) -> dict:
 
     probe = victim_model()
     size = model_image_size(probe)
+    made_at = protected_size(Path(request.protected))
+    if made_at is not None and made_at != size:
+        print(f"warning: {request.protected} was protected at {made_at} px and is checked at {size} px: its images "
+              f"are rescaled, which may weaken the noise; pass --size {made_at} to check it as it was made",
+              file=sys.stderr)
     with distributed.main_first():
         yours = load_csv_dataset(request.clean, size)
         protected = load_csv_dataset(request.protected, size)

@@ -14,7 +14,8 @@ from typing import Literal, get_args, get_origin, get_type_hints
 from . import data, distributed
 from .check import DEFAULT_BACKGROUND
 from .methods import METHODS, SCHEDULES, ProtectConfig
-from .photos import DEVICE_SURROGATES, OUTPUT_FORMATS, ProtectRequest, protect_photos
+from .photos import (DEVICE_SURROGATES, OUTPUT_FORMATS, GeneratorRequest, ProtectRequest, protect_photos,
+                     train_photo_generator)
 from .train import TrainConfig
 from .storage import write_json
 
@@ -99,23 +100,9 @@ def _check(args: argparse.Namespace) -> None:
                            background_images=args.background_images, gallery_others=args.gallery_others,
                            model=args.model, size=args.size, context_length=args.context_length,
                            pretrained=args.pretrained, train=_train_config(args))
-    made_at = _protected_size(Path(args.protected))
-    if made_at is not None and args.size is not None and made_at != args.size:
-        print(f"warning: {args.protected} was protected at {made_at} px and is checked at {args.size} px: its images "
-              f"are rescaled, which may weaken the noise; pass --size {made_at} to check it as it was made",
-              file=sys.stderr)
     report = check_photos(request)
     if report:
         print_check(report)
-
-
-def _protected_size(protected_csv: Path) -> int | None:
-    """The image size a protection was made at, from the report.json beside its CSV (None if absent)."""
-    report = protected_csv.parent / "report.json"
-    try:
-        return json.loads(report.read_text(encoding="utf-8")).get("image_size")
-    except (OSError, ValueError):
-        return None
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -137,8 +124,23 @@ def _protect(args: argparse.Namespace) -> None:
     protect_photos(ProtectRequest(
         csv=args.csv, out=args.out, method=args.method, schedule=args.schedule, resolution=args.resolution,
         model=args.model, size=args.size, surrogate=args.surrogate, fraction=args.fraction, force=args.force,
-        keep_state=args.keep_state, output_format=args.output_format, quality=args.quality,
+        keep_state=args.keep_state, output_format=args.output_format, quality=args.quality, generator=args.generator,
         settings={name: getattr(args, name) for name in PROTECT_SETTINGS if getattr(args, name) is not None}))
+
+
+GENERATOR_OPTIONS = ("eps", "seed", "device", "batch_size", "precision", "max_rounds", "surrogate_steps",
+                     "generator_steps", "generator_width")
+"""`mmue train-generator` options that are `ProtectConfig` fields (unset: T2UE's preset and the schedule's)."""
+
+
+def _train_generator(args: argparse.Namespace) -> None:
+    _check_ranges(args, GENERATOR_OPTIONS + ("size", "max_images"))
+    if not Path(args.csv).is_file():
+        raise ValueError(f"--csv {args.csv}: file not found")
+    train_photo_generator(GeneratorRequest(
+        csv=args.csv, out=args.out, schedule=args.schedule, model=args.model, size=args.size,
+        max_images=args.max_images, force=args.force,
+        settings={name: getattr(args, name) for name in GENERATOR_OPTIONS if getattr(args, name) is not None}))
 
 
 PROTECT_RANGES = {"eps": (1, 32, "the L-inf bound in 1/255 pixel steps; the paper uses 8"),
@@ -149,18 +151,29 @@ PROTECT_RANGES = {"eps": (1, 32, "the L-inf bound in 1/255 pixel steps; the pape
                   "trigger_len": (0, 16, "trigger tokens after the start token"),
                   "trigger_min_count": (1, 1_000_000, "times a caption word must occur to be a trigger word"),
                   "size": (16, 1024, "the surrogate's image size in px"),
-                  "quality": (50, 100, "JPEG quality of --output-format jpeg")}
-"""`mmue protect` options with integer ranges: (lowest, highest, what the option is)."""
+                  "quality": (50, 100, "JPEG quality of --output-format jpeg"),
+                  "generator_steps": (1, 100_000, "generator training steps per round"),
+                  "generator_width": (8, 512, "channels of the generator's full-resolution stages, a multiple of 8"),
+                  "max_images": (2, 10_000_000, "images to train on")}
+"""`mmue protect` and `mmue train-generator` options with integer ranges: (lowest, highest, what the option is)."""
+
+
+def _check_ranges(args: argparse.Namespace, names) -> None:
+    """Refuse an option outside its range (`PROTECT_RANGES`) before anything is read or computed."""
+    for name in names:
+        value = getattr(args, name, None)
+        if name in PROTECT_RANGES and value is not None and not PROTECT_RANGES[name][0] <= value <= PROTECT_RANGES[name][1]:
+            low, high, meaning = PROTECT_RANGES[name]
+            raise ValueError(f"--{name.replace('_', '-')} {value}: allowed {low} to {high} ({meaning})")
 
 
 def _check_protect_options(args: argparse.Namespace) -> None:
     """Refuse bad `mmue protect` options before anything is read, computed or written."""
     from .models import list_model_names
 
-    for name, (low, high, meaning) in PROTECT_RANGES.items():
-        value = getattr(args, name)
-        if value is not None and not low <= value <= high:
-            raise ValueError(f"--{name.replace('_', '-')} {value}: allowed {low} to {high} ({meaning})")
+    _check_ranges(args, PROTECT_RANGES)
+    if args.generator and not Path(args.generator).is_file():
+        raise ValueError(f"--generator {args.generator}: file not found (one made by mmue train-generator)")
     if not 0 < args.fraction <= 1:
         raise ValueError(f"--fraction {args.fraction}: allowed above 0 and at most 1 (the share of images to protect)")
     if args.surrogate and not Path(args.surrogate).is_file():
@@ -321,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--csv", required=True)
     evaluate.set_defaults(run=_evaluate)
 
-    protect = sub.add_parser("protect", help="protect your own image,caption CSV (EM, UAP, TAP, MEM)",
+    protect = sub.add_parser("protect", help="protect your own image,caption CSV (EM, UAP, TAP, MEM, T2UE)",
                              formatter_class=_DefaultsFormatter)
     protect.add_argument("--csv", required=True, help="image,caption CSV of your photos (paths relative to it)")
     protect.add_argument("--out", required=True, help="folder for images/, protected.csv, report.json and the state "
@@ -346,6 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
                               f"{DEVICE_SURROGATES['cuda']} on a GPU, {DEVICE_SURROGATES['cpu']} elsewhere")
     protect.add_argument("--size", type=int, help="surrogate image size in px (default: the model's own)")
     protect.add_argument("--surrogate", help="local checkpoint of the surrogate CLIP (required for uap/tap)")
+    protect.add_argument("--generator", help="a T2UE generator file (mmue train-generator; required for t2ue): each "
+                                             "photo's noise from its first caption in one forward pass, no training")
     _config_option(protect, ProtectConfig, "max_rounds", default=None, help=_schedule_default("max_rounds"))
     _config_option(protect, ProtectConfig, "surrogate_steps", default=None, help=_schedule_default("surrogate_steps"))
     _config_option(protect, ProtectConfig, "pgd_steps", default=None, help=_schedule_default("pgd_steps"))
@@ -371,15 +386,42 @@ def build_parser() -> argparse.ArgumentParser:
                               "exact noise and triggers: never publish it")
     protect.set_defaults(run=_protect)
 
+    generator = sub.add_parser("train-generator", formatter_class=_DefaultsFormatter,
+                               help="train a T2UE generator on an image,caption CSV, to protect photos from their "
+                                    "captions alone (mmue protect --method t2ue --generator FILE)")
+    generator.add_argument("--csv", required=True, help="image,caption CSV to learn from (for zero contact: images "
+                                                        "other than the ones you will protect)")
+    generator.add_argument("--out", required=True, help="the generator file to write, e.g. generator.pt")
+    generator.add_argument("--schedule", default="calibrated", choices=list(SCHEDULES),
+                           help="rounds and surrogate steps of the schedule; the options below override it")
+    generator.add_argument("--model", default="auto",
+                           help=f"architecture of the surrogate trained alongside; auto: {DEVICE_SURROGATES['cuda']} "
+                                f"on a GPU, {DEVICE_SURROGATES['cpu']} elsewhere")
+    generator.add_argument("--size", type=int, help="image size in px of the noise (default: the model's own)")
+    generator.add_argument("--max-images", type=int, help="learn from the first N images only")
+    _config_option(generator, ProtectConfig, "eps", default=None, help="L-inf bound in 1/255 steps (default: 8)")
+    _config_option(generator, ProtectConfig, "max_rounds", default=None, help=_schedule_default("max_rounds"))
+    _config_option(generator, ProtectConfig, "surrogate_steps", default=None, help=_schedule_default("surrogate_steps"))
+    _config_option(generator, ProtectConfig, "generator_steps", default=None,
+                   help=f"generator steps per round (default: t2ue's {METHODS['t2ue'].preset['generator_steps']})")
+    _config_option(generator, ProtectConfig, "generator_width", default=None,
+                   help=f"generator width (default: {ProtectConfig.generator_width})")
+    _config_option(generator, ProtectConfig, "batch_size", default=None, help="pairs per contrastive batch")
+    _config_option(generator, ProtectConfig, "seed", default=None, help="seed of the surrogate and the generator")
+    _config_option(generator, ProtectConfig, "device", default=None, help="auto: a GPU when there is one")
+    _config_option(generator, ProtectConfig, "precision", default=None, help=PRECISION_HELP)
+    generator.add_argument("--force", action="store_true", help="replace --out if it is a T2UE generator")
+    generator.set_defaults(run=_train_generator)
+
     sub.add_parser("models", help="list model architectures").set_defaults(run=_models)
     listing = sub.add_parser("runs", help="list the cached runs of the notebooks: what each is, done or how far it got")
-    listing.add_argument("--kind", choices=["train", "protect"])
+    listing.add_argument("--kind", choices=["train", "protect", "generator"])
     listing.add_argument("--restore", nargs="+", metavar="RECORDS", type=Path,
-                         help="first put the training runs of these results/<scale>/runs/*.json files into the "
-                              "cache as done (their metrics, not their models), so that notebooks do not train "
+                         help="first put the runs of these results/<scale>/runs/*.json files into the cache as "
+                              "done (their metrics and costs, not their files), so that notebooks do not compute "
                               "them again")
     listing.add_argument("--export", metavar="RECORDS", type=Path,
-                         help="write the training runs this cache finished (not restored ones) to this file, "
+                         help="write the runs this cache finished (not restored ones) to this file, "
                               "for --restore on another machine")
     listing.set_defaults(run=_runs)
     return parser
@@ -389,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     nproc = getattr(args, "nproc", 1)
-    if nproc < 1 or args.__dict__.get("batch_size", nproc) % nproc:
+    if nproc < 1 or (args.__dict__.get("batch_size") or nproc) % nproc:
         print(f"mmue: error: --nproc {nproc}: a positive number that divides --batch-size "
               f"{args.__dict__.get('batch_size')}", file=sys.stderr)
         return 2

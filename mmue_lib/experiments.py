@@ -383,11 +383,28 @@ def scale(settings: Settings) -> dict:
                        {check["schedule"]: settings.named_schedule(check["schedule"])}, o.seed_check)
 
 
+@_in_processes
+def t2ue(settings: Settings) -> dict:
+    """T2UE beside the paper's methods: {"table1": `method_runs` of the shared methods and
+    `t2ue_methods` (02_table1's runs shared); "transfer": per method of `transfer_methods`, its
+    `transfer_runs` to 03_table2's victim architectures; "collector": `defense_runs` of
+    `collector_methods` on 13_careful_collector's data under its countermeasures (13's runs shared)}."""
+    o = settings.options
+    table1 = Experiment.of(settings, [*settings.methods, *o.t2ue_methods])
+    victims = load_settings("03_table2", settings.scale).options.victim_models
+    collector = load_settings("13_careful_collector", settings.scale)
+    careful = Experiment.of(collector, o.collector_methods)
+    return {"table1": method_runs(table1),
+            "transfer": {METHODS[method].label: transfer_runs(table1, method, victims) for method in o.transfer_methods},
+            "collector": defense_runs(careful, collector.options.collector_released,
+                                      collector.options.collector_training)}
+
+
 BY_NOTEBOOK: dict[str, Callable[[Settings], object] | None] = {
     "01_data_overview": None, "02_table1": table1, "03_table2": table2, "04_figure4": table1, "05_figure5": table1,
     "06_figure6": table1, "07_semantic_triggers": semantic_triggers, "08_poisoning_fraction": poisoning_fraction,
     "09_faces": faces, "10_defenses": defenses, "11_ablation": ablation, "12_seeds": seeds,
-    "13_careful_collector": careful_collector, "14_scale": scale,
+    "13_careful_collector": careful_collector, "14_scale": scale, "15_t2ue": t2ue,
 }
 """The recipe of every notebook (None: it trains nothing)."""
 

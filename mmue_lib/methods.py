@@ -62,7 +62,7 @@ class ProtectConfig:
     caption through a text-conditioned generator (`t2ue.NoiseGenerator`) trained by these steps
     between the surrogate's, instead of from PGD on each image: the PGD and trigger settings are unused."""
     generator_lr: float = 1e-3
-    generator_width: int = 64
+    generator_width: int = 16
     generator_embed_dim: int = 32
     generator_corpus: Literal["released", "disjoint"] = "released"
     """What the generator learns from: the released images themselves (the study's setting), or

@@ -35,10 +35,11 @@ from .models import create_clip, load_clip, model_image_size
 from .progress import bar as progress_bar
 from .progress import duration
 from .protect import Protection, checkpoint_differences, estimate_seconds, generate_protection
-from .outfolder import (add_to_manifest, check_output_folder, check_room, mib, prepare_output, read_manifest,
-                        state_path)
+from .outfolder import (add_to_manifest, check_output_folder, check_room, mib, nearest_existing, prepare_output,
+                        read_manifest, state_path)
 from .release import export_protected, protected_dataset, psnr, blockiness, ssim
-from .storage import atomic_path, write_json
+from .storage import atomic_path, cache_root, stable_hash, write_json
+from .t2ue import TrainedGenerator, generated_noise, load_generator, new_generator, train_generator
 from .triggers import trigger_vocabulary
 
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
@@ -339,6 +340,9 @@ class ProtectRequest:
     keep_state: bool = False
     output_format: Literal["png", "jpeg"] = "png"
     quality: int = 92
+    generator: str | None = None
+    """A T2UE generator file (`mmue train-generator`) for --method t2ue: no optimisation, each photo's
+    noise comes from its first caption in one forward pass."""
     settings: dict = field(default_factory=dict)
     """Protection settings over the method's preset and the schedule (`ProtectConfig` fields)."""
 
@@ -392,6 +396,44 @@ def state_bytes(surrogate: torch.nn.Module, num_images: int, size: int) -> int:
     return 3 * 4 * parameters + num_images * 3 * size * size + 2 ** 20
 
 
+GENERATOR_SETTINGS = ("device",)
+"""`mmue protect` settings that apply with a trained T2UE generator (the rest are the generator's)."""
+
+
+def request_generator(request: ProtectRequest, config: ProtectConfig) -> TrainedGenerator | None:
+    """The T2UE generator the request names (None for the other methods), refused before any photo
+    is read when the method and --generator do not go together or a setting would be ignored."""
+    if not config.generator_steps:
+        if request.generator:
+            raise ValueError(f"--generator is for --method t2ue, not {request.method}")
+        return None
+    if not request.generator:
+        raise ValueError("--method t2ue makes each photo's noise with a trained generator: pass --generator FILE "
+                         "(one made by mmue train-generator)")
+    trained = load_generator(request.generator)
+    defaults = asdict(ProtectConfig())
+    ignored = sorted(name for name, value in request.settings.items() if name not in GENERATOR_SETTINGS
+                     and value != defaults[name] and value != getattr(trained.config, name))
+    if ignored or request.surrogate or request.model != "auto":
+        names = [f"--{name.replace('_', '-')}" for name in ignored] + ["--surrogate"] * bool(request.surrogate) + \
+                ["--model"] * (request.model != "auto")
+        raise ValueError(f"{', '.join(names)}: set when the generator is trained (mmue train-generator); "
+                         f"--method t2ue with --generator uses the generator's own settings")
+    if request.size and request.size != trained.generator.image_size:
+        raise ValueError(f"--size {request.size} differs from the generator's {trained.generator.image_size} px")
+    chosen = {name: request.settings[name] for name in GENERATOR_SETTINGS if name in request.settings}
+    return replace(trained, config=replace(trained.config, **chosen))
+
+
+def generator_protection(trained: TrainedGenerator, photos: PairDataset) -> Protection:
+    """The protection of `photos` by a T2UE generator: each photo's noise from its first caption."""
+    started = time.perf_counter()
+    noise = generated_noise(trained.generator, photos.first_captions().captions,
+                            device=resolve_device(trained.config.device))
+    return Protection(trained.config, noise, torch.zeros(0, 0, dtype=torch.long), trained.history,
+                      time.perf_counter() - started)
+
+
 def protect_photos(request: ProtectRequest) -> None:
     """Protect a person's photos: check the CSV, the photos and the output folder before any
     compute, train a surrogate while protecting (resuming a saved state), and publish the photos,
@@ -403,6 +445,8 @@ def protect_photos(request: ProtectRequest) -> None:
     check_image_files(table)
     check_output_folder(out, table.image_paths, table.image_lines, table.csv_path)
     config = protection_config(request.method, schedule_settings(request.schedule), **request.settings)
+    generator = request_generator(request, config)
+    config = generator.config if generator else config
     config, vocabulary_note = collection_trigger_words(config, table.captions)
     if config.direction == "maximize" and not request.surrogate:
         raise ValueError(f"--method {request.method} attacks a clean-trained surrogate: pass --surrogate PATH")
@@ -413,21 +457,24 @@ def protect_photos(request: ProtectRequest) -> None:
         names, renamed = published_names(table, [h.alpha for h in headers], request.output_format)
     device = resolve_device(config.device)
     model = DEVICE_SURROGATES.get(device.type, DEVICE_SURROGATES["cpu"]) if request.model == "auto" else request.model
-    if request.surrogate:
+    if generator:
+        surrogate = None
+    elif request.surrogate:
         surrogate = load_clip(request.surrogate)
         if request.size and request.size != model_image_size(surrogate):
             raise ValueError(f"--size {request.size} differs from the surrogate's {model_image_size(surrogate)} px")
     else:
         surrogate = create_clip(model, image_size=request.size, seed=config.seed)
-    size = model_image_size(surrogate)
+    size = generator.generator.image_size if generator else model_image_size(surrogate)
     state = state_path(out)
-    state_size = state_bytes(surrogate, len(table.image_paths), size)
+    state_size = 0 if generator else state_bytes(surrogate, len(table.image_paths), size)
     outputs = sum(h.width * h.height * (h.channels + 1) for h in headers) + 2 ** 20
     check_room(out, outputs, f"the {len(headers)} published photos")
     check_room(state.parent, state_size, "the protection's resumable state")
     is_main = distributed.context().is_main
     with distributed.main_first():
-        done = saved_rounds(state, out, config, len(table.image_paths), len(table.captions), request.force)
+        done = 0 if generator else saved_rounds(state, out, config, len(table.image_paths), len(table.captions),
+                                                request.force)
         if is_main:
             prepare_output(out, [*names, "protected.csv", "report.json"], request.force, resuming=done > 0)
     for note in renamed + ([vocabulary_note] if vocabulary_note else []):
@@ -436,6 +483,16 @@ def protect_photos(request: ProtectRequest) -> None:
         clean = read_photos(table, size) if request.resolution == "photo" else load_csv_dataset(request.csv, size)
     for warning in clean.extra.get("warnings", []):
         print(f"warning: {warning}", file=sys.stderr)
+    if generator:
+        started = time.perf_counter()
+        protection = generator_protection(generator, clean)
+        print(f"protected {clean.num_images} photos with the T2UE generator {request.generator} ({size} px, eps "
+              f"{config.eps}): each photo's noise from its first caption, "
+              f"{1000 * protection.seconds / clean.num_images:.1f} ms per photo")
+        if is_main:
+            publish_protection(request, table, clean, protection, config, names, f"T2UE generator {request.generator}",
+                               started, state)
+        return
     small = clean.num_images < SMALL_COLLECTION and config.direction == "minimize"
     if small:
         print(f"warning: {clean.num_images} photos: below about {SMALL_COLLECTION} the protection's loss does not "
@@ -470,17 +527,29 @@ def protect_photos(request: ProtectRequest) -> None:
                           f"continue{f' from round {finished + 1}' if finished else ''}") from None
     if not is_main:
         return
+    publish_protection(request, table, clean, protection, config, names, surrogate_name, started, state)
+    if bound(config, protection.history, clean.num_images) is False:
+        print(unbound_advice(protection, config, clean.num_images, small), file=sys.stderr)
+
+
+def publish_protection(request: ProtectRequest, table: CaptionTable, clean: PairDataset, protection: Protection,
+                       config: ProtectConfig, names: list[str], made_by: str, started: float, state: Path) -> None:
+    """Write the protected photos (or images), their captions and report.json into `request.out`;
+    a failed write keeps the resumable state, so that a rerun publishes without computing again."""
+    out, size = Path(request.out), clean.image_size
+    state_note = ("none: the noise came from the generator in one pass" if config.generator_steps else
+                  f"kept in {state} (--keep-state): it holds the exact noise and triggers, which remove the "
+                  f"protection; never publish it, and delete it when done" if request.keep_state else
+                  "deleted when the protection finished (it holds the exact noise and triggers, which remove "
+                  "the protection)")
     report = {"method": request.method, "schedule": request.schedule, "config": asdict(config),
               "csv": str(request.csv), "image_size": size, "resolution": request.resolution,
               "fraction": request.fraction, "output_format": request.output_format,
-              "surrogate": surrogate_name, "rounds": len(protection.history), "history": protection.history,
+              "surrogate": made_by, "rounds": len(protection.history), "history": protection.history,
               "final_loss": protection.history[-1]["noise_loss"] if protection.history else None,
               "converged": protection.converged, "seconds": protection.seconds,
-              "seconds_this_run": time.perf_counter() - started,
-              "state": (f"kept in {state} (--keep-state): it holds the exact noise and triggers, which remove the "
-                        f"protection; never publish it, and delete it when done" if request.keep_state else
-                        "deleted when the protection finished (it holds the exact noise and triggers, which remove "
-                        "the protection)")}
+              "seconds_this_run": time.perf_counter() - started, "state": state_note,
+              **({"generator": str(request.generator)} if request.generator else {})}
     try:
         if request.resolution == "photo":
             csv_path, visibility = export_photos(table, clean, protection, out, names, request.fraction,
@@ -490,17 +559,17 @@ def protect_photos(request: ProtectRequest) -> None:
             add_to_manifest(out, image_file_names(published))
             csv_path = export_protected(clean, published, out, report)
     except OSError as error:
-        raise OSError(f"cannot write the protected photos in {out}: {error.strerror or error}. The protection itself "
-                      f"is saved in {state}: make room and rerun the same command to publish it without computing "
-                      f"it again") from error
+        again = ("make room and rerun the same command (the generator makes the noise again in one pass)"
+                 if config.generator_steps else f"the protection itself is saved in {state}: make room and rerun the "
+                 "same command to publish it without computing it again")
+        raise OSError(f"cannot write the protected photos in {out}: {error.strerror or error}. {again}") from error
     if not request.keep_state:
         state.unlink(missing_ok=True)
-    print(f"wrote {csv_path} ({clean.num_images} images) and {out / 'report.json'}; post the images and the "
-          f"captions of {csv_path.name} together (the triggers are part of the protection)")
+    together = (f"post the images and the captions of {csv_path.name} together (the triggers are part of the "
+                f"protection)" if config.trigger_len else f"post the images with their captions")
+    print(f"wrote {csv_path} ({clean.num_images} images) and {out / 'report.json'}; {together}")
     if request.resolution == "photo":
         print(visibility_line(visibility, request.quality if request.output_format == "jpeg" else None))
-    if bound(config, protection.history, clean.num_images) is False:
-        print(unbound_advice(protection, config, clean.num_images, small), file=sys.stderr)
 
 
 def visibility_line(summary: dict, quality: int | None) -> str:
@@ -545,3 +614,77 @@ def saved_rounds(state: Path, out: Path, config: ProtectConfig, num_images: int,
                          f"({'; '.join(differences)}): rerun with the same options (a larger --max-rounds continues "
                          f"it), pass --force to start over, or choose another --out")
     return len(saved["history"])
+
+
+@dataclass
+class GeneratorRequest:
+    """What a person asks of `mmue train-generator` (the CLI's options; their help says what each means)."""
+
+    csv: str
+    out: str
+    schedule: str = "calibrated"
+    model: str = "auto"
+    size: int | None = None
+    max_images: int | None = None
+    force: bool = False
+    settings: dict = field(default_factory=dict)
+    """Protection settings over T2UE's preset and the schedule (`ProtectConfig` fields)."""
+
+
+def generator_state_path(request: GeneratorRequest, config: ProtectConfig, model: str, size: int) -> Path:
+    """Where the resumable state of a generator training lives: in the cache, keyed by its data and settings."""
+    csv = Path(request.csv).resolve()
+    key = stable_hash({"csv": str(csv), "mtime_ns": csv.stat().st_mtime_ns, "config": config.keyed(), "model": model,
+                       "size": size, "max_images": request.max_images})
+    return cache_root() / "generator-state" / f"{key[:16]}.ckpt"
+
+
+def train_photo_generator(request: GeneratorRequest) -> None:
+    """Train a T2UE generator on an image,caption CSV (images the release will not hold, for zero
+    contact) and write it to `request.out`: refused before any compute when the file exists and is
+    not a generator this command wrote (--force replaces one that is); resumable after a kill."""
+    out = Path(request.out)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder: name the generator file to write, e.g. {out / 'generator.pt'}")
+    if out.exists():
+        if not request.force:
+            raise ValueError(f"--out {out} exists: pass --force to replace it (only a T2UE generator is replaced)")
+        try:
+            load_generator(out)
+        except ValueError:
+            raise ValueError(f"--out {out} is not a T2UE generator: it is not replaced, even with --force") from None
+    config = protection_config("t2ue", schedule_settings(request.schedule), **request.settings)
+    device = resolve_device(config.device)
+    model = DEVICE_SURROGATES.get(device.type, DEVICE_SURROGATES["cpu"]) if request.model == "auto" else request.model
+    surrogate = create_clip(model, image_size=request.size, seed=config.seed)
+    size = model_image_size(surrogate)
+    state = generator_state_path(request, config, model, size)
+    corpus = load_csv_dataset(request.csv, size, max_images=request.max_images)
+    generator_bytes = 4 * sum(p.numel() for p in new_generator(size, config, corpus.first_captions().captions)
+                              .parameters()) + 2 ** 20
+    check_room(nearest_existing(out.parent), generator_bytes, "the generator")
+    check_room(state.parent, state_bytes(surrogate, 0, size) + 3 * generator_bytes, "the training's resumable state")
+    print(f"training a T2UE generator on {corpus.num_images} images ({corpus.num_rows} captions) of {request.csv}, "
+          f"surrogate {model} at {size} px (random init), schedule {request.schedule}: {config.max_rounds} rounds of "
+          f"{config.surrogate_steps} surrogate and {config.generator_steps} generator steps; the state that lets a "
+          f"rerun continue is saved in {state}")
+    try:
+        trained = train_generator(corpus, surrogate, config, checkpoint_path=state,
+                                  on_round=lambda record: tqdm.write(
+                                      f"round {record['round']} of {config.max_rounds}: generator loss "
+                                      f"{record['noise_loss']:.3g}, {duration(record['seconds'])}", file=sys.stdout))
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted: rerun the same command to continue from the last finished round") from None
+    if not distributed.context().is_main:
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    trained.save(out, {"csv": str(request.csv), "images": corpus.num_images, "captions": corpus.num_rows,
+                       "surrogate": model, "image_size": size, "schedule": request.schedule})
+    state.unlink(missing_ok=True)
+    print(f"wrote {out} ({out.stat().st_size / 2 ** 20:.1f} MiB, {size} px, eps {config.eps}) after "
+          f"{duration(trained.seconds)}; protect photos with it: mmue protect --method t2ue --generator {out} "
+          f"--csv YOUR.csv --out FOLDER")
+    if bound(config, trained.history) is False:
+        print(f"warning: the generator's loss ended at {trained.history[-1]['noise_loss']:.3g}, near a contrastive "
+              f"loss at chance (ln {batch_pairs(config)}): its noise did not bind to the captions and protects "
+              f"little; more rounds (--max-rounds) or more images help", file=sys.stderr)

@@ -7,9 +7,10 @@ an image's noise is one forward pass of its caption: the image never reaches the
 
 Where the paper maps text into the noise space through a pretrained text-to-image model, this
 generator is the project's own (nothing pretrained can be loaded offline): a bag of the caption's
-BPE tokens with its own embeddings (zero for a token it never trained on, so an unseen word moves
-nothing), a small projection to a feature map, four x2 upsampling convolution stages to the
-protection's resolution, and eps * tanh at the output, which bounds |noise| < eps by construction.
+BPE tokens with its own embeddings, one per token of the captions it trained on (a token it never
+saw is left out of the bag: an unseen word moves nothing), a small projection to a feature map, four x2 upsampling convolution stages (channels
+halving from 8 x `generator_width` to `generator_width`, so that the full-resolution stages stay
+cheap) to the protection's resolution, and eps * tanh at the output, which bounds |noise| < eps by construction.
 """
 from __future__ import annotations
 
@@ -38,15 +39,17 @@ MAX_CAPTION_TOKENS = 75
 
 
 class NoiseGenerator(nn.Module):
-    """Caption tokens in, noise out: [B, 3, S, S] in 1/255 pixel steps with |noise| < eps."""
+    """Caption tokens in, noise out: [B, 3, S, S] in 1/255 pixel steps with |noise| < eps.
+    `vocabulary`: the BPE ids it has embeddings for (sorted); other tokens are left out of a bag."""
 
-    def __init__(self, image_size: int, eps: int, embed_dim: int = 32, width: int = 64) -> None:
+    def __init__(self, image_size: int, eps: int, vocabulary: torch.Tensor, embed_dim: int = 32,
+                 width: int = 16) -> None:
         super().__init__()
         self.image_size, self.eps = image_size, eps
         self.start = math.ceil(image_size / 16)
-        channels = [4 * width, 2 * width, width, width, width]
-        self.words = nn.EmbeddingBag(Tokenizer().vocab_size, embed_dim, mode="mean")
-        nn.init.zeros_(self.words.weight)
+        channels = [8 * width, 4 * width, 2 * width, width, width]
+        self.register_buffer("vocabulary", torch.as_tensor(vocabulary, dtype=torch.long).unique())
+        self.words = nn.EmbeddingBag(len(self.vocabulary), embed_dim, mode="mean")
         self.project = nn.Sequential(nn.Linear(embed_dim, channels[0]), nn.GELU(),
                                      nn.Linear(channels[0], channels[0] * self.start ** 2))
         stages: list[nn.Module] = []
@@ -56,12 +59,23 @@ class NoiseGenerator(nn.Module):
         self.decode = nn.Sequential(*stages, nn.Conv2d(width, 3, 3, padding=1))
 
     def forward(self, bags: "CaptionBags") -> torch.Tensor:
-        features = self.project(self.words(bags.ids, bags.offsets))
+        known = self.known(bags)
+        features = self.project(self.words(known.ids, known.offsets))
         maps = self.decode(features.view(len(bags), -1, self.start, self.start))
         return self.eps * torch.tanh(maps[..., :self.image_size, :self.image_size])
 
+    def known(self, bags: "CaptionBags") -> "CaptionBags":
+        """The bags with each token replaced by its row in `vocabulary`, unknown tokens left out."""
+        rows = torch.searchsorted(self.vocabulary, bags.ids).clamp(max=max(0, len(self.vocabulary) - 1))
+        keep = self.vocabulary[rows] == bags.ids if len(self.vocabulary) else torch.zeros_like(bags.ids, dtype=torch.bool)
+        bag_of = torch.bucketize(torch.arange(len(bags.ids), device=bags.ids.device), bags.offsets, right=True) - 1
+        counts = torch.zeros(len(bags), dtype=torch.long, device=bags.ids.device).index_add_(0, bag_of[keep],
+                                                                                                torch.ones_like(rows[keep]))
+        offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)[:-1]]) if len(bags) else counts
+        return CaptionBags(rows[keep], offsets)
+
     def settings(self) -> dict:
-        """What rebuilds this generator's architecture (`NoiseGenerator(**settings)`)."""
+        """What rebuilds this generator's architecture (`NoiseGenerator(**settings)`), its vocabulary aside."""
         return {"image_size": self.image_size, "eps": self.eps, "embed_dim": self.words.embedding_dim,
                 "width": self.decode[-1].in_channels}
 
@@ -110,11 +124,13 @@ class TrainedGenerator:
                           "about": about or {}})
 
 
-def new_generator(image_size: int, config: ProtectConfig) -> NoiseGenerator:
-    """A generator for `config` at `image_size`, its weights drawn from the config's seed."""
+def new_generator(image_size: int, config: ProtectConfig, captions: list[str]) -> NoiseGenerator:
+    """A generator for `config` at `image_size` knowing the tokens of `captions`, its weights drawn
+    from the config's seed."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        return NoiseGenerator(image_size, config.eps, config.generator_embed_dim, config.generator_width)
+        return NoiseGenerator(image_size, config.eps, CaptionBags.of(captions).ids, config.generator_embed_dim,
+                              config.generator_width)
 
 
 def load_generator(path: str | os.PathLike) -> TrainedGenerator:
@@ -122,7 +138,7 @@ def load_generator(path: str | os.PathLike) -> TrainedGenerator:
     path = Path(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        generator = NoiseGenerator(**state["architecture"])
+        generator = NoiseGenerator(**state["architecture"], vocabulary=state["state"]["vocabulary"])
         generator.load_state_dict(state["state"])
     except FileNotFoundError:
         raise
@@ -155,7 +171,8 @@ def train_generator(corpus: PairDataset, surrogate: nn.Module, config: ProtectCo
     if not config.generator_steps:
         raise ValueError("generator_steps must be > 0 to train a T2UE generator")
     device = resolve_device(config.device)
-    generator = new_generator(corpus.image_size, config).to(device)
+    first_captions = corpus.first_captions().captions
+    generator = new_generator(corpus.image_size, config, first_captions).to(device)
     surrogate.to(device)
     optimizer = torch.optim.Adam(generator.parameters(), lr=config.generator_lr)
     stepper = ClipStepper(surrogate, TrainConfig(lr=config.surrogate_lr, weight_decay=config.surrogate_wd,
@@ -174,7 +191,7 @@ def train_generator(corpus: PairDataset, surrogate: nn.Module, config: ProtectCo
         if state["stopped"] or len(outcome.history) >= config.max_rounds:
             return _finished(outcome)
     tokens = Tokenizer().tokenize(corpus.captions, model_context_length(surrogate))
-    bags = CaptionBags.of(corpus.first_captions().captions)
+    bags = CaptionBags.of(first_captions)
     start_round = len(outcome.history)
     per_round = config.surrogate_steps + config.generator_steps
     ctx = context()

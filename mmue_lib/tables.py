@@ -112,6 +112,23 @@ def protection_costs(experiment: dict[str, dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def generator_costs(experiment: dict[str, dict]) -> pd.DataFrame:
+    """What a generator-made protection (T2UE) costs, per such method of `method_runs`: training
+    its generator (seconds, rounds, and in units of one clean victim run), then the noise of the
+    released set from its captions (seconds, milliseconds per image)."""
+    clean_seconds = experiment["Clean"]["victim"]["seconds"]
+    rows = []
+    for label, entry in experiment.items():
+        protection = entry["protection"]
+        if not protection or "generator_seconds" not in protection:
+            continue
+        rows.append({"method": label, "generator s": protection["generator_seconds"],
+                     "rounds": len(protection["history"]), "final noise loss": protection["history"][-1]["noise_loss"],
+                     "generator / clean victim": protection["generator_seconds"] / clean_seconds,
+                     "noise s": protection["noise_seconds"], "noise ms per image": protection["noise_ms_per_image"]})
+    return pd.DataFrame(rows)
+
+
 def transfer_table(rows: list[tuple[str, str, dict, dict]], chance: dict, method_label: str,
                    paper_rows: dict[str, dict]) -> pd.DataFrame:
     """Table 2: per victim architecture (ours, the paper's counterpart), MedR when trained on clean

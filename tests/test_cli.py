@@ -42,11 +42,13 @@ def test_check_trains_three_victims_on_a_background_and_ranks_your_photos(tmp_pa
     background, yours = tmp_path / "syn" / "train.csv", tmp_path / "syn" / "test.csv"
     same_as_clean = tmp_path / "syn" / "copy.csv"
     same_as_clean.write_text(yours.read_text())
+    (tmp_path / "syn" / "report.json").write_text(json.dumps({"image_size": 48}))
     common = ["--model", "RN-tiny", "--epochs", "1", "--batch-size", "20", "--device", "cpu"]
     out = tmp_path / "check"
     assert main(["check", "--clean", str(yours), "--protected", str(same_as_clean), "--background", str(background),
                  "--gallery-others", "10", "--out", str(out), *common]) == 0
-    printed = capsys.readouterr().out
+    printed, warned = capsys.readouterr()
+    assert "was protected at 48 px and is checked at 32 px" in warned, "without --size too: the model's own size"
     assert "victim 1 of 3, never posted (background only): 40 photos" in printed
     assert "victim 3 of 3, protected (background + your protected photos): 60 photos" in printed
     check = json.loads((out / "check.json").read_text(), parse_constant=lambda name: pytest.fail(f"{name} in JSON"))

@@ -130,6 +130,36 @@ def test_protect_publishes_every_photo_at_its_own_size_within_the_bound(odd_fold
     assert "has other settings (eps 8 saved, 4 now)" in capsys.readouterr().err
 
 
+def test_t2ue_protects_odd_photos_from_their_captions_with_a_trained_generator(odd_folder, tmp_path, capsys):
+    assert main(["synthetic", "--out", str(tmp_path / "corpus"), "--train-images", "40", "--test-images", "10",
+                 "--size", "32"]) == 0
+    generator = tmp_path / "generator.pt"
+    train = ["train-generator", "--csv", str(tmp_path / "corpus" / "train.csv"), "--out", str(generator),
+             "--model", "RN-tiny", "--size", "32", "--max-rounds", "1", "--surrogate-steps", "1",
+             "--generator-steps", "2", "--batch-size", "8", "--device", "cpu"]
+    assert main(train) == 0
+    assert "round 1 of 1: generator loss" in capsys.readouterr().out and generator.is_file()
+    assert main(train) == 2 and "exists: pass --force" in capsys.readouterr().err
+    out = tmp_path / "out"
+    protect = ["protect", "--csv", str(odd_folder), "--out", str(out), "--method", "t2ue", "--device", "cpu"]
+    assert main(protect) == 2 and "pass --generator FILE" in capsys.readouterr().err
+    assert main(protect + ["--generator", str(generator), "--eps", "4"]) == 2
+    assert "--eps: set when the generator is trained" in capsys.readouterr().err
+    assert not out.exists(), "refused before anything is written"
+    assert main(protect + ["--generator", str(generator)]) == 0
+    printed = capsys.readouterr().out
+    assert "ms per photo" in printed and "post the images with their captions" in printed
+    report = json.loads((out / "report.json").read_text())
+    assert report["method"] == "t2ue" and report["generator"] == str(generator) and report["image_size"] == 32
+    source_table, table = read_caption_csv(odd_folder), read_caption_csv(out / "protected.csv")
+    assert table.captions == source_table.captions, "T2UE adds no trigger"
+    for entry, path in zip(report["images"], table.image_paths):
+        source = open_photo(odd_folder.parent / entry["source"].split("/")[-1])
+        published = open_photo(path)
+        assert published.size == source.size and published.gray == source.gray
+        assert np.abs(published.pixels.astype(int) - source.pixels.astype(int)).max() <= 8
+
+
 def test_model_resolution_output_is_what_the_surrogate_saw(tmp_path):
     folder = tmp_path / "photos"
     sources = [image.permute(1, 2, 0).numpy() for image in make_synthetic_dataset(3, 64, seed=1).images]
