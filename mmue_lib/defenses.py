@@ -2,9 +2,10 @@
 
 Two kinds. Released-data defenses transform the image-caption pairs a collector downloads,
 before any training: JPEG re-compression, grayscale, Gaussian blur (image shortcut
-squeezing), and caption cleaning that needs no knowledge of the method: strip the first
-words, drop words rare in the corpus, keep only words of a dictionary built from a clean
-corpus. Each is a named transform; a list of them (`parse_defenses`) applies in order.
+squeezing), a low-pass filter (the noise lives in high frequencies), a denoiser the collector
+trains on clean images (purification), and caption cleaning that needs no knowledge of the
+method: strip the first words, drop words rare in the corpus, keep only words of a dictionary
+built from a clean corpus. Each is a named transform; a list of them (`parse_defenses`) applies in order.
 Training-time defenses are `augment_batch` (random resized crop, flip, colour jitter) and
 its augmentation-max use in `train` (UEraser-style: the worst of r augmented views per pair),
 and `open_clip_crop`, open_clip's own training transform, which a collector applies without
@@ -28,6 +29,7 @@ from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms.functional import gaussian_blur, resized_crop
 
 from .data import PairDataset
+from .storage import cache_root, save_torch, seeded_generator, stable_hash
 
 _WORD_EDGES = re.compile(r"^\W+|\W+$")
 
@@ -75,6 +77,89 @@ def blur(dataset: PairDataset, sigma: float, kernel_size: int | None = None) -> 
     return dataset.with_images(blurred.round().clamp(0, 255).to(torch.uint8), f"{dataset.name}-blur{sigma:g}")
 
 
+def lowpass(dataset: PairDataset, cutoff: float) -> PairDataset:
+    """Every image with the spatial frequencies above `cutoff` removed (a share of the Nyquist
+    frequency, in (0, 1]; 1 keeps all): an ideal low-pass filter on each channel's 2-D Fourier
+    transform, applied a chunk of images at a time."""
+    if not 0 < cutoff <= 1:
+        raise ValueError(f"lowpass cutoff must be in (0, 1] (a share of the Nyquist frequency), got {cutoff}")
+    size = dataset.image_size
+    frequencies = torch.fft.fftfreq(size) / 0.5
+    keep = (frequencies.view(-1, 1) ** 2 + frequencies.view(1, -1) ** 2).sqrt() <= cutoff + 1e-9
+    out = torch.empty_like(dataset.images)
+    for start in range(0, dataset.num_images, 256):
+        chunk = dataset.images[start:start + 256].float()
+        filtered = torch.fft.ifft2(torch.fft.fft2(chunk) * keep).real
+        out[start:start + 256] = filtered.round().clamp(0, 255).to(torch.uint8)
+    return dataset.with_images(out, f"{dataset.name}-lowpass{cutoff:g}")
+
+
+class Denoiser(torch.nn.Module):
+    """A small DnCNN-style denoiser: convolutions that predict the noise, subtracted from the input."""
+
+    def __init__(self, width: int = 32, depth: int = 5) -> None:
+        super().__init__()
+        layers: list[torch.nn.Module] = [torch.nn.Conv2d(3, width, 3, padding=1), torch.nn.ReLU()]
+        for _ in range(depth - 2):
+            layers += [torch.nn.Conv2d(width, width, 3, padding=1), torch.nn.ReLU()]
+        layers.append(torch.nn.Conv2d(width, 3, 3, padding=1))
+        self.residual = torch.nn.Sequential(*layers)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """[0, 1] images in, denoised [0, 1] images out."""
+        return images - self.residual(images)
+
+
+def train_denoiser(clean: torch.Tensor, sigma: float, steps: int, batch_size: int = 32, seed: int = 0) -> Denoiser:
+    """A `Denoiser` trained on clean uint8 images [N, 3, S, S] to remove Gaussian noise of a std
+    drawn per image in [0, `sigma`] pixel steps (1/255), the blind-denoising recipe; seeded."""
+    draws = seeded_generator(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        denoiser = Denoiser()
+    optimizer = torch.optim.Adam(denoiser.parameters(), lr=1e-3)
+    for _ in range(steps):
+        picked = clean[torch.randint(len(clean), (min(batch_size, len(clean)),), generator=draws)].float() / 255
+        std = torch.rand(len(picked), 1, 1, 1, generator=draws) * sigma / 255
+        noisy = picked + std * torch.randn(picked.shape, generator=draws)
+        loss = torch.nn.functional.mse_loss(denoiser(noisy), picked)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return denoiser.eval()
+
+
+def trained_denoiser(reference: PairDataset, sigma: float, steps: int, seed: int) -> Denoiser:
+    """`train_denoiser` on the reference images, kept in the cache (`denoisers/`) so that the
+    victims of one experiment share one denoiser."""
+    key = stable_hash({"reference": reference.name, "images": reference.num_images, "size": reference.image_size,
+                       "first": reference.images[:4].float().mean().item(), "sigma": sigma, "steps": steps, "seed": seed})
+    path = cache_root() / "denoisers" / f"{key[:16]}.pt"
+    if path.is_file():
+        denoiser = Denoiser()
+        denoiser.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return denoiser.eval()
+    denoiser = train_denoiser(reference.images, sigma, steps, seed=seed)
+    save_torch(path, denoiser.state_dict())
+    return denoiser
+
+
+def denoise(dataset: PairDataset, reference: PairDataset, sigma: float = 8, steps: int = 500,
+            seed: int = 0) -> PairDataset:
+    """Every image through a denoiser the collector trained on clean `reference` images
+    (`trained_denoiser`; `apply_defenses` passes the clean reference split) with Gaussian noise of
+    std up to `sigma` pixel steps (1/255), `steps` Adam steps: purification before training."""
+    if sigma <= 0 or steps < 1:
+        raise ValueError(f"denoise needs sigma > 0 and steps >= 1, got sigma {sigma}, steps {steps}")
+    denoiser = trained_denoiser(reference, sigma, steps, seed)
+    out = torch.empty_like(dataset.images)
+    with torch.no_grad():
+        for start in range(0, dataset.num_images, 256):
+            chunk = dataset.images[start:start + 256].float() / 255
+            out[start:start + 256] = (denoiser(chunk) * 255).round().clamp(0, 255).to(torch.uint8)
+    return dataset.with_images(out, f"{dataset.name}-denoised{sigma:g}")
+
+
 def strip_words(dataset: PairDataset, count: int) -> PairDataset:
     """Every caption without its first `count` words (where a trigger would sit)."""
     if count < 0:
@@ -105,11 +190,14 @@ CAPTION_DEFENSES = ("strip_words", "drop_rare_words", "dictionary_filter")
 """The released-data defenses that change captions only."""
 
 RELEASED_DATA_DEFENSES: dict[str, Callable[..., PairDataset]] = {
-    "jpeg": jpeg, "grayscale": grayscale, "blur": blur,
+    "jpeg": jpeg, "grayscale": grayscale, "blur": blur, "lowpass": lowpass, "denoise": denoise,
     "strip_words": strip_words, "drop_rare_words": drop_rare_words, "dictionary_filter": dictionary_filter,
 }
-"""Name -> transform(dataset, **arguments). `dictionary_filter`'s dictionary is supplied by
-`apply_defenses` from a clean reference corpus, not written in params."""
+"""Name -> transform(dataset, **arguments). `dictionary_filter`'s dictionary and `denoise`'s
+training images are supplied by `apply_defenses` from a clean reference split, not written in params."""
+
+REFERENCE_DEFENSES = ("dictionary_filter", "denoise")
+"""The released-data defenses that learn from a clean reference split (`apply_defenses`' `reference`)."""
 
 
 def parse_settings(text: str) -> dict:
@@ -156,7 +244,7 @@ def parse_defenses(spec: list | str | None) -> list[dict]:
             raise ValueError(f"defense #{position + 1} {entry.get('name')!r}: unknown; one of "
                              f"{sorted(RELEASED_DATA_DEFENSES)}")
         function = RELEASED_DATA_DEFENSES[entry["name"]]
-        allowed = set(function.__code__.co_varnames[1:function.__code__.co_argcount]) - {"dictionary"}
+        allowed = set(function.__code__.co_varnames[1:function.__code__.co_argcount]) - {"dictionary", "reference"}
         unknown = set(entry) - {"name"} - allowed
         if unknown:
             raise ValueError(f"defense #{position + 1} {entry['name']}: unknown argument(s) {sorted(unknown)}; "
@@ -173,16 +261,17 @@ def defense_label(spec: list | str | dict) -> str:
     return " + ".join(labels)
 
 
-def apply_defenses(dataset: PairDataset, spec: list | None, reference_captions: Iterable[str] | None = None
-                   ) -> PairDataset:
-    """`dataset` after each defense of `spec` in order; `reference_captions` (a clean corpus,
-    e.g. the val split) give `dictionary_filter` its words."""
+def apply_defenses(dataset: PairDataset, spec: list | None, reference: PairDataset | None = None) -> PairDataset:
+    """`dataset` after each defense of `spec` in order; `reference` (a clean split, e.g. val) gives
+    `dictionary_filter` its words and `denoise` its training images."""
     for entry in parse_defenses(spec):
         arguments = {k: v for k, v in entry.items() if k != "name"}
+        if entry["name"] in REFERENCE_DEFENSES and reference is None:
+            raise ValueError(f"{entry['name']} needs a clean reference split to learn from")
         if entry["name"] == "dictionary_filter":
-            if reference_captions is None:
-                raise ValueError("dictionary_filter needs reference captions (a clean corpus) to build its dictionary")
-            arguments["dictionary"] = frozenset(word_counts(reference_captions))
+            arguments["dictionary"] = frozenset(word_counts(reference.captions))
+        if entry["name"] == "denoise":
+            arguments["reference"] = reference
         dataset = RELEASED_DATA_DEFENSES[entry["name"]](dataset, **arguments)
     return dataset
 

@@ -62,6 +62,36 @@ def _quiet_root_logger():
         logger.setLevel(level)
 
 
+def image_groups(model: torch.nn.Module) -> list[list]:
+    """The image tower's modules and parameters in groups from input to output, as open_clip's
+    `lock` counts them: a ResNet's stem, layer1-4 and attention pool; a ViT's patch embedding
+    (with the class and position embeddings and the first norm), each transformer block (the last
+    with the final norm) and the projection."""
+    visual = model.visual
+    if hasattr(visual, "layer1"):
+        stem = [visual.conv1, visual.bn1, visual.conv2, visual.bn2, visual.conv3, visual.bn3]
+        return [stem, [visual.layer1], [visual.layer2], [visual.layer3], [visual.layer4], [visual.attnpool]]
+    blocks = list(visual.transformer.resblocks)
+    return [[visual.conv1, visual.class_embedding, visual.positional_embedding, visual.ln_pre],
+            *[[block] for block in blocks[:-1]], [blocks[-1], visual.ln_post], [visual.proj]]
+
+
+def freeze_image_groups(model: torch.nn.Module, count: int) -> list[torch.nn.Module]:
+    """Stop training the first `count` groups of `image_groups` (SSC's frozen shallow layers):
+    their parameters take no gradient; the modules returned are to be kept in eval mode while the
+    rest trains, so that their batch-norm statistics stay as they were."""
+    groups = image_groups(model)
+    if not 0 <= count <= len(groups):
+        raise ValueError(f"freeze_image_groups {count}: this image tower has {len(groups)} groups")
+    frozen = []
+    for item in (item for group in groups[:count] for item in group):
+        for parameter in [item] if isinstance(item, torch.nn.Parameter) else item.parameters():
+            parameter.requires_grad_(False)
+        if isinstance(item, torch.nn.Module):
+            frozen.append(item)
+    return frozen
+
+
 def model_image_size(model: torch.nn.Module) -> int:
     size = model.visual.image_size
     return int(size[0] if isinstance(size, (tuple, list)) else size)

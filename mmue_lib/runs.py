@@ -19,7 +19,7 @@ import torch
 from . import distributed
 from .cache import RunKind, cached, compute_from_folder, describe_run, planned, register, run_folder, run_kind
 from .data import PairDataset, concat_datasets, load_split
-from .defenses import apply_defenses, defense_label, parse_defenses
+from .defenses import REFERENCE_DEFENSES, apply_defenses, defense_label, parse_defenses
 from .faces import load_named_faces
 from .methods import METHODS, ProtectConfig, batch_pairs, bound, protection_config
 from .models import create_clip, load_clip, model_context_length, save_clip
@@ -37,16 +37,24 @@ TRAIN_CHECKPOINT, PROTECT_CHECKPOINT, GENERATOR_CHECKPOINT = "train_state.ckpt",
 
 def data_spec(data: str, image_size: int, max_train_images: int | None = None,
               max_test_images: int | None = None, named_faces: dict | None = None,
-              evaluate_on: str = "test") -> dict:
+              evaluate_on: str = "test", skip_train_images: int = 0) -> dict:
     """What a run's data is. `named_faces` (the keyword arguments of `faces.load_named_faces`
     beyond folder, split and size) reads `data` as a face folder captioned from names.
-    `evaluate_on: val` scores victims on the val split instead of test, for choosing settings
-    (it enters the spec only then, so that the keys of runs scored on test stay as they were)."""
+    `evaluate_on: val` scores victims on the val split instead of test, for choosing settings;
+    `skip_train_images` leaves the first train images out (a collector's own clean data beside
+    a release of those first images). Each enters the spec only when set, so that the keys of
+    the runs made before them stay as they were."""
     if evaluate_on not in ("test", "val"):
         raise ValueError(f"evaluate_on must be 'test' or 'val', got {evaluate_on!r}")
+    if skip_train_images < 0:
+        raise ValueError(f"skip_train_images must be >= 0, got {skip_train_images}")
     spec = {"data": data, "image_size": image_size, "max_train_images": max_train_images,
             "max_test_images": max_test_images, "named_faces": named_faces}
-    return spec if evaluate_on == "test" else {**spec, "evaluate_on": evaluate_on}
+    if evaluate_on != "test":
+        spec["evaluate_on"] = evaluate_on
+    if skip_train_images:
+        spec["skip_train_images"] = skip_train_images
+    return spec
 
 
 def load_data(spec: dict, split: str) -> PairDataset:
@@ -57,8 +65,12 @@ def load_data(spec: dict, split: str) -> PairDataset:
     with distributed.main_first():
         if spec.get("named_faces") is not None:
             return load_named_faces(spec["data"], split, spec["image_size"], progress=False, **spec["named_faces"])
-        limit = spec["max_test_images"] if split in ("val", "test") else spec["max_train_images"]
-        return load_split(spec["data"], split, spec["image_size"], max_images=limit, progress=False)
+        if split in ("val", "test"):
+            return load_split(spec["data"], split, spec["image_size"], max_images=spec["max_test_images"],
+                              progress=False)
+        skip, limit = spec.get("skip_train_images", 0), spec["max_train_images"]
+        train = load_split(spec["data"], split, spec["image_size"], max_images=limit and skip + limit, progress=False)
+        return train.subset(range(skip, train.num_images), f"{train.name}[{skip}:]") if skip else train
 
 
 @planned
@@ -87,9 +99,8 @@ def training_run(data: dict, model: str, context_length: int, train: dict, *, pr
                 train_set = protected_dataset(train_set, load_protection(protection), fraction, seed,
                                               images_file=folder / PROTECTED_IMAGES)
         if defenses:
-            needs_reference = any(entry["name"] == "dictionary_filter" for entry in spec["defenses"])
-            train_set = apply_defenses(train_set, spec["defenses"],
-                                       load_data(data, "val").captions if needs_reference else None)
+            needs_reference = any(entry["name"] in REFERENCE_DEFENSES for entry in spec["defenses"])
+            train_set = apply_defenses(train_set, spec["defenses"], load_data(data, "val") if needs_reference else None)
         length = model_context_length(clip)
         result = train_clip(clip, TokenizedPairs.from_dataset(train_set, length), config,
                             test=TokenizedPairs.from_dataset(load_data(data, "test"), length),
@@ -253,7 +264,10 @@ def load_protection(run: dict) -> Protection:
 def describe_data(data: dict) -> str:
     """"flickr8k 64 px (2000 train images)": the data of a run, in words."""
     on = f"{Path(data['data']).name} {data['image_size']} px"
-    return on + (f" ({data['max_train_images']} train images)" if data["max_train_images"] else "")
+    limit, skip = data["max_train_images"], data.get("skip_train_images", 0)
+    if skip:
+        return on + f" (train images after the first {skip}{f', {limit} of them' if limit else ''})"
+    return on + (f" ({limit} train images)" if limit else "")
 
 
 def describe_training(spec: dict) -> str:

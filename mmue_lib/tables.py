@@ -278,7 +278,7 @@ def seed_differences(long: pd.DataFrame, victim: str, pairs: list[tuple[str, str
     return pd.DataFrame(rows)
 
 
-def caption_defense_examples(protected: PairDataset, released: list[str], reference_captions: list[str],
+def caption_defense_examples(protected: PairDataset, released: list[str], reference: PairDataset,
                              count: int = 4, seed: int = 0) -> pd.DataFrame:
     """Some protected captions (triggers included) and what the caption defenses of each item of
     `released` leave of them (a chain's image defenses are left out; items with none are skipped)."""
@@ -287,7 +287,7 @@ def caption_defense_examples(protected: PairDataset, released: list[str], refere
     for item in released:
         chain = [entry for entry in defenses.parse_defenses(item) if entry["name"] in defenses.CAPTION_DEFENSES]
         if chain:
-            cleaned = defenses.apply_defenses(protected, chain, reference_captions)
+            cleaned = defenses.apply_defenses(protected, chain, reference)
             table[defenses.defense_label(chain)] = [cleaned.captions[r] for r in chosen]
     return table
 

@@ -25,7 +25,7 @@ from .distributed import check_batch_size, context, gathered_features, global_cl
 from .defenses import augment_batch, open_clip_crop
 from .progress import bar as progress_bar
 from .metrics import retrieval_metrics
-from .models import (Tokenizer, encode_images, encode_text, encode_texts, model_context_length,
+from .models import (Tokenizer, encode_images, encode_text, encode_texts, freeze_image_groups, model_context_length,
                      normalize_pixels)
 from .storage import keyed_settings, seeded_generator
 
@@ -84,9 +84,12 @@ class TrainConfig:
     precision: Literal["fp32", "bf16"] = "fp32"
     augment: Literal["none", "strong", "open_clip"] = "none"
     augment_views: int = 1
+    freeze_image_groups: int = 0
+    """The first groups of the image tower not trained (`models.image_groups`: a ResNet's stem is 1,
+    with layer1 2, ...), as a collector fine-tuning a pretrained model with SSC's frozen shallow layers."""
 
     OPTIONAL_KEYS: ClassVar[tuple[str, ...]] = ("schedule", "beta1", "beta2", "eps", "precision", "augment",
-                                                "augment_views")
+                                                "augment_views", "freeze_image_groups")
     """Fields that key a training run only when set away from their default (as the committed
     cpu runs were keyed)."""
 
@@ -95,6 +98,8 @@ class TrainConfig:
         if self.augment_views < 1 or (self.augment_views > 1 and self.augment == "none"):
             raise ValueError(f"augment_views={self.augment_views} needs augment='strong' or 'open_clip' "
                              "and must be >= 1")
+        if self.freeze_image_groups < 0:
+            raise ValueError(f"freeze_image_groups must be >= 0, got {self.freeze_image_groups}")
 
     def keyed(self) -> dict:
         """These settings as a training run's cache key (`storage.keyed_settings`)."""
@@ -191,6 +196,7 @@ class ClipStepper:
 
     def __init__(self, model: torch.nn.Module, config: TrainConfig, total_steps: int) -> None:
         self.model = model
+        self.frozen = freeze_image_groups(model, config.freeze_image_groups)
         self.encoder = PairEncoder(model)
         if context().distributed:
             self.encoder = DistributedDataParallel(self.encoder)
@@ -217,6 +223,8 @@ class ClipStepper:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
+        for module in self.frozen:
+            module.eval()
         with autocast(self.device, self.config.precision):
             pixels, tokens = to_device(pixels, self.device), to_device(tokens, self.device)
             if self.config.augment == "none":

@@ -93,6 +93,6 @@ protections = experiments.method_runs(experiments.Experiment.of(settings, option
 first = METHODS[options.defense_methods[0]].label
 protected = protected_dataset(train_set, runs.load_protection(protections[first]["protection"]))
 examples = tables.caption_defense_examples(protected, options.released_defenses,
-                                           runs.load_data(settings.data, "val").captions, options.example_count,
+                                           runs.load_data(settings.data, "val"), options.example_count,
                                            settings.seed)
 tables.write_table(examples, settings.results_dir, "defenses_caption_examples")

@@ -156,6 +156,6 @@ tables.write_table(seeds, settings.results_dir, "careful_collector_seeds")
 train_set = runs.load_data(settings.data, "train")
 protected = protected_dataset(train_set, runs.load_protection(experiment["methods"][seed_label]["protection"]))
 examples = tables.caption_defense_examples(protected, [*options.collector_released, *options.example_defenses],
-                                           runs.load_data(settings.data, "val").captions, options.example_count,
+                                           runs.load_data(settings.data, "val"), options.example_count,
                                            settings.seed)
 tables.write_table(examples, settings.results_dir, "careful_collector_caption_examples")

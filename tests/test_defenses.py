@@ -64,10 +64,41 @@ def test_parse_and_apply_defenses_in_order_with_a_reference_corpus():
             defenses.parse_defenses(bad)
     data = captioned("zz a dog runs", "zz a cat sits")
     spec = "strip_words(count: 1) + dictionary_filter"
-    out = defenses.apply_defenses(data, spec, reference_captions=["A dog runs.", "a cat"])
+    out = defenses.apply_defenses(data, spec, reference=captioned("A dog runs.", "a cat"))
     assert out.captions == ["a dog runs", "a cat"]
-    with pytest.raises(ValueError, match="reference captions"):
+    with pytest.raises(ValueError, match="dictionary_filter needs a clean reference split"):
         defenses.apply_defenses(data, spec)
+
+
+def test_lowpass_keeps_what_is_below_its_cutoff_and_removes_what_is_above():
+    size = 32
+    rows = torch.arange(size).float().view(-1, 1).expand(size, size)
+    slow = 128 + 40 * torch.cos(2 * torch.pi * 2 * rows / size)  # 2 cycles: 1/8 of Nyquist
+    fast = 8 * torch.cos(torch.pi * rows)  # the Nyquist frequency: a one-pixel stripe
+    images = (slow + fast).round().clamp(0, 255).to(torch.uint8).expand(2, 3, -1, -1).contiguous()
+    data = PairDataset(images, ["a", "b"], torch.tensor([0, 1]))
+    filtered = defenses.lowpass(data, cutoff=0.5).images.float()
+    assert (filtered - slow).abs().max() <= 1, "what is below the cutoff stays; the stripe is gone"
+    assert torch.equal(defenses.lowpass(data, cutoff=1.0).images, images)
+    with pytest.raises(ValueError, match="cutoff"):
+        defenses.lowpass(data, cutoff=0)
+
+
+def test_a_denoiser_trained_on_clean_images_removes_noise_and_is_shared_through_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMUE_CACHE", str(tmp_path))
+    reference = defenses.blur(make_synthetic_dataset(24, 16, seed=1), sigma=1.0)  # smooth: noise is all that differs
+    clean = defenses.blur(make_synthetic_dataset(8, 16, seed=2), sigma=1.0)
+    noise = (torch.randn(clean.images.shape, generator=torch.Generator().manual_seed(0)) * 6).round()
+    noisy = clean.with_images((clean.images.float() + noise).clamp(0, 255).to(torch.uint8))
+    purified = defenses.apply_defenses(noisy, "denoise(sigma: 8, steps: 200)", reference=reference)
+    before = (noisy.images.float() - clean.images.float()).pow(2).mean()
+    after = (purified.images.float() - clean.images.float()).pow(2).mean()
+    assert after < 0.75 * before
+    assert len(list((tmp_path / "denoisers").glob("*.pt"))) == 1
+    again = defenses.apply_defenses(noisy, "denoise(sigma: 8, steps: 200)", reference=reference)
+    assert torch.equal(again.images, purified.images)
+    with pytest.raises(ValueError, match="denoise needs a clean reference split"):
+        defenses.apply_defenses(noisy, "denoise(sigma: 8)")
 
 
 def test_augment_batch_is_seeded_and_stays_in_range():

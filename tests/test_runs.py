@@ -149,3 +149,16 @@ def test_victims_can_be_scored_on_val_under_their_own_keys():
     assert runs.load_data(on_val, "train").name == "synthetic-train"
     with pytest.raises(ValueError, match="evaluate_on"):
         runs.data_spec("synthetic", 32, evaluate_on="train")
+
+
+def test_a_collectors_own_data_skips_the_released_train_images():
+    released = runs.data_spec("synthetic", 32, max_train_images=20, max_test_images=10)
+    own = runs.data_spec("synthetic", 32, max_train_images=15, max_test_images=10, skip_train_images=20)
+    assert "skip_train_images" not in released, "keys of runs without it stay as they were"
+    first, rest = runs.load_data(released, "train"), runs.load_data(own, "train")
+    every = runs.load_data({**released, "max_train_images": 35}, "train")
+    assert rest.num_images == 15 and torch.equal(rest.images, every.images[20:35])
+    assert not {bytes(i.numpy()) for i in first.images} & {bytes(i.numpy()) for i in rest.images}
+    assert runs.describe_data(own) == "synthetic 32 px (train images after the first 20, 15 of them)"
+    with pytest.raises(ValueError, match="skip_train_images"):
+        runs.data_spec("synthetic", 32, skip_train_images=-1)

@@ -6,7 +6,7 @@ import torch
 import mmue_lib.train as train_module
 from mmue_lib.data import make_synthetic_dataset
 from mmue_lib.metrics import random_metrics
-from mmue_lib.models import create_clip
+from mmue_lib.models import create_clip, model_context_length
 from mmue_lib.train import (ClipStepper, TokenizedPairs, TrainConfig, epoch_batches, evaluate_retrieval,
                             parameter_groups, train_clip)
 
@@ -118,3 +118,33 @@ def test_rejects_tokens_of_other_length(synthetic):
     model = create_clip("RN-tiny", context_length=16)
     with pytest.raises(ValueError, match="expects 16"):
         train_clip(model, train, small_config(), progress=False)
+
+
+@pytest.mark.parametrize("model_name, count", [("RN-tiny", 2), ("ViT-tiny", 2)])
+def test_frozen_image_groups_keep_their_weights_and_statistics_while_the_rest_trains(model_name, count):
+    from mmue_lib.models import image_groups
+
+    data = make_synthetic_dataset(16, 32, seed=0)
+    model = create_clip(model_name, seed=0)
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    frozen_names = {name for name, _ in model.named_parameters()
+                    if any(name.startswith(prefix) for prefix in _group_prefixes(model, image_groups(model)[:count]))}
+    config = TrainConfig(epochs=1, batch_size=8, device="cpu", freeze_image_groups=count)
+    train_clip(model, TokenizedPairs.from_dataset(data, model_context_length(model)), config, progress=False)
+    after = model.state_dict()
+    assert frozen_names and all(torch.equal(before[name], after[name]) for name in frozen_names)
+    if model_name == "RN-tiny":
+        assert torch.equal(before["visual.bn1.running_mean"], after["visual.bn1.running_mean"]), "statistics kept"
+        assert not torch.equal(before["visual.layer3.0.bn1.running_mean"], after["visual.layer3.0.bn1.running_mean"])
+    trained = [name for name, _ in model.named_parameters() if name not in frozen_names]
+    assert any(not torch.equal(before[name], after[name]) for name in trained if name.startswith("visual."))
+    with pytest.raises(ValueError, match="groups"):
+        train_clip(create_clip(model_name), TokenizedPairs.from_dataset(data, model_context_length(model)),
+                   TrainConfig(epochs=1, batch_size=8, device="cpu", freeze_image_groups=99), progress=False)
+
+
+def _group_prefixes(model, groups) -> list[str]:
+    """The state-dict names of the modules and parameters in `groups`."""
+    names = {id(module): name for name, module in model.named_modules()}
+    names.update({id(parameter): name for name, parameter in model.named_parameters()})
+    return [names[id(item)] for group in groups for item in group]
