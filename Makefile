@@ -17,7 +17,7 @@ ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
-	@echo "  SCALE=smoke|cpu|paper|paper-flickr30k|paper-coco|gpu-smoke (now: $(SCALE)); PART=paper|extensions (01-09 or 10-15; default all); MMUE_DATA=$(MMUE_DATA)"
+	@echo "  SCALE=smoke|cpu|paper|paper-flickr30k|paper-coco|gpu-smoke (now: $(SCALE)); PART=paper|extensions (01-09 or 10-16; default all); MMUE_DATA=$(MMUE_DATA)"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,7 +52,7 @@ smoke: $(STAMP) ## execute every notebook at smoke scale
 paper-slice: $(STAMP) ## every notebook with the paper's models and schedules on a slice (scale gpu-smoke; NPROC=2: two processes per run); prints time and peak memory per notebook
 	$(PY) -m mmue_lib.notebooks --scale gpu-smoke --yes $(if $(filter-out 1,$(NPROC)),--set nproc=$(NPROC))
 
-repro: $(STAMP) ## execute the notebooks at SCALE (PART=paper: 01-09, PART=extensions: 10-15), writing results/ and figures/; asks before more than an hour (YES=1: does not)
+repro: $(STAMP) ## execute the notebooks at SCALE (PART=paper: 01-09, PART=extensions: 10-16), writing results/ and figures/; asks before more than an hour (YES=1: does not)
 	$(PY) -m mmue_lib.notebooks --scale $(SCALE) $(if $(PART),--part $(PART)) $(if $(YES),--yes)
 
 plan: $(STAMP) ## say what make repro would run and about how long it takes here, without running it

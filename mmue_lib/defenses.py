@@ -29,7 +29,7 @@ from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms.functional import gaussian_blur, resized_crop
 
 from .data import PairDataset
-from .storage import cache_root, save_torch, seeded_generator, stable_hash
+from .collector import flag_protected, nearest_captions, trained_denoiser
 
 _WORD_EDGES = re.compile(r"^\W+|\W+$")
 
@@ -94,56 +94,6 @@ def lowpass(dataset: PairDataset, cutoff: float) -> PairDataset:
     return dataset.with_images(out, f"{dataset.name}-lowpass{cutoff:g}")
 
 
-class Denoiser(torch.nn.Module):
-    """A small DnCNN-style denoiser: convolutions that predict the noise, subtracted from the input."""
-
-    def __init__(self, width: int = 32, depth: int = 5) -> None:
-        super().__init__()
-        layers: list[torch.nn.Module] = [torch.nn.Conv2d(3, width, 3, padding=1), torch.nn.ReLU()]
-        for _ in range(depth - 2):
-            layers += [torch.nn.Conv2d(width, width, 3, padding=1), torch.nn.ReLU()]
-        layers.append(torch.nn.Conv2d(width, 3, 3, padding=1))
-        self.residual = torch.nn.Sequential(*layers)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """[0, 1] images in, denoised [0, 1] images out."""
-        return images - self.residual(images)
-
-
-def train_denoiser(clean: torch.Tensor, sigma: float, steps: int, batch_size: int = 32, seed: int = 0) -> Denoiser:
-    """A `Denoiser` trained on clean uint8 images [N, 3, S, S] to remove Gaussian noise of a std
-    drawn per image in [0, `sigma`] pixel steps (1/255), the blind-denoising recipe; seeded."""
-    draws = seeded_generator(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        denoiser = Denoiser()
-    optimizer = torch.optim.Adam(denoiser.parameters(), lr=1e-3)
-    for _ in range(steps):
-        picked = clean[torch.randint(len(clean), (min(batch_size, len(clean)),), generator=draws)].float() / 255
-        std = torch.rand(len(picked), 1, 1, 1, generator=draws) * sigma / 255
-        noisy = picked + std * torch.randn(picked.shape, generator=draws)
-        loss = torch.nn.functional.mse_loss(denoiser(noisy), picked)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return denoiser.eval()
-
-
-def trained_denoiser(reference: PairDataset, sigma: float, steps: int, seed: int) -> Denoiser:
-    """`train_denoiser` on the reference images, kept in the cache (`denoisers/`) so that the
-    victims of one experiment share one denoiser."""
-    key = stable_hash({"reference": reference.name, "images": reference.num_images, "size": reference.image_size,
-                       "first": reference.images[:4].float().mean().item(), "sigma": sigma, "steps": steps, "seed": seed})
-    path = cache_root() / "denoisers" / f"{key[:16]}.pt"
-    if path.is_file():
-        denoiser = Denoiser()
-        denoiser.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        return denoiser.eval()
-    denoiser = train_denoiser(reference.images, sigma, steps, seed=seed)
-    save_torch(path, denoiser.state_dict())
-    return denoiser
-
-
 def denoise(dataset: PairDataset, reference: PairDataset, sigma: float = 8, steps: int = 500,
             seed: int = 0) -> PairDataset:
     """Every image through a denoiser the collector trained on clean `reference` images
@@ -158,6 +108,28 @@ def denoise(dataset: PairDataset, reference: PairDataset, sigma: float = 8, step
             chunk = dataset.images[start:start + 256].float() / 255
             out[start:start + 256] = (denoiser(chunk) * 255).round().clamp(0, 255).to(torch.uint8)
     return dataset.with_images(out, f"{dataset.name}-denoised{sigma:g}")
+
+
+def drop_detected(dataset: PairDataset, reference: PairDataset, examples: int = 500, steps: int = 300,
+                  seed: int = 0) -> PairDataset:
+    """The released images a detector does not flag, with their captions. The collector labels
+    `examples` released images as protected and as many clean `reference` images as clean, trains
+    a small classifier on them (`collector.flag_protected`) and drops the released images it flags
+    (the labelled ones included). Released images with nothing to find are dropped about half the
+    time: what the defense costs a collector whose data was never protected."""
+    flagged = flag_protected(dataset.images, reference.images, examples, steps, seed)
+    kept = (~flagged).nonzero().squeeze(1).tolist()
+    if len(kept) < 2:
+        raise ValueError(f"drop_detected flagged {int(flagged.sum())} of {dataset.num_images} images: fewer than 2 "
+                         "are left to train on (for the protector, every image dropped is a success)")
+    return dataset.subset(kept, f"{dataset.name}-undetected")
+
+
+def recaption(dataset: PairDataset, reference: PairDataset, model: torch.nn.Module) -> PairDataset:
+    """Every caption replaced by one the collector writes without reading it: each image takes the
+    captions of its nearest clean `reference` image under the collector's own `model` (a retrieval
+    captioner), row k of an image the neighbour's caption k (cycling)."""
+    return dataset.with_captions(nearest_captions(dataset, reference, model), f"{dataset.name}-recaptioned")
 
 
 def strip_words(dataset: PairDataset, count: int) -> PairDataset:
@@ -186,17 +158,20 @@ def dictionary_filter(dataset: PairDataset, dictionary: set[str] | frozenset[str
     return _keep_words(dataset, lambda w: w in dictionary, "dict")
 
 
-CAPTION_DEFENSES = ("strip_words", "drop_rare_words", "dictionary_filter")
+CAPTION_DEFENSES = ("strip_words", "drop_rare_words", "dictionary_filter", "recaption")
 """The released-data defenses that change captions only."""
 
 RELEASED_DATA_DEFENSES: dict[str, Callable[..., PairDataset]] = {
     "jpeg": jpeg, "grayscale": grayscale, "blur": blur, "lowpass": lowpass, "denoise": denoise,
+    "drop_detected": drop_detected, "recaption": recaption,
     "strip_words": strip_words, "drop_rare_words": drop_rare_words, "dictionary_filter": dictionary_filter,
 }
-"""Name -> transform(dataset, **arguments). `dictionary_filter`'s dictionary and `denoise`'s
-training images are supplied by `apply_defenses` from a clean reference split, not written in params."""
+"""Name -> transform(dataset, **arguments). What a defense learns from (`dictionary_filter`'s
+words, `denoise`'s and `drop_detected`'s clean images, `recaption`'s captioned pool) is the clean
+reference split `apply_defenses` supplies, and `recaption`'s model the collector's own: neither is
+written in params."""
 
-REFERENCE_DEFENSES = ("dictionary_filter", "denoise")
+REFERENCE_DEFENSES = ("dictionary_filter", "denoise", "drop_detected", "recaption")
 """The released-data defenses that learn from a clean reference split (`apply_defenses`' `reference`)."""
 
 
@@ -244,7 +219,8 @@ def parse_defenses(spec: list | str | None) -> list[dict]:
             raise ValueError(f"defense #{position + 1} {entry.get('name')!r}: unknown; one of "
                              f"{sorted(RELEASED_DATA_DEFENSES)}")
         function = RELEASED_DATA_DEFENSES[entry["name"]]
-        allowed = set(function.__code__.co_varnames[1:function.__code__.co_argcount]) - {"dictionary", "reference"}
+        allowed = (set(function.__code__.co_varnames[1:function.__code__.co_argcount])
+                   - {"dictionary", "reference", "model"})
         unknown = set(entry) - {"name"} - allowed
         if unknown:
             raise ValueError(f"defense #{position + 1} {entry['name']}: unknown argument(s) {sorted(unknown)}; "
@@ -261,17 +237,23 @@ def defense_label(spec: list | str | dict) -> str:
     return " + ".join(labels)
 
 
-def apply_defenses(dataset: PairDataset, spec: list | None, reference: PairDataset | None = None) -> PairDataset:
-    """`dataset` after each defense of `spec` in order; `reference` (a clean split, e.g. val) gives
-    `dictionary_filter` its words and `denoise` its training images."""
+def apply_defenses(dataset: PairDataset, spec: list | None, reference: PairDataset | None = None,
+                   model: torch.nn.Module | None = None) -> PairDataset:
+    """`dataset` after each defense of `spec` in order; `reference` (a clean split, e.g. val) is what
+    the defenses that learn learn from (`REFERENCE_DEFENSES`), `model` the collector's own CLIP
+    (`recaption`'s captioner)."""
     for entry in parse_defenses(spec):
         arguments = {k: v for k, v in entry.items() if k != "name"}
         if entry["name"] in REFERENCE_DEFENSES and reference is None:
             raise ValueError(f"{entry['name']} needs a clean reference split to learn from")
         if entry["name"] == "dictionary_filter":
             arguments["dictionary"] = frozenset(word_counts(reference.captions))
-        if entry["name"] == "denoise":
+        elif entry["name"] in REFERENCE_DEFENSES:
             arguments["reference"] = reference
+        if entry["name"] == "recaption":
+            if model is None:
+                raise ValueError("recaption needs the collector's own model (a pretrained CLIP) as its captioner")
+            arguments["model"] = model
         dataset = RELEASED_DATA_DEFENSES[entry["name"]](dataset, **arguments)
     return dataset
 

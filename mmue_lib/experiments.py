@@ -119,27 +119,65 @@ def fraction_runs(experiment: Experiment, fraction_methods: list[str], fractions
 
 
 @planned
-def defense_runs(experiment: Experiment, released: list[str], training: list[str]) -> dict[str, dict[str, dict]]:
+def defense_runs(experiment: Experiment, released: list[str], training: list[str],
+                 captioner: dict | None = None) -> dict[str, dict[str, dict]]:
     """Victims under countermeasures, as {setting: {"Clean": run, method label: run}}: setting
     "none" holds `method_runs`' victims; then one setting per item of `released` (a released-data
-    defense or chain, `defenses.parse_defenses`: "jpeg(quality: 30)") and per item of `training`
-    (training-config overrides: "augment: strong, augment_views: 4")."""
+    defense or chain, `defenses.parse_defenses`: "jpeg(quality: 30)"; a chain with `recaption`
+    captions with the `captioner` training run) and per item of `training` (training-config
+    overrides: "augment: strong, augment_views: 4")."""
     table1 = method_runs(experiment)
     protections = {label: entry["protection"] for label, entry in table1.items() if entry["protection"]}
     settings = {"none": {label: entry["victim"] for label, entry in table1.items()}}
 
-    def victims(under: Experiment, defenses: list | None) -> dict[str, dict]:
-        return {"Clean": under.victim(defenses=defenses),
-                **{label: under.victim(protection, defenses=defenses) for label, protection in protections.items()}}
+    def victims(under: Experiment, defenses: list | None, **options) -> dict[str, dict]:
+        return {"Clean": under.victim(defenses=defenses, **options),
+                **{label: under.victim(protection, defenses=defenses, **options)
+                   for label, protection in protections.items()}}
 
     for item in released:
-        settings[defense_label(item)] = victims(experiment, parse_defenses(item))
+        chain = parse_defenses(item)
+        recaptions = any(entry["name"] == "recaption" for entry in chain)
+        settings[defense_label(item)] = victims(experiment, chain, **({"captioner": captioner} if recaptions else {}))
     for item in training:
         overrides = parse_settings(item)
         defended = {**experiment.train, **overrides}
         TrainConfig(**defended)
         settings[settings_label(overrides)] = victims(replace(experiment, train=defended), None)
     return settings
+
+
+def own_data(data: dict) -> dict:
+    """A collector's own clean data beside a release of the first `max_train_images` train images:
+    the train images after them."""
+    if not data["max_train_images"]:
+        raise ValueError("a collector's own data needs a release of part of the train split (data.max_train_images)")
+    return data_spec(**{**data, "max_train_images": None, "skip_train_images": data["max_train_images"]})
+
+
+@planned
+def informed_runs(experiment: Experiment, countermeasures: list[str], own_train: dict, finetune: dict,
+                  frozen_groups: int) -> dict:
+    """The informed collector's runs: "scratch": `method_runs` (victims from scratch); "pretrained":
+    the collector's own CLIP, trained on its clean data (`own_data`) with `own_train` over the
+    experiment's training settings; "fine-tuned" and "fine-tuned, frozen": {label: victim
+    fine-tuned from it on the released data, clean or protected}, the second with the image tower's
+    first `frozen_groups` groups frozen; "countermeasures": `defense_runs` of the released-data
+    `countermeasures`, the pretrained CLIP captioning any `recaption`."""
+    scratch = method_runs(experiment)
+    own = replace(experiment, data=own_data(experiment.data), train={**experiment.train, **own_train})
+    pretrained = own.victim()
+    tuning = {**experiment.train, **finetune}
+    TrainConfig(**tuning)
+
+    def fine_tuned(train: dict) -> dict[str, dict]:
+        return {label: training_run(experiment.data, experiment.victim_model, experiment.context_length, train,
+                                    protection=entry["protection"], pretrained=pretrained)
+                for label, entry in scratch.items()}
+
+    return {"scratch": scratch, "pretrained": pretrained, "fine-tuned": fine_tuned(tuning),
+            "fine-tuned, frozen": fine_tuned({**tuning, "freeze_image_groups": frozen_groups}),
+            "countermeasures": defense_runs(experiment, countermeasures, [], captioner=pretrained)}
 
 
 @planned
@@ -400,11 +438,21 @@ def t2ue(settings: Settings) -> dict:
                                       collector.options.collector_training)}
 
 
+@_in_processes
+def informed_collector(settings: Settings) -> dict:
+    """A collector who starts from its own pretrained CLIP, purifies, detects or recaptions
+    (`informed_runs`), on 13_careful_collector's data and protections (its runs shared)."""
+    o = settings.options
+    return informed_runs(Experiment.of(settings, o.informed_methods), o.countermeasures, o.own_train, o.finetune,
+                         o.frozen_groups)
+
+
 BY_NOTEBOOK: dict[str, Callable[[Settings], object] | None] = {
     "01_data_overview": None, "02_table1": table1, "03_table2": table2, "04_figure4": table1, "05_figure5": table1,
     "06_figure6": table1, "07_semantic_triggers": semantic_triggers, "08_poisoning_fraction": poisoning_fraction,
     "09_faces": faces, "10_defenses": defenses, "11_ablation": ablation, "12_seeds": seeds,
     "13_careful_collector": careful_collector, "14_scale": scale, "15_t2ue": t2ue,
+    "16_informed_collector": informed_collector,
 }
 """The recipe of every notebook (None: it trains nothing)."""
 

@@ -201,6 +201,37 @@ def plot_protected_examples(clean: PairDataset, protected: PairDataset, count: i
     return figure
 
 
+def plot_purified_examples(protected: PairDataset, views: dict[str, PairDataset], count: int = 4,
+                           seed: int = 0) -> plt.Figure:
+    """Per example: the protected image, then what each countermeasure of `views` (label -> the same
+    images after it) makes of it, with what it changed (amplified) below."""
+    chosen = np.random.default_rng(seed).choice(protected.num_images, size=min(count, protected.num_images),
+                                                replace=False)
+    columns = 1 + len(views)
+    figure, axes = plt.subplots(2 * len(chosen), columns, figsize=(2.4 * columns, 4.6 * len(chosen)), squeeze=False)
+    for pair, index in enumerate(chosen):
+        image = protected.images[index].permute(1, 2, 0).numpy()
+        pictures = [("protected", image, None)]
+        for label, view in views.items():
+            after = view.images[index].permute(1, 2, 0).numpy()
+            pictures.append((label, after, after.astype(np.int16) - image.astype(np.int16)))
+        for column, (label, picture, change) in enumerate(pictures):
+            top, bottom = axes[2 * pair][column], axes[2 * pair + 1][column]
+            top.imshow(picture)
+            top.set_xlabel("\n".join(_wrap(label, 24)), fontsize=8)
+            if change is not None:
+                scale = max(1, int(np.abs(change).max()))
+                bottom.imshow(change / (2 * scale) + 0.5)
+                bottom.set_xlabel(f"change x{127 / scale:.2g}", fontsize=8)
+            else:
+                bottom.axis("off")
+            for axis in (top, bottom):
+                axis.set_xticks([])
+                axis.set_yticks([])
+    figure.tight_layout()
+    return figure
+
+
 def plot_training_curves(histories: dict[str, list[dict]], chance: dict | None = None) -> plt.Figure:
     """Figure 4: per epoch, the victim's mean training loss and its clean-test MedR both ways."""
     panels = [("train_loss", "training loss"), ("i2t_MedR", "image -> text MedR"), ("t2i_MedR", "text -> image MedR")]

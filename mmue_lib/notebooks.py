@@ -31,7 +31,7 @@ from .storage import PROJECT_ROOT, write_text
 
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 PARTS = {"paper": False, "extensions": True}
-"""`--part`: the paper's artefacts (01-09) or the extensions (10-15), by the notebooks' `mmue.extension` flag."""
+"""`--part`: the paper's artefacts (01-09) or the extensions (10-16), by the notebooks' `mmue.extension` flag."""
 
 
 def notebook_names() -> list[str]:
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", required=True, choices=scales())
     parser.add_argument("--only", nargs="*", help="notebook names (without .py or .ipynb)")
-    parser.add_argument("--part", choices=sorted(PARTS), help="the paper's artefacts (01-09) or the extensions (10-15)")
+    parser.add_argument("--part", choices=sorted(PARTS), help="the paper's artefacts (01-09) or the extensions (10-16)")
     parser.add_argument("--produces", choices=["table", "figure"])
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a setting (dotted key, YAML value) in every notebook that has it")

@@ -76,12 +76,13 @@ def load_data(spec: dict, split: str) -> PairDataset:
 @planned
 def training_run(data: dict, model: str, context_length: int, train: dict, *, protection: dict | None = None,
                  fraction: float = 1.0, pretrained: dict | None = None, seed: int | None = None,
-                 defenses: list | None = None, progress: bool = True) -> dict:
+                 defenses: list | None = None, captioner: dict | None = None, progress: bool = True) -> dict:
     """Train a CLIP (from scratch, or from the `pretrained` training run) on the train split,
     protected by the `protection` run when given and then passed through the released-data
-    `defenses` (`defenses.parse_defenses`; a dictionary filter's words come from the val split);
-    logs clean-test retrieval every epoch. `seed` initialises the model (default: the training
-    seed, which also seeds the batches and which protected rows a `fraction` picks)."""
+    `defenses` (`defenses.parse_defenses`; what they learn from is the val split, and `recaption`'s
+    captioner the `captioner` training run, the collector's own model); logs clean-test retrieval
+    every epoch. `seed` initialises the model (default: the training seed, which also seeds the
+    batches and which protected rows a `fraction` picks)."""
     config = TrainConfig(**train)
     seed = config.seed if seed is None else seed
     spec = {"data": data, "model": model, "context_length": context_length, "train": config.keyed(),
@@ -89,6 +90,10 @@ def training_run(data: dict, model: str, context_length: int, train: dict, *, pr
             "pretrained": pretrained and pretrained["spec"], "seed": seed}
     if defenses:
         spec["defenses"] = parse_defenses(defenses)
+    if captioner:
+        spec["captioner"] = captioner["spec"]
+    if any(entry["name"] == "recaption" for entry in spec.get("defenses", [])) and not captioner:
+        raise ValueError("the recaption defense needs captioner=: the collector's own model (a training run)")
 
     def compute(folder: Path) -> dict:
         clip = (run_model(pretrained) if pretrained else
@@ -100,7 +105,8 @@ def training_run(data: dict, model: str, context_length: int, train: dict, *, pr
                                               images_file=folder / PROTECTED_IMAGES)
         if defenses:
             needs_reference = any(entry["name"] in REFERENCE_DEFENSES for entry in spec["defenses"])
-            train_set = apply_defenses(train_set, spec["defenses"], load_data(data, "val") if needs_reference else None)
+            train_set = apply_defenses(train_set, spec["defenses"], load_data(data, "val") if needs_reference else None,
+                                       run_model(captioner) if captioner else None)
         length = model_context_length(clip)
         result = train_clip(clip, TokenizedPairs.from_dataset(train_set, length), config,
                             test=TokenizedPairs.from_dataset(load_data(data, "test"), length),
@@ -346,7 +352,8 @@ TRAINING_RUNS = RunKind(
     recompute=lambda spec: training_run(spec["data"], spec["model"], spec["context_length"], spec["train"],
                                         protection=_run_of("protect", spec["protection"]), fraction=spec["fraction"],
                                         pretrained=_run_of("train", spec["pretrained"]), seed=spec["seed"],
-                                        defenses=spec.get("defenses"), progress=_main_process()),
+                                        defenses=spec.get("defenses"), captioner=_run_of("train", spec.get("captioner")),
+                                        progress=_main_process()),
     saved_progress=lambda spec, state: f"epoch {state['epoch'] + 1} of {spec['train']['epochs']} saved",
     timing=lambda spec: {"data": spec["data"], "model": spec["model"], "fraction": spec["fraction"],
                          "settings": {k: v for k, v in spec["train"].items() if k != "seed"},

@@ -12,6 +12,7 @@ import torch
 from scipy import stats
 
 from . import defenses
+from .collector import detection_auc
 from .data import PairDataset
 from .methods import ProtectConfig, converged
 from .models import Tokenizer
@@ -126,6 +127,38 @@ def generator_costs(experiment: dict[str, dict]) -> pd.DataFrame:
                      "rounds": len(protection["history"]), "final noise loss": protection["history"][-1]["noise_loss"],
                      "generator / clean victim": protection["generator_seconds"] / clean_seconds,
                      "noise s": protection["noise_seconds"], "noise ms per image": protection["noise_ms_per_image"]})
+    return pd.DataFrame(rows)
+
+
+def fine_tuning_table(settings: dict[str, dict[str, dict]], pretrained: dict) -> pd.DataFrame:
+    """One row per (fine-tuning setting, released data): MedR both ways of the victim fine-tuned
+    from the collector's `pretrained` CLIP, and the fine-tuning closure
+    C_ft = (MedR - MedR_ft_clean) / (MedR_pretrained - MedR_ft_clean): 0 when fine-tuning on the
+    released data gained as much as on clean data, 1 when it gained nothing over the pretrained
+    model (above 1: it lost)."""
+    start = pretrained["final"]
+    rows = [{"setting": "pretrained, not fine-tuned", "data": "none", **{k: start[k] for k in RETRIEVAL_KEYS},
+             "i2t C_ft": 1.0, "t2i C_ft": 1.0}]
+    for setting, victims in settings.items():
+        clean = victims["Clean"]["final"]
+        for data, run in victims.items():
+            final = run["final"]
+            row = {"setting": setting, "data": data, **{k: final[k] for k in RETRIEVAL_KEYS}}
+            for direction in ("i2t", "t2i"):
+                key = f"{direction}_MedR"
+                gained = start[key] - clean[key]
+                row[f"{direction} C_ft"] = float("nan") if gained <= 0 else (final[key] - clean[key]) / gained
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def detection_table(protected: dict[str, torch.Tensor], clean: torch.Tensor, examples: int, steps: int,
+                    seed: int = 0) -> pd.DataFrame:
+    """Per released set (label -> uint8 images), how well a detector trained on `examples` of its
+    images and `examples` of the collector's `clean` ones tells the rest apart
+    (`collector.detection_auc`); a set released clean gives the chance level (about 0.5)."""
+    rows = [{"released": label, "detector AUC": detection_auc(images, clean, examples, steps, seed)}
+            for label, images in protected.items()]
     return pd.DataFrame(rows)
 
 
@@ -279,15 +312,16 @@ def seed_differences(long: pd.DataFrame, victim: str, pairs: list[tuple[str, str
 
 
 def caption_defense_examples(protected: PairDataset, released: list[str], reference: PairDataset,
-                             count: int = 4, seed: int = 0) -> pd.DataFrame:
+                             count: int = 4, seed: int = 0, model: torch.nn.Module | None = None) -> pd.DataFrame:
     """Some protected captions (triggers included) and what the caption defenses of each item of
-    `released` leave of them (a chain's image defenses are left out; items with none are skipped)."""
+    `released` leave of them (a chain's image defenses are left out; items with none are skipped;
+    `model` is a re-captioner's CLIP)."""
     chosen = torch.randperm(protected.num_rows, generator=torch.Generator().manual_seed(seed))[:count].tolist()
     table = pd.DataFrame({"protected caption": [protected.captions[r] for r in chosen]})
     for item in released:
         chain = [entry for entry in defenses.parse_defenses(item) if entry["name"] in defenses.CAPTION_DEFENSES]
         if chain:
-            cleaned = defenses.apply_defenses(protected, chain, reference)
+            cleaned = defenses.apply_defenses(protected, chain, reference, model)
             table[defenses.defense_label(chain)] = [cleaned.captions[r] for r in chosen]
     return table
 

@@ -208,3 +208,34 @@ def test_collector_view_is_seeded_and_differentiable():
     assert not torch.equal(first, defenses.collector_view(x, torch.Generator().manual_seed(1)))
     first.sum().backward()
     assert x.grad.abs().sum() > 0
+
+
+def test_a_detector_tells_protected_images_apart_and_the_collector_drops_what_it_flags():
+    from mmue_lib.collector import detection_auc, flag_protected
+
+    clean = make_synthetic_dataset(80, 32, seed=4)
+    signs = torch.randint(0, 2, clean.images.shape, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    protected = (clean.images.short() + 8 * signs).clamp(0, 255).to(torch.uint8)
+    other_clean = make_synthetic_dataset(80, 32, seed=5).images
+    assert detection_auc(protected, other_clean, examples=40, steps=60) > 0.9
+    flagged = flag_protected(protected, other_clean, examples=40, steps=60)
+    assert flagged[:40].all() and flagged[40:].float().mean() > 0.8
+    released = clean.with_images(protected)
+    kept = defenses.apply_defenses(released, "drop_detected(examples: 40, steps: 60)",
+                                   reference=clean.with_images(other_clean))
+    assert kept.num_images < 20 and set(kept.captions) <= set(released.captions)
+    with pytest.raises(ValueError, match="examples 80"):
+        flag_protected(protected, other_clean, examples=80, steps=1)
+
+
+def test_the_retrieval_captioner_writes_each_image_its_nearest_pool_images_captions():
+    pool = make_synthetic_dataset(6, 32, seed=6)
+    released = pool.subset([4, 1])
+    model = create_clip("RN-tiny", seed=0)
+    recaptioned = defenses.apply_defenses(released, "recaption", reference=pool, model=model)
+    rows = pool.rows_of_image()
+    assert recaptioned.captions == [pool.captions[r] for r in rows[4] + rows[1]], "each image is its own nearest"
+    with pytest.raises(ValueError, match="collector's own model"):
+        defenses.apply_defenses(released, "recaption", reference=pool)
+    with pytest.raises(ValueError, match="captioner="):
+        runs.training_run(runs.data_spec("synthetic", 32, 24, 10), "RN-tiny", 32, {"epochs": 1}, defenses=["recaption"])

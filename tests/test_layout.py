@@ -8,6 +8,7 @@ import mmue_lib
 FLOORS = [
     {"storage", "distributed", "metrics", "progress"},
     {"checkpoint", "data", "models"},
+    {"collector"},
     {"defenses", "faces"},
     {"train"},
     {"methods", "explain"},

@@ -167,7 +167,7 @@ def test_plan_lists_the_parts_without_running_anything(tmp_path, monkeypatch, ca
     monkeypatch.setattr(papermill, "execute_notebook", lambda *args, **kwargs: pytest.fail("--plan ran a notebook"))
     assert notebooks.main(["--scale", "cpu", "--part", "extensions", "--plan"]) == 0
     printed = capsys.readouterr().out
-    assert "will run 6 notebook(s)" in printed and "12_seeds: 33 runs" in printed and "15_t2ue: " in printed and "02_table1" not in printed
+    assert "will run 7 notebook(s)" in printed and "16_informed_collector: " in printed and "12_seeds: 33 runs" in printed and "15_t2ue: " in printed and "02_table1" not in printed
     assert notebooks.main(["--scale", "cpu", "--part", "paper", "--plan"]) == 0
     printed = capsys.readouterr().out
     assert "will run 9 notebook(s)" in printed and "10_defenses" not in printed and "about 5.2 h" in printed
