@@ -83,7 +83,8 @@ def transfer_runs(experiment: Experiment, method: str, victim_models: list[str])
     """Table 2's runs: `method`'s protection made on the surrogate, and per victim architecture a
     victim trained on clean and one on protected data, as {"protection": run,
     architecture: {"clean": run, "protected": run}}."""
-    protection = experiment.protection(method)
+    name, overrides, _ = method_variant(method)
+    protection = experiment.protection(name, **overrides)
     victims = {model: replace(experiment, victim_model=model) for model in victim_models}
     return {"protection": protection,
             **{model: {"clean": victim.victim(), "protected": victim.victim(protection)}
@@ -433,7 +434,7 @@ def t2ue(settings: Settings) -> dict:
     collector = load_settings("13_careful_collector", settings.scale)
     careful = Experiment.of(collector, o.collector_methods)
     return {"table1": method_runs(table1),
-            "transfer": {METHODS[method].label: transfer_runs(table1, method, victims) for method in o.transfer_methods},
+            "transfer": {method_variant(method)[2]: transfer_runs(table1, method, victims) for method in o.transfer_methods},
             "collector": defense_runs(careful, collector.options.collector_released,
                                       collector.options.collector_training)}
 
