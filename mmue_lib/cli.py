@@ -203,9 +203,18 @@ def _runs(args: argparse.Namespace) -> None:
         if not records_file.is_file():
             raise SystemExit(f"--restore: no such file {records_file}")
     for records_file in args.restore or []:
-        print(f"{records_file}: {len(restore_records(records_file))} training run(s) restored")
+        print(f"{records_file}: {len(restore_records(records_file))} run(s) restored")
     if args.export:
-        print(f"{args.export}: {export_records(args.export)} finished training run(s) written")
+        keys = None
+        if args.notebook:
+            from .experiments import planned_runs
+            from .settings import load_settings
+
+            plan = planned_runs(load_settings(args.notebook, args.scale))
+            keys = {Path(folder).name for folder in plan.runs} if plan else set()
+        written = export_records(args.export, keys)
+        print(f"{args.export}: {written} finished run(s) written"
+              f"{f' (those of {args.notebook} at {args.scale} scale)' if args.notebook else ''}")
     rows = cache_status(args.kind)
     if not rows:
         print(f"no {f'{args.kind} ' if args.kind else ''}runs in {cache_root() / 'runs'}")
@@ -423,6 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--export", metavar="RECORDS", type=Path,
                          help="write the runs this cache finished (not restored ones) to this file, "
                               "for --restore on another machine")
+    listing.add_argument("--notebook", help="with --export: only the runs of this notebook (its params at --scale)")
+    listing.add_argument("--scale", default="cpu", help="with --notebook: the scale of its params")
     listing.set_defaults(run=_runs)
     return parser
 

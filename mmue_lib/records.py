@@ -48,15 +48,16 @@ def _restorable() -> list[str]:
     return [name for name, kind in KINDS.items() if kind.restorable]
 
 
-def export_records(records_file: str | Path) -> int:
+def export_records(records_file: str | Path, keys: set[str] | None = None) -> int:
     """Write the `run_record` of every restorable run (every kind) this cache finished (not those
     it restored) to `records_file`, in the format of `write_run_records`, so that `restore_records`
-    can carry them to another machine before the experiment that uses them is done. Returns how many."""
+    can carry them to another machine before the experiment that uses them is done; with `keys`, only
+    the runs whose cache key is one of them (a notebook's). Returns how many."""
     records = {}
     for kind in _restorable():
         for result_file in sorted((cache_root() / "runs" / kind).glob("*/result.json")):
             run = {**json.loads(result_file.read_text(encoding="utf-8")), "folder": str(result_file.parent)}
-            if "restored_from" not in run:
+            if "restored_from" not in run and (keys is None or result_file.parent.name in keys):
                 records[f"{describe_run(kind, run['spec'])} [{result_file.parent.name}]"] = run_record(run)
     write_json(records_file, records)
     return len(records)

@@ -157,8 +157,12 @@ def test_the_runs_command_lists_restores_and_exports(fresh_cache, toy, tmp_path,
     toy(2, 1)
     assert main(["runs", "--export", str(tmp_path / "out.json")]) == 0
     out = capsys.readouterr().out
-    assert f"{tmp_path / 'out.json'}: 1 finished training run(s) written" in out
+    assert f"{tmp_path / 'out.json'}: 1 finished run(s) written" in out
     assert "toy 2 x 1" in out and out.splitlines()[-1].startswith("1 done (0.0 h), 0 unfinished")
+    assert main(["runs", "--export", str(tmp_path / "of.json"), "--notebook", "02_table1", "--scale", "smoke"]) == 0
+    assert "0 finished run(s) written (those of 02_table1 at smoke scale)" in capsys.readouterr().out
+    key = next((fresh_cache / "runs" / "toy").iterdir()).name
+    assert records.export_records(tmp_path / "kept.json", {key}) == 1 and records.export_records(tmp_path / "no.json", set()) == 0
     with pytest.raises(SystemExit, match="--restore: no such file"):
         main(["runs", "--restore", str(tmp_path / "missing.json")])
 
