@@ -125,7 +125,7 @@ METHODS: dict[str, Method] = {
     "mem-5": Method("MEM-5", {"trigger_len": 5}),
     "rmem-8": Method("R-MEM-8", {"trigger_len": 8, "trigger_vocab": "captions", "trigger_min_count": 20,
                                  "trigger_top_k": 4}, in_paper=False),
-    "t2ue": Method("T2UE", {"trigger_len": 0, "generator_steps": 40}, in_paper=False),
+    "t2ue": Method("T2UE", {"trigger_len": 0, "generator_steps": 120}, in_paper=False),
 }
 """The method registry, read by the runs, the notebooks, the CLI and the paper tables. UAP and
 TAP (the official code's "UAP" script) maximise the loss of a clean-trained surrogate. R-MEM-8
@@ -134,7 +134,10 @@ trigger at the start of each caption, of words seen at least 20 times in the cap
 in-domain dictionary keeps them and stripping fewer than 8 leading words leaves a trigger;
 top-4 candidates per slot keep its search near MEM-3's cost (`11_ablation`: top-4 protects as top-8).
 T2UE (Ma et al. 2025, `t2ue`) makes each image's noise from its caption alone, through a generator
-trained once by error minimisation."""
+trained once by error minimisation; 120 generator steps a round, chosen on val
+(`benchmarks/collector_selection.py --method t2ue`, the first 2,000 train images at 64 px, the
+calibrated schedule's 3 rounds): C 0.24 / 0.08 against 0.14 / 0.05 with 40 steps and 0.19 / 0.07
+with 40 steps and 6 rounds, at 3.0, 1.3 and 2.6 victim runs."""
 
 SCHEDULES: dict[str, dict] = {
     "official": {},
