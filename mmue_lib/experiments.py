@@ -158,23 +158,29 @@ def own_data(data: dict) -> dict:
 
 @planned
 def informed_runs(experiment: Experiment, countermeasures: list[str], own_train: dict, finetune: dict,
-                  frozen_groups: int) -> dict:
+                  frozen_groups: int, hold_methods: list | tuple = ()) -> dict:
     """The informed collector's runs: "scratch": `method_runs` (victims from scratch); "pretrained":
     the collector's own CLIP, trained on its clean data (`own_data`) with `own_train` over the
     experiment's training settings; "fine-tuned" and "fine-tuned, frozen": {label: victim
     fine-tuned from it on the released data, clean or protected}, the second with the image tower's
-    first `frozen_groups` groups frozen; "countermeasures": `defense_runs` of the released-data
+    first `frozen_groups` groups frozen, both also on the protections of `hold_methods` made
+    against the collector's own CLIP as their surrogate (a protector who expects the collector to
+    start from a public pretrained model); "countermeasures": `defense_runs` of the released-data
     `countermeasures`, the pretrained CLIP captioning any `recaption`."""
     scratch = method_runs(experiment)
     own = replace(experiment, data=own_data(experiment.data), train={**experiment.train, **own_train})
     pretrained = own.victim()
     tuning = {**experiment.train, **finetune}
     TrainConfig(**tuning)
+    protections = {label: entry["protection"] for label, entry in scratch.items()}
+    for name, overrides, label in map(method_variant, hold_methods):
+        protections[f"{label} against the collector's CLIP"] = experiment.protection(name, surrogate=pretrained,
+                                                                                     **overrides)
 
     def fine_tuned(train: dict) -> dict[str, dict]:
         return {label: training_run(experiment.data, experiment.victim_model, experiment.context_length, train,
-                                    protection=entry["protection"], pretrained=pretrained)
-                for label, entry in scratch.items()}
+                                    protection=protection, pretrained=pretrained)
+                for label, protection in protections.items()}
 
     return {"scratch": scratch, "pretrained": pretrained, "fine-tuned": fine_tuned(tuning),
             "fine-tuned, frozen": fine_tuned({**tuning, "freeze_image_groups": frozen_groups}),
@@ -445,7 +451,7 @@ def informed_collector(settings: Settings) -> dict:
     (`informed_runs`), on 13_careful_collector's data and protections (its runs shared)."""
     o = settings.options
     return informed_runs(Experiment.of(settings, o.informed_methods), o.countermeasures, o.own_train, o.finetune,
-                         o.frozen_groups)
+                         o.frozen_groups, o.hold_methods)
 
 
 BY_NOTEBOOK: dict[str, Callable[[Settings], object] | None] = {

@@ -52,7 +52,9 @@
 #   that what the pixels alone protect shows.
 #
 # Against the protections of 13 (its data: the first released train images; its runs shared) and
-# T2UE (15). **The fine-tuning closure** C_ft = (MedR - MedR_ft_clean) / (MedR_pretrained -
+# T2UE (15), and, to make the protection hold against the fine-tuning collector, the same methods
+# made with the collector's own CLIP as their surrogate (`hold_methods`): a protector who expects
+# the collector to start from a public pretrained model protects against that model. **The fine-tuning closure** C_ft = (MedR - MedR_ft_clean) / (MedR_pretrained -
 # MedR_ft_clean) asks what fine-tuning on the released data bought the collector: 0 when it gained
 # as much as fine-tuning on clean data, 1 when it gained nothing over the pretrained model it
 # started from (above 1: the protected data made it worse). The scratch closure C of 13 would mix
@@ -85,7 +87,8 @@ chance = random_metrics(test_set.row_image)
 # ## The collector who fine-tunes its own pretrained CLIP
 #
 # The pretrained model's retrieval on the test split, then per fine-tuning setting the victim
-# fine-tuned on each released set (clean first) and its fine-tuning closure C_ft.
+# fine-tuned on each released set (clean first; "against the collector's CLIP": made with the
+# collector's pretrained model as surrogate) and its fine-tuning closure C_ft.
 
 # %%
 fine_tuning = tables.fine_tuning_table({setting: experiment[setting] for setting in ["fine-tuned", "fine-tuned, frozen"]},
