@@ -87,3 +87,48 @@ mem_label = next(label for label in experiment if label.startswith("MEM"))
 published = protected_dataset(train_set, runs.load_protection(experiment[mem_label]["protection"]))
 figure = figures.plot_protected_examples(train_set, published, settings.options.example_count)
 figures.save_figure(figure, settings.figures_dir, "table1_examples")
+
+# %% [markdown]
+# ## Reading at cpu scale
+#
+# The committed cpu results (`results/cpu/`, `figures/cpu/`) as read when they were made; the
+# executed copy in `executed/cpu/` was rebuilt later on another machine (README: Executed notebooks).
+#
+# Table 1 (`results/cpu/table1.md`, every run's parameters, seeds and times in
+# `results/cpu/runs/table1.json`). Hit@10 % / MedR on the 1,000 test images, the paper's
+# full-scale MedR beside ours, and the protection closure
+# C = (MedR - MedR_clean) / (MedR_random - MedR_clean), 0 = no protection, 1 = chance:
+#
+# | method | i2t Hit@10 | i2t MedR | t2i Hit@10 | t2i MedR | C i2t / t2i | paper MedR i2t / t2i | paper C |
+# |---|---|---|---|---|---|---|---|
+# | Random | 1.0 | 647 | 1.0 | 500 | 1 / 1 | 727 / 490 | 1 / 1 |
+# | Clean | 13.5 | 119 | 12.3 | 96 | 0 / 0 | 58 / 60 | 0 / 0 |
+# | EM | 6.8 | 289 | 7.8 | 172 | 0.32 / 0.19 | 117 / 86 | 0.09 / 0.06 |
+# | UAP | 8.0 | 240 | 9.7 | 134 | 0.23 / 0.09 | 110 / 76 | 0.08 / 0.04 |
+# | MEM-3 | 1.0 | 666 | 1.6 | 425 | 1.04 / 0.81 | 304 / 250 | 0.37 / 0.44 |
+# | MEM-5 | 1.7 | 595 | 1.5 | 429 | 0.90 / 0.82 | 308 / 275 | 0.37 / 0.50 |
+#
+# Reading: the clean victim learns (MedR 0.18 / 0.19 of random). The paper's ordering
+# reproduces: MEM-3 and MEM-5 far above EM and UAP, UAP the weakest, EM in between; MEM-3 and
+# MEM-5 are close to each other, as in the paper (304 / 250 vs 308 / 275). MEM drives the victim
+# to chance image -> text and most of the way text -> image; every method closes more of the
+# gap than at the paper's scale. This is not the paper's setting: 64 px, a 21 M-parameter
+# ResNet CLIP, 8 epochs, per-image triggers and a cheaper schedule; a small victim trained
+# briefly is probably easier to push onto a shortcut. Seed spread: see `12_seeds`.
+#
+# Cost (`results/cpu/table1_costs.md`, in clean-victim runs of ~11 min): MEM-3 1.23 (809 s,
+# measured alone), EM 0.69 (420 s), UAP 0.14 (92 s); the goal for MEM is at most 1.0, not met yet
+# (the trigger search is ~310 s of MEM-3's 809 s). The way there is a top-4 search: in the
+# ablation (`11_ablation`) it is as strong on test at about 80 % of the cost, and on val (the ablation's
+# cached 2,000-image victims, each run's `key` in `results/cpu/runs/ablation.json`, scored with
+# `mmue eval --checkpoint $MMUE_CACHE/runs/train/<key>/model.pt --csv
+# ../shared/data/flickr8k/val.csv`) it reaches C 1.04 / 0.77 against the top-8 default's 1.06 /
+# 0.78 (clean victim 211 / 167). At full data, measured alone (`benchmarks/protect_cost.py
+# --scale cpu --set protect.trigger_top_k=4`), top-4 MEM-3 took 594 s (search round 292 s, the two
+# noise-only rounds 146 s and 153 s) against the benchmark's own clean victim of 562 s: 1.06
+# victim runs, 0.73 of the top-8 run's time, 0.90 of Table 1's clean victim (657 s). So the goal
+# of 1.0 is within the 15 % by which equal work varies in time here, not clearly met; the tables
+# keep top-8 (their MEM rows would all have to be rerun) and top-4's strength at full data is not
+# measured.
+# MEM-5 took 2,205 s = 3.4, but it shared the two cores with the test suite for most of its run,
+# so that figure overstates it.

@@ -69,3 +69,12 @@ for title, victim, dataset in (("(a) clean model, clean data", experiment["Clean
     panels[title] = (explain.tsne_2d(features, settings.seed), groups, len(chosen))
 figure = figures.plot_tsne(panels)
 figures.save_figure(figure, settings.figures_dir, "figure6_tsne")
+
+# %% [markdown]
+# ## Reading at cpu scale
+#
+# The committed cpu results (`results/cpu/`, `figures/cpu/`) as read when they were made; the
+# executed copy in `executed/cpu/` was rebuilt later on another machine (README: Executed notebooks).
+#
+# Figure 6 (`figure6_tsne.png`): the MEM-3 victim maps each protected image and its five captions onto one
+# tight cluster (the trigger-noise shortcut), where the clean model spreads them by content.

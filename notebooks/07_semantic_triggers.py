@@ -78,3 +78,19 @@ tables.write_table(examples, settings.results_dir, "table3_trigger_examples")
 semantic = protections[list(protections)[1]]
 figure = figures.plot_protected_examples(train_set, protected_dataset(train_set, semantic), count=4, seed=settings.seed)
 figures.save_figure(figure, settings.figures_dir, "semantic_trigger_examples")
+
+# %% [markdown]
+# ## Reading at cpu scale
+#
+# The committed cpu results (`results/cpu/`, `figures/cpu/`) as read when they were made; the
+# executed copy in `executed/cpu/` was rebuilt later on another machine (README: Executed notebooks).
+#
+# Table 3, semantic triggers (`results/cpu/table3_semantic.md`, examples in
+# `table3_trigger_examples.md` and `figures/cpu/semantic_trigger_examples.png`): with no masked
+# language model offline, the semantic variant draws trigger words from the training captions'
+# vocabulary instead of BERT's proposals. MEM-3 with it: MedR 620 / 420, C 0.90 / 0.80, against
+# 1.04 / 0.81 with the free vocabulary; in the paper BERT triggers are also a little weaker
+# (C 0.30 / 0.36 against 0.37 / 0.44). Our triggers are caption words ("grass port engaged",
+# "practising product backed") but not fluent phrases like the paper's "There he saw": that
+# needs a real masked LM (`semantic_mlm_path`). Notebook time: 22 min (one protection of 690 s
+# and its victim).

@@ -78,3 +78,53 @@ figures.save_figure(figure, settings.figures_dir, "ablation")
 figure = figures.plot_protection_rounds({setting: entry["protection"]["history"]
                                         for setting, entry in experiment.items() if entry["protection"]})
 figures.save_figure(figure, settings.figures_dir, "ablation_rounds")
+
+# %% [markdown]
+# ## Reading at cpu scale
+#
+# The committed cpu results (`results/cpu/`, `figures/cpu/`) as read when they were made (no
+# executed copy of this notebook is committed yet: `make executed` makes one).
+#
+# Extension: paper text vs official code (`11_ablation`; `results/cpu/ablation.md`,
+# `figures/cpu/ablation.png`, runs in `results/cpu/runs/ablation.json`). Each point of
+# `../shared/PAPER.md` where the official code differs from the paper's text, flipped one at a
+# time from the cpu MEM-3 schedule, one protection and one victim each, on the first 2,000 train
+# images (victims ~4 min). The clean victim reaches MedR 248 / 186 (0.38 / 0.37 of random: it
+# learns less from a third of the data, so read the rows against each other, not against Table 1).
+# Cost is protection time over that clean victim's 258 s; per-round times of equal work vary by
+# about 15 % on this machine (the default's search round took 189 s, the same round 157-165 s in
+# flips that do not touch the search), so only larger cost differences mean something:
+#
+# | setting | MedR i2t / t2i | C i2t / t2i | seconds | victim runs |
+# |---|---|---|---|---|
+# | clean data | 248 / 186 | 0 / 0 | 0 | 0 |
+# | default: the cpu schedule | 720 / 433 | 1.18 / 0.79 | 358 | 1.39 |
+# | trigger_top_k: 4 | 709 / 430 | 1.16 / 0.78 | 283 | 1.10 |
+# | trigger_init: random | 611 / 423 | 0.91 / 0.75 | 295 | 1.14 |
+# | shuffle_pgd: false | 693 / 392 | 1.12 / 0.66 | 307 | 1.19 |
+# | trigger_per: universal | 264 / 205 | 0.04 / 0.06 | 433 | 1.68 |
+# | trigger_top_k: 16 | 676 / 434 | 1.07 / 0.79 | 431 | 1.67 |
+# | beam_size: 4 | 693 / 439 | 1.12 / 0.81 | 516 | 2.00 |
+# | reshuffle: step | 719 / 436 | 1.18 / 0.80 | 336 | 1.30 |
+# | max_rounds: 6, stop_loss: null | 692 / 442 | 1.11 / 0.82 | 593 | 2.30 |
+# | trigger_per: row, search_rows: all | 540 / 328 | 0.73 / 0.45 | 746 | 2.89 |
+# | noise_per: row, pgd_rows: all | 642 / 436 | 0.99 / 0.80 | 711 | 2.76 |
+# | all official settings at once (last row of the params) | 601 / 399 | 0.88 / 0.68 | 1900 | 7.36 |
+#
+# Reading: what makes MEM work here is a trigger that differs between images and is shared by an
+# image's captions. The paper's "a text trigger t", read as one trigger for the whole set, gives
+# no protection at all (C 0.04 / 0.06): a constant prefix carries nothing that tells pairs apart,
+# so the contrastive loss has no shortcut to take. The official per-row triggers (five per image)
+# protect much less than per-image ones (C 0.73 / 0.45 against 1.18 / 0.79) at twice the cost (a
+# guess at why: with one search round, the image's one noise has to serve five different
+# triggers). One noise per caption row (the official code) is about as strong (0.99 / 0.80) at
+# twice the cost, and releases five differently-noised copies of each photo (its victim sees each
+# row as an image: five times the pairs per epoch, 895 s). Initialising triggers with "the" beats
+# random tokens image -> text (1.18 against 0.91); turning the caption shuffle off costs text ->
+# image (0.66 against 0.79), as the paper's argument for it predicts, while shuffling at every
+# PGD step instead of once per batch changes nothing. More search buys nothing: top-16, a beam of
+# 4, or 6 rounds with no early stop reach the same C (1.07-1.12 / 0.79-0.82) at 1.7-2.3 victim
+# runs; top-4 reaches it (1.16 / 0.78) at 1.10. All the official settings together reach C 0.88 /
+# 0.68 at 7.4 victim runs, weaker and five times dearer than the cpu schedule. Test-split
+# numbers, one seed: they describe the settings, they were not used to choose the cpu schedule
+# (that was chosen on val).
