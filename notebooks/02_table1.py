@@ -92,7 +92,7 @@ figures.save_figure(figure, settings.figures_dir, "table1_examples")
 # ## Reading at cpu scale
 #
 # The committed cpu results (`results/cpu/`, `figures/cpu/`) as read when they were made; the
-# executed copy in `executed/cpu/` was rebuilt later on another machine (README: Executed notebooks).
+# executed copy in `executed/cpu/` was rebuilt later on another machine (docs/results.md: Executed notebooks).
 #
 # Table 1 (`results/cpu/table1.md`, every run's parameters, seeds and times in
 # `results/cpu/runs/table1.json`). Hit@10 % / MedR on the 1,000 test images, the paper's

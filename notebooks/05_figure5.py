@@ -80,7 +80,7 @@ figures.save_figure(figure, settings.figures_dir, "figure5_integrated_gradients"
 # ## Reading at cpu scale
 #
 # The committed cpu results (`results/cpu/`, `figures/cpu/`) as read when they were made; the
-# executed copy in `executed/cpu/` was rebuilt later on another machine (README: Executed notebooks).
+# executed copy in `executed/cpu/` was rebuilt later on another machine (docs/results.md: Executed notebooks).
 #
 # Figure 5 (`figure5_gradcam.png`, `figure5_integrated_gradients.png`): the MEM-3 victim's caption
 # attributions pile up on the first words, where the trigger sits in training.

@@ -74,7 +74,7 @@ figures.save_figure(figure, settings.figures_dir, "figure6_tsne")
 # ## Reading at cpu scale
 #
 # The committed cpu results (`results/cpu/`, `figures/cpu/`) as read when they were made; the
-# executed copy in `executed/cpu/` was rebuilt later on another machine (README: Executed notebooks).
+# executed copy in `executed/cpu/` was rebuilt later on another machine (docs/results.md: Executed notebooks).
 #
 # Figure 6 (`figure6_tsne.png`): the MEM-3 victim maps each protected image and its five captions onto one
 # tight cluster (the trigger-noise shortcut), where the clean model spreads them by content.

@@ -83,7 +83,7 @@ figures.save_figure(figure, settings.figures_dir, "semantic_trigger_examples")
 # ## Reading at cpu scale
 #
 # The committed cpu results (`results/cpu/`, `figures/cpu/`) as read when they were made; the
-# executed copy in `executed/cpu/` was rebuilt later on another machine (README: Executed notebooks).
+# executed copy in `executed/cpu/` was rebuilt later on another machine (docs/results.md: Executed notebooks).
 #
 # Table 3, semantic triggers (`results/cpu/table3_semantic.md`, examples in
 # `table3_trigger_examples.md` and `figures/cpu/semantic_trigger_examples.png`): with no masked

@@ -71,7 +71,7 @@ figures.save_figure(figure, settings.figures_dir, "fraction")
 # ## Reading at cpu scale
 #
 # The committed cpu results (`results/cpu/`, `figures/cpu/`) as read when they were made; the
-# executed copy in `executed/cpu/` was rebuilt later on another machine (README: Executed notebooks).
+# executed copy in `executed/cpu/` was rebuilt later on another machine (docs/results.md: Executed notebooks).
 #
 # Poisoning fraction (the draft's table; `results/cpu/fraction.md`, `figures/cpu/fraction.png`):
 # Table 1's MEM protections, applied to a seeded random fraction p of the train images, the rest

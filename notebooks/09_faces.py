@@ -94,7 +94,7 @@ figures.save_figure(figure, settings.figures_dir, "faces_protected_examples")
 # ## Reading at cpu scale
 #
 # The committed cpu results (`results/cpu/`, `figures/cpu/`) as read when they were made; the
-# executed copy in `executed/cpu/` was rebuilt later on another machine (README: Executed notebooks).
+# executed copy in `executed/cpu/` was rebuilt later on another machine (docs/results.md: Executed notebooks).
 #
 # Table 4, face privacy (`results/cpu/table4_faces.md`, chance levels in
 # `table4_faces_chance.md`, `figures/cpu/table4_faces.png`): faces20 (20 people, 1,483 train and

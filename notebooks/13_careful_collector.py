@@ -58,7 +58,7 @@
 # trigger, while stripping 8 takes most of the words of a clean caption (Flickr8k's have about 12). The other ideas tried on val
 # (the trigger at a random word of each caption or at its end, noise made in expectation over the
 # collector's JPEG, crops and flips) are library settings (`trigger_position`, `noise_eot`) that
-# protected less; the README gives their numbers. R-MEM-8 is registered as `rmem-8` in
+# protected less; the reading below gives their numbers. R-MEM-8 is registered as `rmem-8` in
 # `mmue_lib.methods.METHODS` and `mmue protect --method rmem-8`.
 #
 # C is the closure against the undefended clean victim (1: as bad as chance, 0: as good as clean

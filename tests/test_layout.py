@@ -1,4 +1,4 @@
-"""The floors of the house (README: Layout): every library module sits on one floor and imports
+"""The floors of the house (docs/layout.md): every library module sits on one floor and imports
 only from floors below it, lazy imports included, so the engine never calls up into what uses it."""
 import ast
 from pathlib import Path
@@ -38,7 +38,7 @@ def imported_modules(path: Path) -> set[str]:
 def test_every_module_is_on_one_floor_and_imports_only_from_below():
     floor_of = {name: index for index, floor in enumerate(FLOORS) for name in floor}
     modules = sorted(path.stem for path in LIBRARY.glob("*.py") if path.stem != "__init__")
-    assert sorted(floor_of) == modules, "put each new module on a floor (here and in the README's Layout)"
+    assert sorted(floor_of) == modules, "put each new module on a floor (here and in docs/layout.md)"
     upward = [f"{name} imports {other}" for name in modules for other in imported_modules(LIBRARY / f"{name}.py")
               if floor_of[other] >= floor_of[name]]
     assert upward == []
