@@ -52,14 +52,20 @@ def export_records(records_file: str | Path, keys: set[str] | None = None) -> in
     """Write the `run_record` of every restorable run (every kind) this cache finished (not those
     it restored) to `records_file`, in the format of `write_run_records`, so that `restore_records`
     can carry them to another machine before the experiment that uses them is done; with `keys`, only
-    the runs whose cache key is one of them (a notebook's). Returns how many."""
+    the runs whose cache key is one of them (a notebook's). The records an existing `records_file`
+    holds of other runs are kept (those a session restored from it among them), so that exporting
+    at the end of each session grows one file. Returns how many runs were written from this cache."""
+    records_file = Path(records_file)
     records = {}
     for kind in _restorable():
         for result_file in sorted((cache_root() / "runs" / kind).glob("*/result.json")):
             run = {**json.loads(result_file.read_text(encoding="utf-8")), "folder": str(result_file.parent)}
             if "restored_from" not in run and (keys is None or result_file.parent.name in keys):
                 records[f"{describe_run(kind, run['spec'])} [{result_file.parent.name}]"] = run_record(run)
-    write_json(records_file, records)
+    fresh = {record["key"] for record in records.values()}
+    kept = json.loads(records_file.read_text(encoding="utf-8")) if records_file.is_file() else {}
+    write_json(records_file, {**{label: record for label, record in kept.items() if record.get("key") not in fresh},
+                              **records})
     return len(records)
 
 

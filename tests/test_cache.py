@@ -163,6 +163,11 @@ def test_the_runs_command_lists_restores_and_exports(fresh_cache, toy, tmp_path,
     assert "0 finished run(s) written (those of 02_table1 at smoke scale)" in capsys.readouterr().out
     key = next((fresh_cache / "runs" / "toy").iterdir()).name
     assert records.export_records(tmp_path / "kept.json", {key}) == 1 and records.export_records(tmp_path / "no.json", set()) == 0
+    earlier = {"an earlier session's run": {"kind": "toy", "key": "0123456789abcdef", "spec": {"n": 9}}}
+    (tmp_path / "grown.json").write_text(json.dumps(earlier))
+    assert records.export_records(tmp_path / "grown.json") == 1
+    grown = json.loads((tmp_path / "grown.json").read_text())
+    assert len(grown) == 2 and grown["an earlier session's run"] == earlier["an earlier session's run"], "kept"
     with pytest.raises(SystemExit, match="--restore: no such file"):
         main(["runs", "--restore", str(tmp_path / "missing.json")])
 
