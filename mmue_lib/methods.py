@@ -6,9 +6,10 @@ shared by all methods, and explicit overrides win over both (`protection_config`
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import ClassVar, Literal
 
+from .checkpoint import setting_differences
 from .defenses import parse_settings, settings_label
 from .storage import keyed_settings
 from .train import check_choices
@@ -250,3 +251,18 @@ def converged(config: ProtectConfig, history: list[dict]) -> bool | None:
     if config.stop_loss is None or config.direction != "minimize":
         return None
     return bool(history) and history[-1]["noise_loss"] < config.stop_loss
+
+
+def checkpoint_differences(state: dict, config: ProtectConfig, num_images: int, num_rows: int) -> list[str]:
+    """What differs between a saved protection (or T2UE generator) state and a run of `config` on
+    `num_images` images with `num_rows` captions, in words ('eps 8 saved, 16 now'); `max_rounds`
+    may grow, so it differs only when fewer rounds are asked than were saved."""
+    defaults = asdict(ProtectConfig())
+    optional = {key: defaults[key] for key in ProtectConfig.OPTIONAL_KEYS}
+    differences = setting_differences({**optional, **state["config"]}, asdict(config), free=("max_rounds",))
+    if len(state["history"]) > config.max_rounds:
+        differences.append(f"{len(state['history'])} rounds saved, max_rounds {config.max_rounds} now")
+    if state["dataset"] != [num_images, num_rows]:
+        differences.append(f"{state['dataset'][0]} images and {state['dataset'][1]} captions saved, "
+                           f"{num_images} and {num_rows} now")
+    return differences

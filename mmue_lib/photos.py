@@ -30,11 +30,12 @@ from .data import (CaptionTable, PairDataset, center_crop_geometry, check_image_
                    image_file_names, load_csv_dataset, read_caption_csv, reading_image, resize_center_crop,
                    write_caption_csv)
 from .distributed import resolve_device
-from .methods import METHODS, ProtectConfig, batch_pairs, bound, protection_config, schedule_settings
+from .methods import (METHODS, ProtectConfig, batch_pairs, bound, checkpoint_differences, protection_config,
+                      schedule_settings)
 from .models import create_clip, load_clip, model_image_size
 from .progress import bar as progress_bar
 from .progress import duration
-from .protect import Protection, checkpoint_differences, estimate_seconds, generate_protection
+from .protect import Protection, estimate_seconds, generate_protection
 from .outfolder import (add_to_manifest, check_output_folder, check_room, mib, nearest_existing, prepare_output,
                         read_manifest, state_path)
 from .release import export_protected, protected_dataset, psnr, blockiness, ssim
@@ -351,6 +352,11 @@ DEVICE_SURROGATES = {"cuda": "RN50", "cpu": "RN-small"}
 """The surrogate `mmue protect --model auto` trains from scratch, by device: the paper's RN50 at
 224 px on a GPU; elsewhere a small ResNet CLIP at 64 px (the cpu scale's), which finishes."""
 
+def surrogate_architecture(model: str, device: torch.device) -> str:
+    """The architecture `--model` names, `DEVICE_SURROGATES`' for the device when it is "auto"."""
+    return DEVICE_SURROGATES.get(device.type, DEVICE_SURROGATES["cpu"]) if model == "auto" else model
+
+
 SMALL_COLLECTION = 2000
 """Below this many photos the calibrated protection's loss did not fall in its 3 rounds here
 (`benchmarks/protect_photos.py` on Flickr8k photos: it rose round after round at 41 and 101
@@ -456,7 +462,7 @@ def protect_photos(request: ProtectRequest) -> None:
         check_photo_noise(config)
         names, renamed = published_names(table, [h.alpha for h in headers], request.output_format)
     device = resolve_device(config.device)
-    model = DEVICE_SURROGATES.get(device.type, DEVICE_SURROGATES["cpu"]) if request.model == "auto" else request.model
+    model = surrogate_architecture(request.model, device)
     if generator:
         surrogate = None
     elif request.surrogate:
@@ -655,7 +661,7 @@ def train_photo_generator(request: GeneratorRequest) -> None:
             raise ValueError(f"--out {out} is not a T2UE generator: it is not replaced, even with --force") from None
     config = protection_config("t2ue", schedule_settings(request.schedule), **request.settings)
     device = resolve_device(config.device)
-    model = DEVICE_SURROGATES.get(device.type, DEVICE_SURROGATES["cpu"]) if request.model == "auto" else request.model
+    model = surrogate_architecture(request.model, device)
     surrogate = create_clip(model, image_size=request.size, seed=config.seed)
     size = model_image_size(surrogate)
     state = generator_state_path(request, config, model, size)

@@ -19,16 +19,16 @@ import copy
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
 
-from .checkpoint import Checkpoint, setting_differences
+from .checkpoint import Checkpoint
 from .data import PairDataset
 from .defenses import collector_view
 from .distributed import Context, broadcast_rows, check_batch_size, context, gather_objects, resolve_device, shard
-from .methods import ProtectConfig, converged
+from .methods import ProtectConfig, checkpoint_differences, converged
 from .models import Tokenizer, encode_text, model_context_length, normalize_pixels
 from .progress import bar as progress_bar
 from .storage import seeded_generator
@@ -392,21 +392,6 @@ def _shared_pass(batches: list[torch.Tensor], progress, group_index: torch.Tenso
 
 def _mean(values: list[float]) -> float:
     return sum(values) / max(1, len(values))
-
-
-def checkpoint_differences(state: dict, config: ProtectConfig, num_images: int, num_rows: int) -> list[str]:
-    """What differs between a saved protection state and a run of `config` on `num_images` images
-    with `num_rows` captions, in words ('eps 8 saved, 16 now'); `max_rounds` may grow, so it
-    differs only when fewer rounds are asked than were saved."""
-    defaults = asdict(ProtectConfig())
-    optional = {key: defaults[key] for key in ProtectConfig.OPTIONAL_KEYS}
-    differences = setting_differences({**optional, **state["config"]}, asdict(config), free=("max_rounds",))
-    if len(state["history"]) > config.max_rounds:
-        differences.append(f"{len(state['history'])} rounds saved, max_rounds {config.max_rounds} now")
-    if state["dataset"] != [num_images, num_rows]:
-        differences.append(f"{state['dataset'][0]} images and {state['dataset'][1]} captions saved, "
-                           f"{num_images} and {num_rows} now")
-    return differences
 
 
 def estimate_seconds(dataset: PairDataset, surrogate: torch.nn.Module, config: ProtectConfig,

@@ -145,6 +145,14 @@ def artifact(run: dict, name: str) -> Path:
     return Path(run_kind(kind).recompute(run["spec"])["folder"]) / name
 
 
+def surrogate_clip(surrogate: dict | None, model: str, data: dict, context_length: int, seed: int) -> torch.nn.Module:
+    """The surrogate a protection or a generator starts from: the `surrogate` training run's model,
+    else a fresh `model` at the data's image size, initialised from `seed`."""
+    if surrogate:
+        return run_model(surrogate)
+    return create_clip(model, image_size=data["image_size"], context_length=context_length, seed=seed)
+
+
 def checkpoint_run(path: str, model: str, image_size: int, context_length: int) -> dict:
     """A local open_clip / OpenAI state-dict file standing in for a training run (as `pretrained`
     or `surrogate`); its spec names the file by path, size and modification time."""
@@ -182,9 +190,7 @@ def protection_run(data: dict, method: str, surrogate_model: str, context_length
                                                                  surrogate=surrogate, progress=progress))
 
     def compute(folder: Path) -> dict:
-        model = (run_model(surrogate) if surrogate else
-                 create_clip(surrogate_model, image_size=data["image_size"], context_length=context_length,
-                             seed=config.seed))
+        model = surrogate_clip(surrogate, surrogate_model, data, context_length, config.seed)
         protection = generate_protection(load_data(data, "train"), model, config,
                                          checkpoint_path=folder / PROTECT_CHECKPOINT, progress=progress)
         if distributed.context().is_main:
@@ -244,9 +250,7 @@ def generator_run(data: dict, config: ProtectConfig, surrogate_model: str, conte
             "context_length": context_length, "surrogate": surrogate and surrogate["spec"]}
 
     def compute(folder: Path) -> dict:
-        model = (run_model(surrogate) if surrogate else
-                 create_clip(surrogate_model, image_size=data["image_size"], context_length=context_length,
-                             seed=config.seed))
+        model = surrogate_clip(surrogate, surrogate_model, data, context_length, config.seed)
         corpus = generator_corpus(data, config.generator_corpus)
         trained = train_generator(corpus, model, config, checkpoint_path=folder / GENERATOR_CHECKPOINT,
                                   progress=progress)

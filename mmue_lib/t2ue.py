@@ -25,10 +25,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .checkpoint import Checkpoint, setting_differences
+from .checkpoint import Checkpoint
 from .data import PairDataset
 from .distributed import context, resolve_device, shard
-from .methods import ProtectConfig, converged
+from .methods import ProtectConfig, checkpoint_differences, converged
 from .models import Tokenizer, encode_text, model_context_length, normalize_pixels
 from .progress import bar as progress_bar
 from .storage import save_torch, seeded_generator
@@ -181,7 +181,7 @@ def train_generator(corpus: PairDataset, surrogate: nn.Module, config: ProtectCo
                           total_steps=max(1, config.surrogate_steps * config.max_rounds))
     outcome = TrainedGenerator(generator, config)
     checkpoint = Checkpoint(checkpoint_path, "T2UE generator")
-    state = checkpoint.load(lambda saved: generator_differences(saved, config, corpus.num_images, corpus.num_rows))
+    state = checkpoint.load(lambda saved: checkpoint_differences(saved, config, corpus.num_images, corpus.num_rows))
     if state is not None:
         generator.load_state_dict(state["generator"])
         optimizer.load_state_dict(state["optimizer"])
@@ -255,15 +255,3 @@ def train_generator(corpus: PairDataset, surrogate: nn.Module, config: ProtectCo
 def _finished(outcome: TrainedGenerator) -> TrainedGenerator:
     outcome.generator.cpu().eval()
     return outcome
-
-
-def generator_differences(state: dict, config: ProtectConfig, num_images: int, num_rows: int) -> list[str]:
-    """What differs between a saved generator state and a run of `config` on `num_images` images
-    with `num_rows` captions, in words; `max_rounds` may grow."""
-    differences = setting_differences(state["config"], config.keyed(), free=("max_rounds",))
-    if len(state["history"]) > config.max_rounds:
-        differences.append(f"{len(state['history'])} rounds saved, max_rounds {config.max_rounds} now")
-    if state["dataset"] != [num_images, num_rows]:
-        differences.append(f"{state['dataset'][0]} images and {state['dataset'][1]} captions saved, "
-                           f"{num_images} and {num_rows} now")
-    return differences
