@@ -368,8 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
                               f"{DEVICE_SURROGATES['cuda']} on a GPU, {DEVICE_SURROGATES['cpu']} elsewhere")
     protect.add_argument("--size", type=int, help="surrogate image size in px (default: the model's own)")
     protect.add_argument("--surrogate", help="local checkpoint of the surrogate CLIP (required for uap/tap)")
-    protect.add_argument("--generator", help="a T2UE generator file (mmue train-generator; required for t2ue): each "
-                                             "photo's noise from its first caption in one forward pass, no training")
+    protect.add_argument("--generator", help="a T2UE generator file (mmue train-generator) for --method t2ue: each photo's "
+                                             "noise from its first caption in one forward pass, no training "
+                                             "(default: the generator the project ships)")
     _config_option(protect, ProtectConfig, "max_rounds", default=None, help=_schedule_default("max_rounds"))
     _config_option(protect, ProtectConfig, "surrogate_steps", default=None, help=_schedule_default("surrogate_steps"))
     _config_option(protect, ProtectConfig, "pgd_steps", default=None, help=_schedule_default("pgd_steps"))

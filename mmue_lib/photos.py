@@ -402,6 +402,10 @@ def state_bytes(surrogate: torch.nn.Module, num_images: int, size: int) -> int:
     return 3 * 4 * parameters + num_images * 3 * size * size + 2 ** 20
 
 
+SHIPPED_GENERATOR = Path(__file__).parent / "generators" / "t2ue_flickr8k_64px.pt"
+"""The T2UE generator the project ships (Table 1's at cpu scale: Flickr8k train, 64 px, RN-small; its
+record beside it names the run), used by `mmue protect --method t2ue` without --generator."""
+
 GENERATOR_SETTINGS = ("device",)
 """`mmue protect` settings that apply with a trained T2UE generator (the rest are the generator's)."""
 
@@ -413,10 +417,7 @@ def request_generator(request: ProtectRequest, config: ProtectConfig) -> Trained
         if request.generator:
             raise ValueError(f"--generator is for --method t2ue, not {request.method}")
         return None
-    if not request.generator:
-        raise ValueError("--method t2ue makes each photo's noise with a trained generator: pass --generator FILE "
-                         "(one made by mmue train-generator)")
-    trained = load_generator(request.generator)
+    trained = load_generator(request.generator or SHIPPED_GENERATOR)
     defaults = asdict(ProtectConfig())
     ignored = sorted(name for name, value in request.settings.items() if name not in GENERATOR_SETTINGS
                      and value != defaults[name] and value != getattr(trained.config, name))
@@ -452,6 +453,11 @@ def protect_photos(request: ProtectRequest) -> None:
     check_output_folder(out, table.image_paths, table.image_lines, table.csv_path)
     config = protection_config(request.method, schedule_settings(request.schedule), **request.settings)
     generator = request_generator(request, config)
+    if generator and not request.generator:
+        request = replace(request, generator=str(SHIPPED_GENERATOR))
+        print(f"note: no --generator: using the project's, {SHIPPED_GENERATOR.name} (trained on Flickr8k train at "
+              f"{generator.generator.image_size} px; train your own on captions like yours with mmue train-generator)",
+              file=sys.stderr)
     config = generator.config if generator else config
     config, vocabulary_note = collection_trigger_words(config, table.captions)
     if config.direction == "maximize" and not request.surrogate:

@@ -7,7 +7,7 @@ from PIL import Image
 
 from mmue_lib.cli import main
 from mmue_lib.data import load_rgb, make_synthetic_dataset, read_caption_csv, resize_center_crop
-from mmue_lib.photos import Photo, carry_noise, model_view, open_photo, published_names, unbound_advice
+from mmue_lib.photos import SHIPPED_GENERATOR, Photo, carry_noise, model_view, open_photo, published_names, unbound_advice
 from mmue_lib.release import blockiness, ssim
 from odd_photos import displayed_size, write_odd_photos
 
@@ -142,7 +142,6 @@ def test_t2ue_protects_odd_photos_from_their_captions_with_a_trained_generator(o
     assert main(train) == 2 and "exists: pass --force" in capsys.readouterr().err
     out = tmp_path / "out"
     protect = ["protect", "--csv", str(odd_folder), "--out", str(out), "--method", "t2ue", "--device", "cpu"]
-    assert main(protect) == 2 and "pass --generator FILE" in capsys.readouterr().err
     assert main(protect + ["--generator", str(generator), "--eps", "4"]) == 2
     assert "--eps: set when the generator is trained" in capsys.readouterr().err
     assert not out.exists(), "refused before anything is written"
@@ -158,6 +157,11 @@ def test_t2ue_protects_odd_photos_from_their_captions_with_a_trained_generator(o
         published = open_photo(path)
         assert published.size == source.size and published.gray == source.gray
         assert np.abs(published.pixels.astype(int) - source.pixels.astype(int)).max() <= 8
+    shipped = tmp_path / "shipped"
+    assert main(["protect", "--csv", str(odd_folder), "--out", str(shipped), "--method", "t2ue", "--device", "cpu"]) == 0
+    assert "no --generator: using the project's" in capsys.readouterr().err
+    report = json.loads((shipped / "report.json").read_text())
+    assert report["generator"] == str(SHIPPED_GENERATOR) and report["image_size"] == 64
 
 
 def test_model_resolution_output_is_what_the_surrogate_saw(tmp_path):

@@ -1,3 +1,4 @@
+import hashlib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -8,6 +9,7 @@ import torch
 from mmue_lib import t2ue as t2ue_module
 from mmue_lib.data import make_synthetic_dataset
 from mmue_lib.methods import method_config
+from mmue_lib.photos import SHIPPED_GENERATOR
 from mmue_lib.models import Tokenizer, create_clip
 from mmue_lib.runs import data_spec, generator_corpus, load_protection, protection_run, training_run
 from mmue_lib.t2ue import CaptionBags, NoiseGenerator, generated_noise, load_generator, new_generator, train_generator
@@ -141,3 +143,14 @@ def test_a_t2ue_protection_run_protects_from_captions_and_a_victim_trains_on_it(
     victim = training_run(data, "RN-tiny", 32, {"epochs": 1, "batch_size": 16, "device": "cpu"},
                           protection=zero_contact, progress=False)
     assert victim["final"]["i2t_MedR"] > 0
+
+
+def test_the_shipped_generator_is_the_recorded_run_of_table_1():
+    about = json.loads(SHIPPED_GENERATOR.with_suffix(".json").read_text())
+    assert hashlib.sha256(SHIPPED_GENERATOR.read_bytes()).hexdigest() == about["sha256"]
+    root = Path(__file__).resolve().parents[1]
+    record = json.loads((root / about["run_records"]).read_text())[about["run"]]
+    trained = load_generator(SHIPPED_GENERATOR)
+    assert record["kind"] == "generator" and about["run"].endswith(f"[{record['key']}]")
+    assert {name: getattr(trained.config, name) for name in record["spec"]["config"]} == record["spec"]["config"]
+    assert trained.generator.image_size == record["spec"]["data"]["image_size"]
