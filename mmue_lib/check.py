@@ -9,12 +9,17 @@ it trained on, with clean images and clean captions (what anyone later queries w
 median rank of your photos says how well a victim learnt them; the protection works when the
 protected victim ranks them as badly as the one that never saw them (moved 1 of the way from
 posted clean toward never posted).
+
+The victims train from scratch, or (`collector="pretrained"`, as `16_informed_collector`'s
+collector) fine-tune the collector's own CLIP, first trained on clean background photos that the
+victims' background does not hold: does fine-tuning from a model that already learnt clean data
+undo the protection?
 """
 from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +29,7 @@ from . import distributed
 from .data import (DataError, PairDataset, check_image_files, concat_datasets, count_shared_images, file_stats,
                    load_csv_dataset, read_caption_csv)
 from .metrics import image_to_text_ranks, text_to_image_ranks
-from .models import create_clip, encode_images, encode_texts, model_context_length, model_image_size
+from .models import create_clip, encode_images, encode_texts, model_context_length, model_image_size, save_clip
 from .progress import labelled
 from .storage import expand_path, stable_hash, write_json
 from .train import TokenizedPairs, TrainConfig, train_clip
@@ -35,6 +40,23 @@ VICTIMS = {"never_posted": "never posted (background only)",
            "posted_clean": "posted clean (background + your photos)",
            "protected": "protected (background + your protected photos)"}
 """The three victims, by what the collector gathered."""
+
+COLLECTORS = {"scratch": "trains each victim from scratch",
+              "pretrained": "fine-tunes its own CLIP, trained first on clean background photos the victims' "
+                            "background does not hold"}
+"""How the collector's victims start (`mmue check --collector`)."""
+
+FINE_TUNING_EPOCHS_SHARE, FINE_TUNING_LR_SHARE, FINE_TUNING_WARMUP_STEPS = 0.5, 0.1, 10
+"""A pretrained collector fine-tunes for this share of the check's epochs, at this share of its
+learning rate, after this many warm-up steps (16_informed_collector's cpu settings: 4 epochs at
+5e-5 after 8 at 5e-4)."""
+
+
+def fine_tuning(train: TrainConfig, frozen_groups: int = 0) -> TrainConfig:
+    """The settings a pretrained collector fine-tunes with, from the check's training settings."""
+    return replace(train, epochs=max(1, round(train.epochs * FINE_TUNING_EPOCHS_SHARE)),
+                   lr=train.lr * FINE_TUNING_LR_SHARE, warmup_steps=FINE_TUNING_WARMUP_STEPS,
+                   freeze_image_groups=frozen_groups)
 
 
 @dataclass
@@ -51,6 +73,12 @@ class CheckRequest:
     size: int | None = None
     context_length: int | None = None
     pretrained: str | None = None
+    collector: str = "scratch"
+    pretrain_images: int | None = None
+    """With collector "pretrained": the background images after the first `background_images` that
+    the collector's own CLIP trains on (None: all of them)."""
+    frozen_groups: int = 0
+    """With collector "pretrained": image-tower groups kept frozen while fine-tuning (SSC)."""
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=8, rows_per_epoch="one_per_image"))
 
 
@@ -90,12 +118,50 @@ def protected_size(protected_csv: Path) -> int | None:
         return None
 
 
+def check_collector(request: CheckRequest) -> None:
+    """Refuse collector options that do not go together, naming them, before any compute."""
+    if request.collector not in COLLECTORS:
+        raise ValueError(f"--collector {request.collector}: choose one of {', '.join(COLLECTORS)}")
+    if request.collector == "scratch" and (request.frozen_groups or request.pretrain_images is not None):
+        raise ValueError("--frozen-groups and --pretrain-images are for --collector pretrained")
+    if request.collector == "pretrained" and request.pretrained:
+        raise ValueError("--pretrained and --collector pretrained: the pretrained collector trains its own CLIP on "
+                         "the background; give one of them")
+    if request.pretrain_images is not None and request.pretrain_images < 1:
+        raise ValueError(f"--pretrain-images {request.pretrain_images}: must be at least 1")
+
+
+def collector_clip(request: CheckRequest, background: PairDataset, yours: PairDataset) -> Path:
+    """Train (resumably) the pretrained collector's own CLIP on `background`, clean photos the victims
+    never see, and save it in `request.out`; returns its file."""
+    shared = count_shared_images(background, yours)
+    if shared:
+        raise DataError(f"{shared} of your {yours.num_images} photos are also among the background photos the "
+                        f"collector's own CLIP trains on: give a background without them")
+    out = Path(request.out)
+    key = f"{collection_key(background)}-{stable_hash(asdict(request.train))[:8]}"
+    path = out / f"collector-{key}.pt"
+    print(f"the collector's own CLIP: {request.model} trained on {background.num_images} clean background photos "
+          f"the victims do not train on", flush=True)
+    if not path.is_file():
+        model = create_clip(request.model, image_size=request.size, context_length=request.context_length,
+                            seed=request.train.seed)
+        with labelled("the collector's own CLIP"):
+            result = train_clip(model, TokenizedPairs.from_dataset(background, model_context_length(model)),
+                                request.train, checkpoint_path=out / f"collector-{key}.ckpt")
+        with distributed.main_first():
+            if distributed.context().is_main and not path.is_file():
+                save_clip(result.model, path, {"background": background.num_images, "train": asdict(request.train)})
+    return path
+
+
 def check_photos(request: CheckRequest) -> dict:
     """Train the three victims (each resumable from its state in `request.out`, named by the photos it
     trains on, so that checks of several protections share the other two), score your photos and
     write check.json;
     returns its content. Every input is checked before any training."""
     out = Path(request.out)
+    check_collector(request)
     clean_table, protected_table = read_caption_csv(request.clean), read_caption_csv(request.protected)
     background_path = background_csv(request)
     for table in (clean_table, protected_table, read_caption_csv(background_path)):
@@ -106,12 +172,8 @@ def check_photos(request: CheckRequest) -> dict:
     if not 1 <= request.gallery_others <= request.background_images:
         raise ValueError(f"--gallery-others {request.gallery_others}: allowed 1 to --background-images "
                          f"({request.background_images})")
-    def victim_model() -> torch.nn.Module:
-        return create_clip(request.model, image_size=request.size, context_length=request.context_length,
-                           pretrained=request.pretrained, seed=request.train.seed)
-
-    probe = victim_model()
-    size = model_image_size(probe)
+    size = model_image_size(create_clip(request.model, image_size=request.size, context_length=request.context_length,
+                                        pretrained=request.pretrained, seed=request.train.seed))
     made_at = protected_size(Path(request.protected))
     if made_at is not None and made_at != size:
         print(f"warning: {request.protected} was protected at {made_at} px and is checked at {size} px: its images "
@@ -120,7 +182,15 @@ def check_photos(request: CheckRequest) -> dict:
     with distributed.main_first():
         yours = load_csv_dataset(request.clean, size)
         protected = load_csv_dataset(request.protected, size)
-        background = load_csv_dataset(background_path, size, max_images=request.background_images)
+        own_images = None if request.pretrain_images is None else request.background_images + request.pretrain_images
+        everything = load_csv_dataset(background_path, size,
+                                      max_images=request.background_images if request.collector == "scratch" else own_images)
+    background = everything.subset(range(min(request.background_images, everything.num_images)))
+    own = everything.subset(range(background.num_images, everything.num_images))
+    if request.collector == "pretrained" and not own.num_images:
+        raise DataError(f"the background {background_path} has {everything.num_images} images, none beyond "
+                        f"--background-images {request.background_images} for the collector's own CLIP: give a "
+                        f"larger --background or a smaller --background-images")
     shared = count_shared_images(background, yours)
     if shared:
         raise DataError(f"{shared} of your {yours.num_images} photos are also in the background {background_path}: "
@@ -132,6 +202,17 @@ def check_photos(request: CheckRequest) -> dict:
                    "protected": [background, protected]}
     gallery = concat_datasets([yours.first_captions(), background.subset(range(request.gallery_others)).first_captions()],
                               "gallery")
+    pretrained, train, start = request.pretrained, request.train, ""
+    if request.collector == "pretrained":
+        pretrained = collector_clip(request, own, yours)
+        train, start = fine_tuning(request.train, request.frozen_groups), f"-from-{Path(pretrained).stem}"
+        if request.frozen_groups:
+            start += f"-frozen{request.frozen_groups}"
+
+    def victim_model() -> torch.nn.Module:
+        return create_clip(request.model, image_size=request.size, context_length=request.context_length,
+                           pretrained=pretrained, seed=request.train.seed)
+
     ranks = {}
     for number, (name, parts) in enumerate(collections.items(), start=1):
         collection = concat_datasets(parts, name)
@@ -140,7 +221,7 @@ def check_photos(request: CheckRequest) -> dict:
         model = victim_model()
         with labelled(f"victim {number} of {len(collections)} ({name.replace('_', ' ')})"):
             result = train_clip(model, TokenizedPairs.from_dataset(collection, model_context_length(model)),
-                                request.train, checkpoint_path=out / f"{name}-{collection_key(collection)}.ckpt")
+                                train, checkpoint_path=out / f"{name}-{collection_key(collection)}{start}.ckpt")
         ranks[name] = gallery_ranks(result.model, gallery)
     if not distributed.context().is_main:
         return {}
@@ -149,7 +230,10 @@ def check_photos(request: CheckRequest) -> dict:
               "background_csv": str(background_path), "background_images": background.num_images,
               "gallery": f"your {yours.num_images} photos and {request.gallery_others} background photos, one "
                          f"clean caption each", "model": request.model, "image_size": size,
-              "train": asdict(request.train), **summary}
+              "collector": f"{request.collector}: {COLLECTORS[request.collector]}", "train": asdict(train),
+              **({"collector_clip": {"file": str(pretrained), "background_images": own.num_images,
+                                     "train": asdict(request.train)}} if request.collector == "pretrained" else {}),
+              **summary}
     write_json(out / "check.json", report)
     return report
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal, get_args, get_origin, get_type_hints
 
 from . import data, distributed
-from .check import DEFAULT_BACKGROUND
+from .check import COLLECTORS, DEFAULT_BACKGROUND
 from .methods import METHODS, SCHEDULES, ProtectConfig
 from .photos import (DEVICE_SURROGATES, OUTPUT_FORMATS, GeneratorRequest, ProtectRequest, protect_photos,
                      train_photo_generator)
@@ -99,7 +99,8 @@ def _check(args: argparse.Namespace) -> None:
     request = CheckRequest(clean=args.clean, protected=args.protected, out=args.out, background=args.background,
                            background_images=args.background_images, gallery_others=args.gallery_others,
                            model=args.model, size=args.size, context_length=args.context_length,
-                           pretrained=args.pretrained, train=_train_config(args))
+                           pretrained=args.pretrained, collector=args.collector, pretrain_images=args.pretrain_images,
+                           frozen_groups=args.frozen_groups, train=_train_config(args))
     report = check_photos(request)
     if report:
         print_check(report)
@@ -335,6 +336,17 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--background-images", type=int, default=2000, help="background images each victim trains on")
     check.add_argument("--gallery-others", type=int, default=400,
                        help="background photos searched beside yours (all of them trained on)")
+    check.add_argument("--collector", default="scratch", choices=list(COLLECTORS),
+                       help="scratch: victims train from scratch; pretrained: the collector first trains its own CLIP "
+                            "on clean background photos after the first --background-images (with the training "
+                            "options below), then each victim fine-tunes it for half the epochs at a tenth of the "
+                            "learning rate: does fine-tuning a model that knows clean data undo the protection?")
+    check.add_argument("--pretrain-images", type=int,
+                       help="with --collector pretrained: background images its own CLIP trains on (default: all "
+                            "after the first --background-images)")
+    check.add_argument("--frozen-groups", type=int, default=0,
+                       help="with --collector pretrained: image-tower groups kept frozen while fine-tuning, as SSC "
+                            "does (a ResNet's stem is 1, with its first stage 2, ...)")
     _add_training_arguments(check, max_images=False)
     check.set_defaults(run=_check, epochs=8, rows_per_epoch="one_per_image")
 

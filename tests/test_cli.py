@@ -1,4 +1,5 @@
 import json
+from dataclasses import asdict
 from types import SimpleNamespace
 
 import pytest
@@ -9,6 +10,7 @@ from mmue_lib.check import check_verdict
 from mmue_lib.cli import main
 from mmue_lib.data import load_csv_dataset, make_synthetic_dataset
 from mmue_lib.outfolder import state_path
+from mmue_lib.train import TrainConfig
 
 
 def test_synthetic_train_eval_round_trip(tmp_path, capsys):
@@ -64,6 +66,41 @@ def test_check_trains_three_victims_on_a_background_and_ranks_your_photos(tmp_pa
     assert main(["check", "--clean", str(yours), "--protected", str(same_as_clean), "--out", str(tmp_path / "bad"),
                  *common]) == 2
     assert "no --background given and no Flickr8k at" in capsys.readouterr().err
+
+
+def test_check_against_a_pretrained_collector_fine_tunes_its_own_clip(tmp_path, capsys):
+    assert main(["synthetic", "--out", str(tmp_path / "syn"), "--train-images", "40", "--test-images", "20"]) == 0
+    background, yours = tmp_path / "syn" / "train.csv", tmp_path / "syn" / "test.csv"
+    common = ["--clean", str(yours), "--protected", str(yours), "--background", str(background), "--gallery-others",
+              "10", "--model", "RN-tiny", "--epochs", "2", "--batch-size", "20", "--device", "cpu"]
+    assert main(["check", *common, "--out", str(tmp_path / "bad"), "--frozen-groups", "1"]) == 2
+    assert "are for --collector pretrained" in capsys.readouterr().err
+    assert main(["check", *common, "--out", str(tmp_path / "bad"), "--collector", "pretrained",
+                 "--background-images", "40"]) == 2
+    assert "none beyond --background-images 40 for the collector's own CLIP" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists(), "refused before anything is written"
+    out = tmp_path / "check"
+    assert main(["check", *common, "--out", str(out), "--collector", "pretrained", "--background-images", "25",
+                 "--frozen-groups", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "the collector's own CLIP: RN-tiny trained on 15 clean background photos" in printed
+    assert "victim 1 of 3, never posted (background only): 25 photos" in printed
+    check = json.loads((out / "check.json").read_text())
+    assert check["collector"].startswith("pretrained") and check["collector_clip"]["background_images"] == 15
+    assert check["train"]["epochs"] == 1 and check["train"]["lr"] == pytest.approx(5e-5)
+    assert check["train"]["freeze_image_groups"] == 1 and check["collector_clip"]["train"]["epochs"] == 2
+    assert torch.load(check["collector_clip"]["file"], weights_only=True)["model_name"] == "RN-tiny"
+    for medians in check["yours_median_rank"].values():
+        assert medians["protected"] == medians["posted_clean"], "the same data and start: the same victim"
+
+
+def test_the_pretrained_collector_of_check_fine_tunes_as_the_informed_collector_does():
+    from mmue_lib.check import fine_tuning
+    from mmue_lib.settings import load_settings
+
+    settings = load_settings("16_informed_collector", "cpu")
+    tuned = asdict(fine_tuning(TrainConfig(**settings.train_with(settings.options.own_train))))
+    assert {name: tuned[name] for name in settings.options.finetune} == settings.options.finetune
 
 
 def test_check_says_in_words_what_the_protection_did():
