@@ -294,7 +294,7 @@ def planned(function: Callable) -> Callable:
         finally:
             _PLAN.reset(token)
         if not plan.todo:
-            print(f"all {len(plan.runs)} runs from the cache ({cache_root() / 'runs'})", flush=True)
+            print(f"all {len(plan.runs)} runs from the cache ({shown_path(cache_root() / 'runs')})", flush=True)
         for folder, (kind, spec) in plan.runs.items():
             warning = KINDS[kind].warning(spec, plan.results[folder])
             if warning:

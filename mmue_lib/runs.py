@@ -7,6 +7,7 @@ key policy of `storage.keyed_settings`.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -25,7 +26,7 @@ from .methods import METHODS, ProtectConfig, batch_pairs, bound, protection_conf
 from .models import create_clip, load_clip, model_context_length, save_clip
 from .protect import Protection, generate_protection
 from .release import protected_dataset
-from .storage import expand_path, save_torch
+from .storage import expand_path, save_torch, write_json
 from .t2ue import generated_noise, load_generator, train_generator
 from .train import TokenizedPairs, TrainConfig, train_clip
 
@@ -141,8 +142,21 @@ def artifact(run: dict, name: str) -> Path:
                            f"{name}; compute it in one process first, or remove {run['folder']}")
     print(f"{describe_run(kind, run['spec'])}: restored from records without its {name}, which is needed here: "
           "computing it again", flush=True)
-    (Path(run["folder"]) / "result.json").unlink()
-    return Path(run_kind(kind).recompute(run["spec"])["folder"]) / name
+    result_file = Path(run["folder"]) / "result.json"
+    recorded = json.loads(result_file.read_text(encoding="utf-8"))
+    result_file.unlink()
+    again = run_kind(kind).recompute(run["spec"])
+    keep_record(Path(again["folder"]), recorded)
+    return Path(again["folder"]) / name
+
+
+def keep_record(folder: Path, recorded: dict) -> None:
+    """After a restored run's files were computed again, keep its recorded result (metrics, seconds,
+    peak memory: one set of numbers across notebooks and sessions), noting the recomputation's
+    own seconds and provenance beside it."""
+    again = json.loads((folder / "result.json").read_text(encoding="utf-8"))
+    write_json(folder / "result.json", {**recorded, "files_recomputed": {
+        "seconds": again.get("seconds"), "provenance": again.get("provenance")}})
 
 
 def surrogate_clip(surrogate: dict | None, model: str, data: dict, context_length: int, seed: int) -> torch.nn.Module:

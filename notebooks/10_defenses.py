@@ -100,8 +100,8 @@ tables.write_table(examples, settings.results_dir, "defenses_caption_examples")
 # %% [markdown]
 # ## Reading at cpu scale
 #
-# The committed cpu results (`results/cpu/`, `figures/cpu/`) as read when they were made (no
-# executed copy of this notebook is committed yet: `make executed` makes one).
+# Read against the committed cpu results, which one execution of this notebook wrote together:
+# `executed/cpu/10_defenses.ipynb`, its tables in `results/cpu/` and its figures in `figures/cpu/`.
 #
 # Extension: countermeasures (`10_defenses`; `results/cpu/defenses.md`, `figures/cpu/defenses.png`,
 # what the caption defenses leave of protected captions in `results/cpu/defenses_caption_examples.md`,

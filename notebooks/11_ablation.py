@@ -82,8 +82,8 @@ figures.save_figure(figure, settings.figures_dir, "ablation_rounds")
 # %% [markdown]
 # ## Reading at cpu scale
 #
-# The committed cpu results (`results/cpu/`, `figures/cpu/`) as read when they were made (no
-# executed copy of this notebook is committed yet: `make executed` makes one).
+# Read against the committed cpu results, which one execution of this notebook wrote together:
+# `executed/cpu/11_ablation.ipynb`, its tables in `results/cpu/` and its figures in `figures/cpu/`.
 #
 # Extension: paper text vs official code (`11_ablation`; `results/cpu/ablation.md`,
 # `figures/cpu/ablation.png`, runs in `results/cpu/runs/ablation.json`). Each point of

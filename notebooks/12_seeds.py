@@ -88,8 +88,8 @@ tables.write_table(differences, settings.results_dir, "seeds_mem_vs_em")
 # %% [markdown]
 # ## Reading at cpu scale
 #
-# The committed cpu results (`results/cpu/`, `figures/cpu/`) as read when they were made (no
-# executed copy of this notebook is committed yet: `make executed` makes one).
+# Read against the committed cpu results, which one execution of this notebook wrote together:
+# `executed/cpu/12_seeds.ipynb`, its tables in `results/cpu/` and its figures in `figures/cpu/`.
 #
 # Extension: seeds (`12_seeds`; `results/cpu/seeds.md`, per run `seeds_per_run.md`, the
 # MEM-EM test `seeds_mem_vs_em.md`, `figures/cpu/seeds.png`, runs in `results/cpu/runs/seeds.json`).

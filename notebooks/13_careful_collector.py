@@ -163,8 +163,8 @@ tables.write_table(examples, settings.results_dir, "careful_collector_caption_ex
 # %% [markdown]
 # ## Reading at cpu scale
 #
-# The committed cpu results (`results/cpu/`, `figures/cpu/`) as read when they were made (no
-# executed copy of this notebook is committed yet: `make executed` makes one).
+# Read against the committed cpu results, which one execution of this notebook wrote together:
+# `executed/cpu/13_careful_collector.ipynb`, its tables in `results/cpu/` and its figures in `figures/cpu/`.
 #
 # Extension: against a careful collector (`13_careful_collector`; `results/cpu/careful_collector.md`,
 # R-MEM-8 under each single countermeasure of `10_defenses` in `careful_collector_single.md`,

@@ -138,7 +138,10 @@ def test_restored_runs_serve_their_records_and_a_protection_is_computed_again_on
     monkeypatch.setattr(runs, "generate_protection", real_generate)
     assert torch.equal(runs.load_protection(again).noise, noise), "the noise, computed again, is the same"
     assert "restored from records without its protection.pt" in capsys.readouterr().out
-    assert "restored_from" not in json.loads((Path(again["folder"]) / "result.json").read_text())
+    kept = json.loads((Path(again["folder"]) / "result.json").read_text())
+    assert kept["seconds"] == protection["seconds"] and kept["history"] == protection["history"], \
+        "the record stays the recorded one: one set of numbers"
+    assert kept["files_recomputed"]["provenance"]["torch"] == torch.__version__
 
 
 def test_victims_can_be_scored_on_val_under_their_own_keys():
