@@ -247,6 +247,8 @@ def point_label(experiment: Experiment) -> str:
 
 
 VARIES = {"image_size": "image size", "model": "architecture", "max_train_images": "train images"}
+STUDY_POINT = "none (the study's point)"
+"""What the ladder's point without overrides varies: the study's own operating point."""
 """What a ladder point varies, in words."""
 
 
@@ -257,7 +259,7 @@ def ladder_sizes(settings: Settings) -> dict[str, dict]:
     sizes = {}
     for point in settings.options.ladder:
         experiment = ladder_point(base, point)
-        varies = ", ".join(VARIES[key] for key in point) or "none (the study's point)"
+        varies = ", ".join(VARIES[key] for key in point) or STUDY_POINT
         sizes[point_label(experiment)] = {
             "varies": varies, "image_size": experiment.data["image_size"], "model": experiment.victim_model,
             "images": load_data(experiment.data, "train").num_images,

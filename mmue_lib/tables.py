@@ -419,6 +419,44 @@ def power_law(work: np.ndarray, seconds: np.ndarray) -> dict[str, float]:
     return {"a": math.exp(fit.intercept), "b": fit.slope, "b stderr": fit.stderr, "spread": spread}
 
 
+def closure_trend(table: pd.DataFrame, method: str, paper_point: dict[str, tuple[float, float]]) -> pd.DataFrame:
+    """Per direction: the least-squares line of `method`'s closure C on the clean victim's quality q
+    over the points of `scale_table` (slope and its standard error), the C it predicts at the
+    paper's q (`paper_point[direction]` = (q, C)) with the 95% confidence interval of that
+    prediction, the paper's C, and whether the paper's C lies inside the interval."""
+    rows = []
+    for direction in ("i2t", "t2i"):
+        q, closure = table[f"{direction} q"].to_numpy(float), table[f"{method} {direction} C"].to_numpy(float)
+        fit = stats.linregress(q, closure)
+        paper_q, paper_c = paper_point[direction]
+        predicted = fit.intercept + fit.slope * paper_q
+        residual = np.sqrt(np.sum((closure - fit.intercept - fit.slope * q) ** 2) / (len(q) - 2))
+        spread = residual * np.sqrt(1 / len(q) + (paper_q - q.mean()) ** 2 / np.sum((q - q.mean()) ** 2))
+        half = float(stats.t.ppf(0.975, len(q) - 2) * spread)
+        rows.append({"direction": direction, "points": len(q), "slope": fit.slope, "slope stderr": fit.stderr,
+                     "paper q": paper_q, "C predicted at paper q": predicted, "±95%": half, "paper C": paper_c,
+                     "paper C inside": bool(abs(paper_c - predicted) <= half)})
+    return pd.DataFrame(rows)
+
+
+def axis_effects(table: pd.DataFrame, method: str, study_point: str) -> pd.DataFrame:
+    """Per axis the ladder moves one at a time (`varies` of `scale_table`, the study's point, whose
+    `varies` is `study_point`, counted on every axis): its points, and per direction the lowest and
+    highest clean quality q and closure C of `method` along it, and how far C moves (highest - lowest)."""
+    study = table[table["varies"] == study_point]
+    rows = []
+    for axis, part in table[table["varies"] != study_point].groupby("varies", sort=False):
+        points = pd.concat([study, part])
+        row = {"axis": axis, "points": len(points)}
+        for direction in ("i2t", "t2i"):
+            q, closure = points[f"{direction} q"], points[f"{method} {direction} C"]
+            row.update({f"{direction} q low": q.min(), f"{direction} q high": q.max(),
+                        f"{direction} C low": closure.min(), f"{direction} C high": closure.max(),
+                        f"{direction} C moves": closure.max() - closure.min()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def extrapolated_costs(laws: dict[str, dict[str, float]], runs: list[dict], per_epoch: tuple[str, ...]) -> pd.DataFrame:
     """What each fitted cost law (`power_law`, one per kind of run) says the runs of `runs` (each:
     label, work, and epochs_factor: the run's epochs over the fitted victims') would take here, in

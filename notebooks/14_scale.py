@@ -17,6 +17,8 @@
 #     - results/scale.csv
 #     - results/scale.md
 #     - results/scale_cost_extrapolated.csv
+#     - results/scale_trend.csv
+#     - results/scale_axes.csv
 #     - results/scale_schedule.csv
 #     - results/scale_seeds.csv
 #     - figures/scale_closure.png
@@ -100,6 +102,20 @@ paper_point = {direction: (published["Clean"][f"{direction}_MedR"] / published["
                for direction in ("i2t", "t2i")}
 figure = figures.plot_closure_against_quality(table, method, paper_point)
 figures.save_figure(figure, settings.figures_dir, "scale_closure")
+
+# %% [markdown]
+# Does the trend reach the paper's point? Per direction, the line's slope, the C it predicts at the
+# paper's quality with the 95% confidence interval of that prediction, and whether the paper's C lies
+# inside. Then which axis moves C most: per axis moved one at a time (the study's point counted on
+# each), the range of clean quality and of C along it.
+
+# %%
+trend = tables.closure_trend(table, method, paper_point)
+tables.write_table(trend, settings.results_dir, "scale_trend")
+
+# %%
+axes = tables.axis_effects(table, method, experiments.STUDY_POINT)
+tables.write_table(axes, settings.results_dir, "scale_axes")
 
 # %% [markdown]
 # ## What a run costs, and what the paper's runs would cost here

@@ -140,6 +140,26 @@ def test_the_scale_table_gives_quality_closure_and_cost_per_point():
     assert len(figure.axes) == 2
 
 
+def test_the_closure_trend_says_whether_it_reaches_the_papers_point_and_which_axis_moves_c_most():
+    q = np.array([0.2, 0.3, 0.4, 0.5])
+    noise = np.array([0.01, -0.01, -0.01, 0.01])
+    table = pd.DataFrame({"varies": ["study", "image size", "image size", "train images"],
+                          "i2t q": q, "t2i q": q, "MEM-3 i2t C": 2 * q + noise, "MEM-3 t2i C": 2 * q + noise})
+    trend = tables.closure_trend(table, "MEM-3", {"i2t": (0.1, 0.2), "t2i": (0.1, 0.9)}).set_index("direction")
+    assert trend.loc["i2t", "slope"] == pytest.approx(2.0, abs=0.1)
+    assert trend.loc["i2t", "C predicted at paper q"] == pytest.approx(0.2, abs=0.05)
+    wide = trend.loc["i2t", "±95%"]
+    assert 0 < wide < 0.3 and trend.loc["i2t", "paper C inside"] and not trend.loc["t2i", "paper C inside"]
+    fit = np.polyfit(q, 2 * q + noise, 1)
+    residual = np.sqrt(np.sum((2 * q + noise - np.polyval(fit, q)) ** 2) / 2)
+    by_hand = 4.303 * residual * np.sqrt(1 / 4 + (0.1 - 0.35) ** 2 / np.sum((q - 0.35) ** 2))
+    assert wide == pytest.approx(by_hand, rel=1e-3), "the textbook interval of a predicted mean"
+    axes = tables.axis_effects(table, "MEM-3", "study").set_index("axis")
+    assert list(axes.index) == ["image size", "train images"] and axes.loc["image size", "points"] == 3
+    assert axes.loc["image size", "i2t C moves"] == pytest.approx(0.79 - 0.41)
+    assert axes.loc["train images", "i2t q low"] == 0.2 and axes.loc["train images", "i2t q high"] == 0.5
+
+
 def test_a_power_law_is_recovered_and_extrapolated_per_epoch_only_for_training():
     work = np.array([1e3, 1e4, 1e5, 1e6])
     law = tables.power_law(work, 3.0 * work ** 0.8)
