@@ -49,6 +49,17 @@ def test_committed_cpu_runs_keep_their_cache_keys(record):
     assert recorded and recorded <= planned
 
 
+def test_a_run_has_one_record_across_the_committed_files():
+    """One set of numbers: a run that several notebooks share is recorded alike in each of their files."""
+    first, differing = {}, []
+    for path in sorted((PROJECT_ROOT / "results" / "cpu" / "runs").glob("*.json")):
+        for label, entry in json.loads(path.read_text()).items():
+            seen = first.setdefault(entry["key"], (path.name, label, entry))
+            if seen[2] != entry:
+                differing.append(f"{path.name} {label!r} differs from {seen[0]} {seen[1]!r}")
+    assert not differing, differing
+
+
 def test_table1_run_specs_equal_the_committed_ones():
     committed = json.loads((PROJECT_ROOT / "results" / "cpu" / "runs" / "table1.json").read_text())
     planned = {Path(folder).name: spec for folder, (_, spec) in
