@@ -91,8 +91,8 @@ figures.save_figure(figure, settings.figures_dir, "table1_examples")
 # %% [markdown]
 # ## Reading at cpu scale
 #
-# The committed cpu results (`results/cpu/`, `figures/cpu/`) as read when they were made; the
-# executed copy in `executed/cpu/` was rebuilt later on another machine (docs/results.md: Executed notebooks).
+# Read against the committed cpu results, which one execution of this notebook wrote together:
+# `executed/cpu/02_table1.ipynb`, its tables in `results/cpu/` and its figures in `figures/cpu/`.
 #
 # Table 1 (`results/cpu/table1.md`, every run's parameters, seeds and times in
 # `results/cpu/runs/table1.json`). Hit@10 % / MedR on the 1,000 test images, the paper's

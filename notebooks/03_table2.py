@@ -61,8 +61,8 @@ tables.write_table(table, settings.results_dir, "table2")
 # %% [markdown]
 # ## Reading at cpu scale
 #
-# The committed cpu results (`results/cpu/`, `figures/cpu/`) as read when they were made; the
-# executed copy in `executed/cpu/` was rebuilt later on another machine (docs/results.md: Executed notebooks).
+# Read against the committed cpu results, which one execution of this notebook wrote together:
+# `executed/cpu/03_table2.ipynb`, its tables in `results/cpu/` and its figures in `figures/cpu/`.
 #
 # Table 2 (`results/cpu/table2.md`, runs in `results/cpu/runs/table2.json`): the MEM-3
 # protection made on RN-small (Table 1's), victims of three architectures trained from scratch

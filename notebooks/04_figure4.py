@@ -65,8 +65,8 @@ tables.display_table(curves.pivot(index="epoch", columns="method", values="t2i_M
 # %% [markdown]
 # ## Reading at cpu scale
 #
-# The committed cpu results (`results/cpu/`, `figures/cpu/`) as read when they were made; the
-# executed copy in `executed/cpu/` was rebuilt later on another machine (docs/results.md: Executed notebooks).
+# Read against the committed cpu results, which one execution of this notebook wrote together:
+# `executed/cpu/04_figure4.ipynb`, its tables in `results/cpu/` and its figures in `figures/cpu/`.
 #
 # Figure 4 (`figures/cpu/figure4_training_curves.png`): as in the paper, the MEM victims' training
 # loss falls to ~0 within two epochs (the shortcut is learnt at once) while their test MedR stays

@@ -79,8 +79,8 @@ figures.save_figure(figure, settings.figures_dir, "figure5_integrated_gradients"
 # %% [markdown]
 # ## Reading at cpu scale
 #
-# The committed cpu results (`results/cpu/`, `figures/cpu/`) as read when they were made; the
-# executed copy in `executed/cpu/` was rebuilt later on another machine (docs/results.md: Executed notebooks).
+# Read against the committed cpu results, which one execution of this notebook wrote together:
+# `executed/cpu/05_figure5.ipynb`, its tables in `results/cpu/` and its figures in `figures/cpu/`.
 #
 # Figure 5 (`figure5_gradcam.png`, `figure5_integrated_gradients.png`): the MEM-3 victim's caption
 # attributions pile up on the first words, where the trigger sits in training.

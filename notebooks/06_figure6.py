@@ -73,8 +73,8 @@ figures.save_figure(figure, settings.figures_dir, "figure6_tsne")
 # %% [markdown]
 # ## Reading at cpu scale
 #
-# The committed cpu results (`results/cpu/`, `figures/cpu/`) as read when they were made; the
-# executed copy in `executed/cpu/` was rebuilt later on another machine (docs/results.md: Executed notebooks).
+# Read against the committed cpu results, which one execution of this notebook wrote together:
+# `executed/cpu/06_figure6.ipynb`, its tables in `results/cpu/` and its figures in `figures/cpu/`.
 #
 # Figure 6 (`figure6_tsne.png`): the MEM-3 victim maps each protected image and its five captions onto one
 # tight cluster (the trigger-noise shortcut), where the clean model spreads them by content.

@@ -82,8 +82,8 @@ figures.save_figure(figure, settings.figures_dir, "semantic_trigger_examples")
 # %% [markdown]
 # ## Reading at cpu scale
 #
-# The committed cpu results (`results/cpu/`, `figures/cpu/`) as read when they were made; the
-# executed copy in `executed/cpu/` was rebuilt later on another machine (docs/results.md: Executed notebooks).
+# Read against the committed cpu results, which one execution of this notebook wrote together:
+# `executed/cpu/07_semantic_triggers.ipynb`, its tables in `results/cpu/` and its figures in `figures/cpu/`.
 #
 # Table 3, semantic triggers (`results/cpu/table3_semantic.md`, examples in
 # `table3_trigger_examples.md` and `figures/cpu/semantic_trigger_examples.png`): with no masked

@@ -70,8 +70,8 @@ figures.save_figure(figure, settings.figures_dir, "fraction")
 # %% [markdown]
 # ## Reading at cpu scale
 #
-# The committed cpu results (`results/cpu/`, `figures/cpu/`) as read when they were made; the
-# executed copy in `executed/cpu/` was rebuilt later on another machine (docs/results.md: Executed notebooks).
+# Read against the committed cpu results, which one execution of this notebook wrote together:
+# `executed/cpu/08_poisoning_fraction.ipynb`, its tables in `results/cpu/` and its figures in `figures/cpu/`.
 #
 # Poisoning fraction (the draft's table; `results/cpu/fraction.md`, `figures/cpu/fraction.png`):
 # Table 1's MEM protections, applied to a seeded random fraction p of the train images, the rest

@@ -93,8 +93,8 @@ figures.save_figure(figure, settings.figures_dir, "faces_protected_examples")
 # %% [markdown]
 # ## Reading at cpu scale
 #
-# The committed cpu results (`results/cpu/`, `figures/cpu/`) as read when they were made; the
-# executed copy in `executed/cpu/` was rebuilt later on another machine (docs/results.md: Executed notebooks).
+# Read against the committed cpu results, which one execution of this notebook wrote together:
+# `executed/cpu/09_faces.ipynb`, its tables in `results/cpu/` and its figures in `figures/cpu/`.
 #
 # Table 4, face privacy (`results/cpu/table4_faces.md`, chance levels in
 # `table4_faces_chance.md`, `figures/cpu/table4_faces.png`): faces20 (20 people, 1,483 train and
