@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/collector_selection.py --scale cpu --candidate "" --candidate "eot_samples: 1"
     .venv/bin/python benchmarks/collector_selection.py --scale cpu --candidate "" --training ""
+    .venv/bin/python benchmarks/collector_selection.py --clean-only --released "lowpass(cutoff: 0.5)" --training ""
 
 The data, victims and shared schedule are `13_careful_collector`'s (`params/<scale>/`); each
 `--candidate` is protection settings over `--method`'s preset ("" for the preset itself). Every
@@ -46,12 +47,14 @@ def main() -> None:
                         help=f'released-data countermeasure (default: "{COMBINED}")')
     parser.add_argument("--training", action="append", metavar="OVERRIDES",
                         help=f'training countermeasure (default: "{OPEN_CLIP_TRAINING}"; "" for none)')
+    parser.add_argument("--clean-only", action="store_true",
+                        help="no protection: what each countermeasure costs a collector whose data is clean")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
     args = parser.parse_args()
 
     settings = load_settings("13_careful_collector", args.scale, parse_overrides(args.set))
     data = runs.data_spec(**settings.data, evaluate_on="val")
-    methods = [candidate_method(args.method, text) for text in (args.candidate or [""])]
+    methods = [] if args.clean_only else [candidate_method(args.method, text) for text in (args.candidate or [""])]
     experiment = replace(Experiment.of(settings, methods), data=data)
     released = args.released or [COMBINED]
     training = [item for item in (args.training or [OPEN_CLIP_TRAINING]) if item.strip()]
@@ -62,10 +65,10 @@ def main() -> None:
     val = runs.load_data(data, "test")
     chance = random_metrics(val.row_image, val.num_images)
     table = defense_table(victims, chance)
-    costs = protection_costs(method_runs(experiment))
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(table[["defense", "data", "i2t_MedR", "t2i_MedR", "i2t C", "t2i C"]].round(2).to_string(index=False))
-        print(costs.round(2).to_string(index=False))
+        if methods:
+            print(protection_costs(method_runs(experiment)).round(2).to_string(index=False))
 
 
 if __name__ == "__main__":
