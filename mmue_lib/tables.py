@@ -419,6 +419,29 @@ def power_law(work: np.ndarray, seconds: np.ndarray) -> dict[str, float]:
     return {"a": math.exp(fit.intercept), "b": fit.slope, "b stderr": fit.stderr, "spread": spread}
 
 
+def noise_diversity(noises: dict[str, torch.Tensor], images: int = 1000) -> pd.DataFrame:
+    """How different each protection's noises are from image to image (its first `images` noises):
+    the share of their energy in the 2 and the 10 directions that hold most of it (near 1: a few
+    patterns shared by many images, a shortcut a contrastive batch cannot tell pairs apart by), and
+    the median cosine between an image's noise and the most similar other image's. A universal
+    noise (one for every image) counts as one pattern, the same for every image."""
+    rows = []
+    for label, noise in noises.items():
+        flat = noise[:images].reshape(min(images, len(noise)), -1).double()
+        energy = torch.linalg.svdvals(flat) ** 2
+        energy = energy / energy.sum()
+        nearest = 1.0
+        if len(flat) > 1:
+            unit = torch.nn.functional.normalize(flat, dim=1)
+            cosine = unit @ unit.T
+            cosine.fill_diagonal_(-2.0)
+            nearest = float(cosine.max(dim=1).values.median())
+        rows.append({"protection": label, "noises": len(flat), "energy in 2 directions": float(energy[:2].sum()),
+                     "energy in 10 directions": float(energy[:10].sum()),
+                     "nearest other noise (median cosine)": nearest})
+    return pd.DataFrame(rows)
+
+
 def closure_trend(table: pd.DataFrame, method: str, paper_point: dict[str, tuple[float, float]]) -> pd.DataFrame:
     """Per direction: the least-squares line of `method`'s closure C on the clean victim's quality q
     over the points of `scale_table` (slope and its standard error), the C it predicts at the

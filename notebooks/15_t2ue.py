@@ -20,6 +20,8 @@
 #     - results/t2ue_costs.md
 #     - results/t2ue_generator_costs.csv
 #     - results/t2ue_generator_costs.md
+#     - results/t2ue_noise_diversity.csv
+#     - results/t2ue_noise_diversity.md
 #     - results/t2ue_table2.csv
 #     - results/t2ue_table2.md
 #     - results/t2ue_collector.csv
@@ -124,6 +126,20 @@ tables.write_table(costs, settings.results_dir, "t2ue_costs")
 # %%
 generator_costs = tables.generator_costs(table1)
 tables.write_table(generator_costs, settings.results_dir, "t2ue_generator_costs")
+
+# %% [markdown]
+# ## How different each image's noise is
+#
+# A contrastive batch learns a shortcut when the noise tells its pairs apart. Per protection, over the
+# first released images: the share of the noises' energy in their 2 and 10 main directions (near 1: a
+# few patterns shared by many images), and how close each image's noise is to the most similar other
+# image's (median cosine; 1: the same noise).
+
+# %%
+noises = {label: runs.load_protection(entry["protection"]).noise
+          for label, entry in table1.items() if entry["protection"]}
+diversity = tables.noise_diversity(noises, options.diversity_images)
+tables.write_table(diversity, settings.results_dir, "t2ue_noise_diversity")
 
 # %% [markdown]
 # ## Transfer to other victim architectures (Table 2's question)

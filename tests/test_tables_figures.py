@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from mmue_lib import figures, paper, tables
 
@@ -138,6 +139,20 @@ def test_the_scale_table_gives_quality_closure_and_cost_per_point():
     figure = figures.plot_closure_against_quality(table.reset_index().assign(varies=["none", "size"]), "MEM-3",
                                                   {"i2t": (0.1, 0.4), "t2i": (0.1, 0.4)})
     assert len(figure.axes) == 2
+
+
+def test_noise_diversity_tells_per_image_noise_from_a_few_shared_patterns():
+    generator = torch.Generator().manual_seed(0)
+    per_image = torch.randint(-8, 9, (200, 3, 8, 8), generator=generator).float()
+    patterns = torch.randint(-8, 9, (2, 3, 8, 8), generator=generator).float()
+    shared = patterns[torch.arange(200) % 2] + 0.1 * per_image
+    table = tables.noise_diversity({"per image": per_image, "two patterns": shared, "universal": patterns[:1]},
+                                   images=150).set_index("protection")
+    assert table.loc["per image", "noises"] == 150 and table.loc["universal", "noises"] == 1
+    assert table.loc["universal", "nearest other noise (median cosine)"] == 1.0
+    assert table.loc["per image", "energy in 2 directions"] < 0.1 < 0.9 < table.loc["two patterns", "energy in 2 directions"]
+    assert table.loc["per image", "nearest other noise (median cosine)"] < 0.5
+    assert table.loc["two patterns", "nearest other noise (median cosine)"] > 0.95
 
 
 def test_the_closure_trend_says_whether_it_reaches_the_papers_point_and_which_axis_moves_c_most():
