@@ -147,6 +147,7 @@ tables.write_table(examples, settings.results_dir, "informed_caption_examples")
 #
 # The cpu results of this notebook are not measured yet: the tables above at cpu scale will be
 # committed with their run records once its runs are made (`python -m mmue_lib.notebooks --scale cpu
-# --only 16_informed_collector`), and the reading written from them. The params sweep the low-pass
-# cut-off; the one to read is the strongest that costs a clean collector at most 0.05 of C, chosen
-# on the val split (`benchmarks/collector_selection.py --released "lowpass(cutoff: ...)"`).
+# --only 16_informed_collector`), and the reading written from them. The low-pass cut-off at cpu
+# scale, 0.5 of Nyquist, is the strongest that costs a clean collector at most 0.05 of C on the val
+# split (0.375 cost 0.08 / 0.04, 0.25 cost 0.27 / 0.11; `benchmarks/collector_selection.py
+# --clean-only`, `params/cpu/16_informed_collector.yaml`).
