@@ -69,10 +69,15 @@ class ProtectConfig:
     """What the generator learns from: the released images themselves (the study's setting), or
     'disjoint': the val split and the train images beyond the released ones, never the released
     images (the zero-contact setting)."""
+    generator_diversity: float = 0.0
+    """Weight of a term in the generator's loss that keeps the noises of a batch's images apart (their
+    mean squared cosine): without it the generator tends to a few patterns shared by many captions
+    (`tables.noise_diversity`), which a contrastive batch cannot tell pairs apart by. Ours, not the paper's."""
 
     OPTIONAL_KEYS: ClassVar[tuple[str, ...]] = ("precision", "noise_eot", "eot_samples", "trigger_position",
                                                 "trigger_min_count", "generator_steps", "generator_lr",
-                                                "generator_width", "generator_embed_dim", "generator_corpus")
+                                                "generator_width", "generator_embed_dim", "generator_corpus",
+                                                "generator_diversity")
     """Fields added after the committed cpu runs were keyed: they key a protection only when set
     away from their default."""
 
@@ -98,6 +103,8 @@ class ProtectConfig:
         if self.generator_steps and (self.trigger_len or self.noise_per != "image" or self.direction != "minimize"):
             raise ValueError("a T2UE generator (generator_steps > 0) makes error-minimising noise per image from "
                              "its caption: use trigger_len 0, noise_per 'image', direction 'minimize'")
+        if self.generator_diversity < 0:
+            raise ValueError(f"generator_diversity must be >= 0, got {self.generator_diversity}")
         if self.generator_width % 8 or self.generator_width < 8:
             raise ValueError(f"generator_width must be a multiple of 8, got {self.generator_width}")
         if self.eps < 0 or self.alpha < 1 or self.pgd_steps < 0:

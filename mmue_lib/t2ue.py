@@ -198,10 +198,12 @@ def train_generator(corpus: PairDataset, surrogate: nn.Module, config: ProtectCo
     bar = progress_bar(per_round * config.max_rounds, "step", "T2UE generator", enabled=progress and ctx.is_main,
                        initial=per_round * start_round)
 
-    def noisy_pixels(rows: torch.Tensor) -> torch.Tensor:
-        """[0, 255] float pixels of `rows` under the generator's noise (differentiable in its weights)."""
+    def noisy_pixels(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[0, 255] float pixels of `rows` under the generator's noise, and that noise (both
+        differentiable in its weights)."""
         images = corpus.row_image[rows]
-        return (to_device(corpus.images[images], device).float() + generator(bags.pick(images).to(device))).clamp(0, 255)
+        noise = generator(bags.pick(images).to(device))
+        return (to_device(corpus.images[images], device).float() + noise).clamp(0, 255), noise
 
     for round_index in range(start_round, config.max_rounds):
         started = time.perf_counter()
@@ -213,21 +215,25 @@ def train_generator(corpus: PairDataset, surrogate: nn.Module, config: ProtectCo
             for _ in range(config.surrogate_steps):
                 rows = shard(torch.randperm(corpus.num_rows, generator=draws)[:config.batch_size], ctx)
                 with torch.no_grad():
-                    pixels = noisy_pixels(rows).round().to(torch.uint8)
+                    pixels = noisy_pixels(rows)[0].round().to(torch.uint8)
                 losses.append(stepper.step(pixels, tokens[rows]))
                 bar.set_postfix_str(f"round {round_index + 1}/{config.max_rounds} surrogate", refresh=False)
                 bar.update()
             record["surrogate_loss"] = sum(losses) / len(losses)
         surrogate.eval()
         generator.train()
-        losses = []
+        losses, similarities = [], []
         for _ in range(config.generator_steps):
             rows = torch.randperm(corpus.num_rows, generator=draws)[:config.batch_size]
             with autocast(device, config.precision):
-                loss = clip_loss(surrogate.encode_image(normalize_pixels(noisy_pixels(rows) / 255)),
+                pixels, noise = noisy_pixels(rows)
+                loss = clip_loss(surrogate.encode_image(normalize_pixels(pixels / 255)),
                                  encode_text(surrogate, tokens[rows].to(device)), surrogate.logit_scale)
+            similarity = noise_similarity(noise.float(), corpus.row_image[rows].to(device))
+            similarities.append(float(similarity.detach()))
+            total = loss + config.generator_diversity * similarity if config.generator_diversity else loss
             optimizer.zero_grad(set_to_none=True)
-            grads = torch.autograd.grad(loss, list(generator.parameters()))
+            grads = torch.autograd.grad(total, list(generator.parameters()))
             for parameter, grad in zip(generator.parameters(), grads):
                 parameter.grad = grad
             optimizer.step()
@@ -235,6 +241,7 @@ def train_generator(corpus: PairDataset, surrogate: nn.Module, config: ProtectCo
             bar.set_postfix_str(f"round {round_index + 1}/{config.max_rounds} generator", refresh=False)
             bar.update()
         record["noise_loss"] = sum(losses) / len(losses)
+        record["noise_similarity"] = sum(similarities) / len(similarities)
         record["seconds"] = time.perf_counter() - started
         outcome.seconds += record["seconds"]
         outcome.history.append(record)
@@ -250,6 +257,14 @@ def train_generator(corpus: PairDataset, surrogate: nn.Module, config: ProtectCo
             break
     bar.close()
     return _finished(outcome)
+
+
+def noise_similarity(noise: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """Mean squared cosine between the noises of a batch's rows of different images (0: orthogonal
+    noises, 1: one pattern up to sign), the term `generator_diversity` weighs."""
+    unit = torch.nn.functional.normalize(noise.flatten(1), dim=1)
+    others = images[:, None] != images[None, :]
+    return ((unit @ unit.T) ** 2)[others].mean() if bool(others.any()) else noise.new_zeros(())
 
 
 def _finished(outcome: TrainedGenerator) -> TrainedGenerator:

@@ -12,7 +12,8 @@ from mmue_lib.methods import method_config
 from mmue_lib.photos import SHIPPED_GENERATOR
 from mmue_lib.models import Tokenizer, create_clip
 from mmue_lib.runs import data_spec, generator_corpus, load_protection, protection_run, training_run
-from mmue_lib.t2ue import CaptionBags, NoiseGenerator, generated_noise, load_generator, new_generator, train_generator
+from mmue_lib.t2ue import (CaptionBags, NoiseGenerator, generated_noise, load_generator, new_generator,
+                           noise_similarity, train_generator)
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +58,23 @@ def test_noise_depends_on_the_caption_only_and_an_unseen_word_moves_nothing(smal
     assert not {token for caption in unseen for token in Tokenizer().encode(caption)} <= seen
     assert torch.equal(generated_noise(trained.generator, unseen), generated_noise(trained.generator, first[:4]))
     assert not torch.equal(generated_noise(trained.generator, first[:1]), generated_noise(trained.generator, first[1:2]))
+
+
+def test_noise_similarity_counts_only_pairs_of_different_images():
+    patterns = torch.eye(4).reshape(4, 1, 2, 2)
+    assert float(noise_similarity(patterns, torch.arange(4))) == pytest.approx(0.0)
+    assert float(noise_similarity(torch.cat([patterns[:1], -patterns[:1]]), torch.tensor([0, 1]))) == pytest.approx(1.0)
+    assert float(noise_similarity(torch.cat([patterns[:1], patterns[:1]]), torch.tensor([3, 3]))) == 0.0
+
+
+def test_the_diversity_term_keeps_the_generators_noises_apart(small_set):
+    plain, diverse = (train_generator(small_set, create_clip("RN-tiny", seed=0),
+                                      quick(generator_steps=8, generator_lr=1e-2, generator_diversity=weight),
+                                      progress=False) for weight in (0.0, 10.0))
+    assert diverse.history[-1]["noise_similarity"] < plain.history[-1]["noise_similarity"]
+    assert "generator_diversity" not in quick().keyed(), "an unset weight keys nothing: old runs keep their keys"
+    with pytest.raises(ValueError, match="generator_diversity"):
+        quick(generator_diversity=-1.0)
 
 
 def test_training_is_deterministic_for_a_seed_and_differs_across_seeds(small_set):
