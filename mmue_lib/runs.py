@@ -122,12 +122,9 @@ def training_run(data: dict, model: str, context_length: int, train: dict, *, pr
 
 
 def pretrained_checkpoint(run: dict) -> Path:
-    """The model file of a finished training run."""
-    file = Path(run["folder"]) / "model.pt"
-    if "restored_from" in run and not file.is_file():
-        raise FileNotFoundError(f"{describe_training(run['spec'])}: restored from {run['restored_from']} "
-                                f"without its model; remove {run['folder']} to train it again")
-    return file
+    """The model file of a finished training run (trained again, keeping its recorded numbers, when
+    the run was restored from records without it: `artifact`)."""
+    return artifact(run, "model.pt")
 
 
 def artifact(run: dict, name: str) -> Path:

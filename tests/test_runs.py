@@ -127,14 +127,12 @@ def test_restored_runs_serve_their_records_and_a_protection_is_computed_again_on
     noise = runs.load_protection(protection).noise.clone()
     monkeypatch.setenv("MMUE_CACHE", str(tmp_path / "empty"))
     assert len(records.restore_records(tmp_path / "runs" / "victim.json")) == 2
-    real_generate = runs.generate_protection
+    real_generate, real_train = runs.generate_protection, runs.train_clip
     monkeypatch.setattr(runs, "train_clip", lambda *a, **k: pytest.fail("a restored run was trained again"))
     monkeypatch.setattr(runs, "generate_protection", lambda *a, **k: pytest.fail("a restored protection was redone"))
     again, again_victim = small_runs()
     assert again_victim["history"] == victim["history"] and again_victim["seconds"] == victim["seconds"]
     assert again["history"] == protection["history"] and again["seconds"] == protection["seconds"]
-    with pytest.raises(FileNotFoundError, match="without its model"):
-        runs.pretrained_checkpoint(again_victim)
     monkeypatch.setattr(runs, "generate_protection", real_generate)
     assert torch.equal(runs.load_protection(again).noise, noise), "the noise, computed again, is the same"
     assert "restored from records without its protection.pt" in capsys.readouterr().out
@@ -142,6 +140,10 @@ def test_restored_runs_serve_their_records_and_a_protection_is_computed_again_on
     assert kept["seconds"] == protection["seconds"] and kept["history"] == protection["history"], \
         "the record stays the recorded one: one set of numbers"
     assert kept["files_recomputed"]["provenance"]["torch"] == torch.__version__
+    monkeypatch.setattr(runs, "train_clip", real_train)
+    assert runs.pretrained_checkpoint(again_victim).is_file(), "a figure that needs the model gets it trained again"
+    kept_victim = json.loads((Path(again_victim["folder"]) / "result.json").read_text())
+    assert kept_victim["seconds"] == victim["seconds"] and kept_victim["history"] == victim["history"]
 
 
 def test_victims_can_be_scored_on_val_under_their_own_keys():
