@@ -131,13 +131,9 @@ def check_collector(request: CheckRequest) -> None:
         raise ValueError(f"--pretrain-images {request.pretrain_images}: must be at least 1")
 
 
-def collector_clip(request: CheckRequest, background: PairDataset, yours: PairDataset) -> Path:
+def collector_clip(request: CheckRequest, background: PairDataset) -> Path:
     """Train (resumably) the pretrained collector's own CLIP on `background`, clean photos the victims
     never see, and save it in `request.out`; returns its file."""
-    shared = count_shared_images(background, yours)
-    if shared:
-        raise DataError(f"{shared} of your {yours.num_images} photos are also among the background photos the "
-                        f"collector's own CLIP trains on: give a background without them")
     out = Path(request.out)
     key = f"{collection_key(background)}-{stable_hash(asdict(request.train))[:8]}"
     path = out / f"collector-{key}.pt"
@@ -191,10 +187,12 @@ def check_photos(request: CheckRequest) -> dict:
         raise DataError(f"the background {background_path} has {everything.num_images} images, none beyond "
                         f"--background-images {request.background_images} for the collector's own CLIP: give a "
                         f"larger --background or a smaller --background-images")
-    shared = count_shared_images(background, yours)
-    if shared:
-        raise DataError(f"{shared} of your {yours.num_images} photos are also in the background {background_path}: "
-                        f"give a background without them")
+    for part, where in ((background, f"in the background {background_path}"),
+                        (own, "among the background photos the collector's own CLIP trains on")):
+        shared = count_shared_images(part, yours)
+        if shared:
+            raise DataError(f"{shared} of your {yours.num_images} photos are also {where}: give a background without "
+                            f"them")
     if background.num_images < request.gallery_others:
         raise DataError(f"the background {background_path} has {background.num_images} images, fewer than "
                         f"--gallery-others {request.gallery_others}")
@@ -204,7 +202,7 @@ def check_photos(request: CheckRequest) -> dict:
                               "gallery")
     pretrained, train, start = request.pretrained, request.train, ""
     if request.collector == "pretrained":
-        pretrained = collector_clip(request, own, yours)
+        pretrained = collector_clip(request, own)
         train, start = fine_tuning(request.train, request.frozen_groups), f"-from-{Path(pretrained).stem}"
         if request.frozen_groups:
             start += f"-frozen{request.frozen_groups}"

@@ -247,9 +247,10 @@ def point_label(experiment: Experiment) -> str:
 
 
 VARIES = {"image_size": "image size", "model": "architecture", "max_train_images": "train images"}
+"""What a ladder point varies, in words."""
+
 STUDY_POINT = "none (the study's point)"
 """What the ladder's point without overrides varies: the study's own operating point."""
-"""What a ladder point varies, in words."""
 
 
 def ladder_sizes(settings: Settings) -> dict[str, dict]:

@@ -417,7 +417,7 @@ def request_generator(request: ProtectRequest, config: ProtectConfig) -> Trained
         if request.generator:
             raise ValueError(f"--generator is for --method t2ue, not {request.method}")
         return None
-    trained = load_generator(request.generator or SHIPPED_GENERATOR)
+    trained = load_generator(request.generator)
     defaults = asdict(ProtectConfig())
     ignored = sorted(name for name, value in request.settings.items() if name not in GENERATOR_SETTINGS
                      and value != defaults[name] and value != getattr(trained.config, name))
@@ -452,9 +452,11 @@ def protect_photos(request: ProtectRequest) -> None:
     check_image_files(table)
     check_output_folder(out, table.image_paths, table.image_lines, table.csv_path)
     config = protection_config(request.method, schedule_settings(request.schedule), **request.settings)
-    generator = request_generator(request, config)
-    if generator and not request.generator:
+    shipped = bool(config.generator_steps and not request.generator)
+    if shipped:
         request = replace(request, generator=str(SHIPPED_GENERATOR))
+    generator = request_generator(request, config)
+    if shipped:
         print(f"note: no --generator: using the project's, {SHIPPED_GENERATOR.name} (trained on Flickr8k train at "
               f"{generator.generator.image_size} px; train your own on captions like yours with mmue train-generator)",
               file=sys.stderr)
