@@ -277,11 +277,13 @@ def parameter_count(model: str, image_size: int, context_length: int) -> int:
 
 def run_work(settings: Settings, runs: list[dict]) -> list[dict]:
     """The runs of `runs` (label, model, image_size, images, epochs: e.g. the paper's victims) with
-    their work = pixels x parameters x images and their epochs over this experiment's victims'."""
+    their forward size = pixels x parameters, work = forward size x images, and their epochs over
+    this experiment's victims'."""
     epochs = TrainConfig(**settings.train).epochs
-    return [{**run, "work": run["image_size"] ** 2 * run["images"]
-             * parameter_count(run["model"], run["image_size"], settings.context_length),
-             "epochs_factor": run["epochs"] / epochs} for run in runs]
+    sized = [{**run, "forward size": run["image_size"] ** 2
+              * parameter_count(run["model"], run["image_size"], settings.context_length)} for run in runs]
+    return [{**run, "work": run["forward size"] * run["images"], "epochs_factor": run["epochs"] / epochs}
+            for run in sized]
 
 
 @planned

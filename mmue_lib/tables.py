@@ -380,12 +380,14 @@ def scale_table(ladder: dict[str, dict], chance: dict, points: dict[str, dict]) 
     work = pixels x parameters x images), the clean victim's MedR and quality q = MedR_clean /
     MedR_random per direction (0 is perfect, 1 is chance), per method its victim's MedR and closure
     C, and the cost: seconds and peak memory of the clean victim and of each protection, and each
-    protection in clean victim runs."""
+    protection in clean victim runs; forward size = pixels x parameters is what one image's pass
+    through the model holds, the axis of the memory laws."""
     rows = []
     for label, runs in ladder.items():
         clean = runs["Clean"]["victim"]
         point = points[label]
-        row = {"point": label, **point, "work": point["image_size"] ** 2 * point["parameters"] * point["images"]}
+        forward = point["image_size"] ** 2 * point["parameters"]
+        row = {"point": label, **point, "forward size": forward, "work": forward * point["images"]}
         for direction in ("i2t", "t2i"):
             key = f"{direction}_MedR"
             row[f"clean {key}"] = clean["final"][key]
@@ -410,13 +412,22 @@ def _gibibytes(count: int | None) -> float:
     return float("nan") if count is None else count / 2 ** 30
 
 
-def power_law(work: np.ndarray, seconds: np.ndarray) -> dict[str, float]:
-    """seconds = a * work^b fitted by least squares on logarithms: a, b, the standard error of b, and
-    the factor by which a point typically lies off the line (exp of the residuals' standard deviation)."""
-    fit = stats.linregress(np.log(work), np.log(seconds))
-    residuals = np.log(seconds) - (fit.intercept + fit.slope * np.log(work))
-    spread = math.exp(float(np.std(residuals, ddof=2))) if len(work) > 2 else float("nan")
-    return {"a": math.exp(fit.intercept), "b": fit.slope, "b stderr": fit.stderr, "spread": spread}
+def power_law(size: np.ndarray, cost: np.ndarray) -> dict[str, float]:
+    """cost = a * size^b fitted by least squares on logarithms over the points whose cost was measured
+    (not NaN): a, b, the standard error of b, the factor by which a point typically lies off the line
+    (exp of the residuals' standard deviation), and how many points it rests on; NaN where fewer
+    than two were measured."""
+    size, cost = np.asarray(size, float), np.asarray(cost, float)
+    measured = np.isfinite(cost)
+    size, cost = size[measured], cost[measured]
+    if len(size) < 2:
+        return {"a": float("nan"), "b": float("nan"), "b stderr": float("nan"), "spread": float("nan"),
+                "points": int(len(size))}
+    fit = stats.linregress(np.log(size), np.log(cost))
+    residuals = np.log(cost) - (fit.intercept + fit.slope * np.log(size))
+    spread = math.exp(float(np.std(residuals, ddof=2))) if len(size) > 2 else float("nan")
+    return {"a": math.exp(fit.intercept), "b": fit.slope, "b stderr": fit.stderr, "spread": spread,
+            "points": int(len(size))}
 
 
 def noise_diversity(noises: dict[str, torch.Tensor], images: int = 1000) -> pd.DataFrame:
@@ -480,16 +491,21 @@ def axis_effects(table: pd.DataFrame, method: str, study_point: str) -> pd.DataF
     return pd.DataFrame(rows)
 
 
-def extrapolated_costs(laws: dict[str, dict[str, float]], runs: list[dict], per_epoch: tuple[str, ...]) -> pd.DataFrame:
-    """What each fitted cost law (`power_law`, one per kind of run) says the runs of `runs` (each:
-    label, work, and epochs_factor: the run's epochs over the fitted victims') would take here, in
-    hours; the laws named in `per_epoch` (training runs) scale with the epochs, the others do not."""
+def extrapolated_costs(laws: dict[str, dict[str, float]], runs: list[dict], per_epoch: tuple[str, ...],
+                       memory_laws: dict[str, dict[str, float]] | None = None) -> pd.DataFrame:
+    """What each fitted cost law (`power_law` of seconds on work, one per kind of run) says the runs
+    of `runs` (each: label, work, forward size, and epochs_factor: the run's epochs over the fitted
+    victims') would take here, in hours; the laws named in `per_epoch` (training runs) scale with
+    the epochs, the others do not. Each of `memory_laws` (peak GiB on forward size) gives the run's
+    peak memory at the fitted runs' batch size."""
     rows = []
     for run in runs:
         row = {"run": run["label"], "work": run["work"]}
         for name, law in laws.items():
             epochs = run["epochs_factor"] if name in per_epoch else 1.0
             row[f"{name} h"] = law["a"] * run["work"] ** law["b"] * epochs / 3600
+        for name, law in (memory_laws or {}).items():
+            row[f"{name} peak GiB"] = law["a"] * run["forward size"] ** law["b"]
         rows.append(row)
     return pd.DataFrame(rows)
 

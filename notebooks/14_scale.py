@@ -120,21 +120,25 @@ tables.write_table(axes, settings.results_dir, "scale_axes")
 # %% [markdown]
 # ## What a run costs, and what the paper's runs would cost here
 #
-# Seconds per clean victim run and per MEM-3 protection against work, on log-log axes, each with its
-# fitted power law (the exponent and its standard error in the legend). The table below extrapolates
-# each law to the paper's runs (`paper_runs`) in hours of this CPU, victims scaled by their epochs
-# over ours, protections at this scale's schedule: a guide to what `benchmarks/gpu_check.py` measures
-# on a GPU, not a measurement.
+# Left: seconds per clean victim run and per MEM-3 protection against work, on log-log axes, each with
+# its fitted power law (the exponent and its standard error in the legend). Right: each run's peak
+# resident memory against forward size = pixels x parameters (what one image's pass holds; memory
+# does not grow with the number of train images, which are read in batches), fitted likewise. The
+# table below extrapolates each law to the paper's runs (`paper_runs`): hours of this CPU, victims
+# scaled by their epochs over ours, protections at this scale's schedule, and peak memory at this
+# scale's batch size: a guide to what `benchmarks/gpu_check.py` measures on a GPU, not a measurement.
 
 # %%
 kinds = {"clean victim": "victim s", f"{method} protection": f"{method} protection s"}
-laws = {name: tables.power_law(table["work"].to_numpy(), table[column].to_numpy()) for name, column in kinds.items()}
-figure = figures.plot_cost_law(table, kinds, laws)
+laws = {name: tables.power_law(table["work"], table[column]) for name, column in kinds.items()}
+memory_kinds = {"clean victim": "victim peak GiB", f"{method} protection": f"{method} protection peak GiB"}
+memory_laws = {name: tables.power_law(table["forward size"], table[column]) for name, column in memory_kinds.items()}
+figure = figures.plot_cost_law(table, kinds, laws, memory_kinds, memory_laws)
 figures.save_figure(figure, settings.figures_dir, "scale_cost")
 
 # %%
 costs = tables.extrapolated_costs(laws, experiments.run_work(settings, settings.options.paper_runs),
-                                  per_epoch=("clean victim",))
+                                  per_epoch=("clean victim",), memory_laws=memory_laws)
 tables.write_table(costs, settings.results_dir, "scale_cost_extrapolated")
 
 # %% [markdown]

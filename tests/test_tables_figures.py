@@ -134,7 +134,7 @@ def test_the_scale_table_gives_quality_closure_and_cost_per_point():
     table = tables.scale_table(ladder, {"i2t_MedR": 500.0, "t2i_MedR": 500.0}, sizes).set_index("point")
     assert table.loc["a", "i2t q"] == pytest.approx(0.2) and table.loc["b", "t2i q"] == pytest.approx(0.6)
     assert table.loc["a", "MEM-3 i2t C"] == pytest.approx(0.5) and table.loc["b", "MEM-3 t2i C"] == pytest.approx(0.5)
-    assert table.loc["b", "work"] == 64 ** 2 * 5 * 10 and table.loc["a", "MEM-3 victim runs"] == pytest.approx(2.0)
+    assert table.loc["b", "forward size"] == 64 ** 2 * 5 and table.loc["b", "work"] == 64 ** 2 * 5 * 10 and table.loc["a", "MEM-3 victim runs"] == pytest.approx(2.0)
     assert table.loc["a", "victim peak GiB"] == 1.0 and math.isnan(table.loc["a", "MEM-3 protection peak GiB"])
     figure = figures.plot_closure_against_quality(table.reset_index().assign(varies=["none", "size"]), "MEM-3",
                                                   {"i2t": (0.1, 0.4), "t2i": (0.1, 0.4)})
@@ -179,12 +179,19 @@ def test_a_power_law_is_recovered_and_extrapolated_per_epoch_only_for_training()
     work = np.array([1e3, 1e4, 1e5, 1e6])
     law = tables.power_law(work, 3.0 * work ** 0.8)
     assert law["a"] == pytest.approx(3.0) and law["b"] == pytest.approx(0.8) and law["spread"] == pytest.approx(1.0)
+    memory = tables.power_law(work, [np.nan, 2.0, 2.0 * 10 ** 0.5, 20.0])
+    assert memory["points"] == 3 and memory["b"] == pytest.approx(0.5), "unmeasured runs are left out of the fit"
+    assert math.isnan(tables.power_law(work, [np.nan, np.nan, np.nan, 1.0])["b"])
     costs = tables.extrapolated_costs({"victim": law, "protection": law},
-                                      [{"label": "big", "work": 1e7, "epochs_factor": 4.0}], per_epoch=("victim",))
+                                      [{"label": "big", "work": 1e7, "forward size": 1e8, "epochs_factor": 4.0}],
+                                      per_epoch=("victim",), memory_laws={"victim": memory})
     expected = 3.0 * 1e7 ** 0.8 / 3600
     assert costs.loc[0, "victim h"] == pytest.approx(4 * expected) and costs.loc[0, "protection h"] == pytest.approx(expected)
-    figure = figures.plot_cost_law(pd.DataFrame({"work": work, "s": 3.0 * work ** 0.8}), {"victim": "s"}, {"victim": law})
+    assert costs.loc[0, "victim peak GiB"] == pytest.approx(memory["a"] * 1e8 ** 0.5)
+    table = pd.DataFrame({"work": work, "forward size": work, "s": 3.0 * work ** 0.8, "GiB": [np.nan, 2.0, 6.3, 20.0]})
+    figure = figures.plot_cost_law(table, {"victim": "s"}, {"victim": law}, {"victim": "GiB"}, {"victim": memory})
     assert "work^0.80" in figure.axes[0].get_legend_handles_labels()[1][1]
+    assert len(figure.axes) == 2 and "forward size^0.50" in figure.axes[1].get_legend_handles_labels()[1][1]
 
 
 def test_closures_per_schedule_or_seed_and_their_intervals():
