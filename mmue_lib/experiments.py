@@ -156,34 +156,78 @@ def own_data(data: dict) -> dict:
     return data_spec(**{**data, "max_train_images": None, "skip_train_images": data["max_train_images"]})
 
 
-@planned
-def informed_runs(experiment: Experiment, countermeasures: list[str], own_train: dict, finetune: dict,
-                  frozen_groups: int, hold_methods: list | tuple = ()) -> dict:
-    """The informed collector's runs: "scratch": `method_runs` (victims from scratch); "pretrained":
-    the collector's own CLIP, trained on its clean data (`own_data`) with `own_train` over the
-    experiment's training settings; "fine-tuned" and "fine-tuned, frozen": {label: victim
-    fine-tuned from it on the released data, clean or protected}, the second with the image tower's
-    first `frozen_groups` groups frozen, both also on the protections of `hold_methods` made
-    against the collector's own CLIP as their surrogate (a protector who expects the collector to
-    start from a public pretrained model); "countermeasures": `defense_runs` of the released-data
-    `countermeasures`, the pretrained CLIP captioning any `recaption`."""
-    scratch = method_runs(experiment)
-    own = replace(experiment, data=own_data(experiment.data), train={**experiment.train, **own_train})
-    pretrained = own.victim()
+def scored_on_test(experiment: Experiment) -> Experiment:
+    """The experiment with its victims scored on test: its protections and any model whose
+    weights are all that matters are the same runs as the notebooks'."""
+    return replace(experiment, data={key: value for key, value in experiment.data.items() if key != "evaluate_on"})
+
+
+def collector_clip(experiment: Experiment, own_train: dict) -> dict:
+    """The informed collector's own CLIP: trained on its clean data (`own_data`) with `own_train`
+    over the experiment's training settings, scored on test whatever split the experiment's victims
+    are scored on (its weights do not depend on it: a selection on val shares the run)."""
+    own = scored_on_test(experiment)
+    return replace(own, data=own_data(own.data), train={**experiment.train, **own_train}).victim()
+
+
+def hold_protections(experiment: Experiment, hold_methods: list | tuple, pretrained: dict) -> dict[str, dict]:
+    """The protections of `hold_methods` made against the collector's own CLIP (`pretrained`) as
+    their surrogate: a protector who expects the collector to start from a public pretrained model
+    protects against that model."""
+    return {f"{label} against the collector's CLIP": experiment.protection(name, surrogate=pretrained, **overrides)
+            for name, overrides, label in map(method_variant, hold_methods)}
+
+
+def fine_tuning_runs(experiment: Experiment, pretrained: dict, finetune: dict, frozen_groups: int,
+                     protections: dict[str, dict | None]) -> dict[str, dict[str, dict]]:
+    """Victims fine-tuned from the collector's `pretrained` CLIP with `finetune` over the
+    experiment's training settings, on each released set (`protections`: label -> protection run,
+    None for clean): {"fine-tuned": {label: run}, "fine-tuned, frozen": {label: run}}, the second
+    with the image tower's first `frozen_groups` groups frozen (SSC)."""
     tuning = {**experiment.train, **finetune}
     TrainConfig(**tuning)
-    protections = {label: entry["protection"] for label, entry in scratch.items()}
-    for name, overrides, label in map(method_variant, hold_methods):
-        protections[f"{label} against the collector's CLIP"] = experiment.protection(name, surrogate=pretrained,
-                                                                                     **overrides)
 
     def fine_tuned(train: dict) -> dict[str, dict]:
         return {label: training_run(experiment.data, experiment.victim_model, experiment.context_length, train,
                                     protection=protection, pretrained=pretrained)
                 for label, protection in protections.items()}
 
-    return {"scratch": scratch, "pretrained": pretrained, "fine-tuned": fine_tuned(tuning),
-            "fine-tuned, frozen": fine_tuned({**tuning, "freeze_image_groups": frozen_groups}),
+    return {"fine-tuned": fine_tuned(tuning), "fine-tuned, frozen": fine_tuned({**tuning, "freeze_image_groups": frozen_groups})}
+
+
+@planned
+def fine_tuning_selection(experiment: Experiment, own_train: dict, finetune: dict, frozen_groups: int,
+                          against_collector: bool) -> dict:
+    """The fine-tuning collector of `informed_runs` with victims scored on the experiment's split
+    (val, to choose a protection against it): the protections of the experiment's methods as the
+    notebooks make them (and with `against_collector` each also made against the collector's CLIP),
+    victims fine-tuned from the collector's CLIP on each. {"pretrained", "clean victim" (from
+    scratch, scored on test: the unit of cost), "protections", "fine-tuned", "fine-tuned, frozen"}."""
+    released = scored_on_test(experiment)
+    pretrained = collector_clip(released, own_train)
+    protections = {"Clean": None, **{label: released.protection(name, **overrides)
+                                     for name, overrides, label in map(method_variant, experiment.methods)}}
+    if against_collector:
+        protections.update(hold_protections(released, experiment.methods, pretrained))
+    return {"pretrained": pretrained, "clean victim": released.victim(), "protections": protections,
+            **fine_tuning_runs(experiment, pretrained, finetune, frozen_groups, protections)}
+
+
+@planned
+def informed_runs(experiment: Experiment, countermeasures: list[str], own_train: dict, finetune: dict,
+                  frozen_groups: int, hold_methods: list | tuple = ()) -> dict:
+    """The informed collector's runs: "scratch": `method_runs` (victims from scratch); "pretrained":
+    the collector's own CLIP (`collector_clip`); "fine-tuned" and "fine-tuned, frozen": victims
+    fine-tuned from it (`fine_tuning_runs`) on the released data, clean or protected, also on the
+    protections of `hold_methods` made against the collector's CLIP (`hold_protections`);
+    "countermeasures": `defense_runs` of the released-data `countermeasures`, the pretrained CLIP
+    captioning any `recaption`."""
+    scratch = method_runs(experiment)
+    pretrained = collector_clip(experiment, own_train)
+    protections = {label: entry["protection"] for label, entry in scratch.items()}
+    protections.update(hold_protections(experiment, hold_methods, pretrained))
+    return {"scratch": scratch, "pretrained": pretrained,
+            **fine_tuning_runs(experiment, pretrained, finetune, frozen_groups, protections),
             "countermeasures": defense_runs(experiment, countermeasures, [], captioner=pretrained)}
 
 

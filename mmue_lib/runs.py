@@ -28,7 +28,7 @@ from .protect import Protection, generate_protection
 from .release import protected_dataset
 from .storage import expand_path, save_torch, write_json
 from .t2ue import generated_noise, load_generator, train_generator
-from .train import TokenizedPairs, TrainConfig, train_clip
+from .train import TokenizedPairs, TrainConfig, evaluate_retrieval, train_clip
 
 PROTECTED_IMAGES = "protected_images.npy"
 """A victim's protected train images, memory-mapped while it trains (removed when it is done)."""
@@ -182,6 +182,13 @@ def run_model(run: dict) -> torch.nn.Module:
         return create_clip(spec["model"], image_size=spec["image_size"], context_length=spec["context_length"],
                            pretrained=spec["checkpoint"])
     return load_clip(pretrained_checkpoint(run))
+
+
+def run_retrieval(run: dict, data: dict) -> dict[str, float]:
+    """Retrieval of a finished training run's model on the split `data` scores victims on (test, or
+    val under `evaluate_on: val`): a model made under one spec, measured on another's split."""
+    model = run_model(run)
+    return evaluate_retrieval(model, TokenizedPairs.from_dataset(load_data(data, "test"), model_context_length(model)))
 
 
 @planned

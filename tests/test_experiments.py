@@ -1,10 +1,13 @@
 """The recipes' wiring, read off their plans (`cache.planning`): which runs each asks for, with
 which settings, sharing what. Nothing is trained here."""
+import json
+from dataclasses import replace
+
 import pytest
 
 from mmue_lib import cache
-from mmue_lib.experiments import (Experiment, ablation_runs, careful_collector, defense_runs, method_runs, seed_runs,
-                                  transfer_runs)
+from mmue_lib.experiments import (Experiment, ablation_runs, careful_collector, collector_clip, defense_runs,
+                                  fine_tuning_selection, informed_runs, method_runs, seed_runs, transfer_runs)
 from mmue_lib.methods import method_variant
 from mmue_lib.runs import data_spec
 from mmue_lib.settings import load_settings
@@ -142,3 +145,25 @@ def test_the_scale_ladder_shares_runs_between_its_points_and_checks():
     assert official["max_rounds"] == 20 and official["surrogate_steps"] == 200
     assert runs["seeds"]["seed 1"]["MEM-3"]["victim"]["spec"]["seed"] == 1
     assert len(plan) == 3 * 2 + 2 + 3, "two points, the official protection and victim, seed 1's three runs"
+
+
+def test_the_informed_collector_fine_tunes_its_own_clip_on_every_release_and_val_selection_shares_it():
+    released = EXPERIMENT.using(["mem-3"])
+    runs, asked = planned(informed_runs, released, [], {"epochs": 2}, {"lr": 1e-5}, 1, ["mem-3"])
+    pretrained = runs["pretrained"]["spec"]
+    assert pretrained["data"]["skip_train_images"] == 24 and pretrained["train"]["epochs"] == 2
+    held = runs["fine-tuned"]["MEM-3 against the collector's CLIP"]["spec"]["protection"]
+    assert held["surrogate"] == pretrained and runs["fine-tuned"]["MEM-3"]["spec"]["protection"]["surrogate"] is None
+    for setting, frozen in (("fine-tuned", None), ("fine-tuned, frozen", 1)):
+        assert set(runs[setting]) == {"Clean", "MEM-3", "MEM-3 against the collector's CLIP"}
+        for victim in runs[setting].values():
+            assert victim["spec"]["pretrained"] == pretrained and victim["spec"]["train"]["lr"] == 1e-5
+            assert victim["spec"]["train"].get("freeze_image_groups") == frozen
+    assert len({json.dumps(spec, sort_keys=True) for _, spec in asked}) == len(asked)
+    on_val = replace(released, data={**released.data, "evaluate_on": "val"})
+    assert planned(collector_clip, on_val, {"epochs": 2})[0]["spec"] == pretrained, "its weights do not depend on val"
+    selection, _ = planned(fine_tuning_selection, on_val, {"epochs": 2}, {"lr": 1e-5}, 1, True)
+    assert selection["pretrained"]["spec"] == pretrained and selection["clean victim"]["spec"] == runs["scratch"]["Clean"]["victim"]["spec"]
+    assert selection["protections"]["MEM-3 against the collector's CLIP"]["spec"] == held, "the notebook's protections"
+    tuned = selection["fine-tuned, frozen"]["MEM-3"]["spec"]
+    assert tuned["data"]["evaluate_on"] == "val" and tuned["train"]["freeze_image_groups"] == 1

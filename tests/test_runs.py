@@ -57,6 +57,17 @@ def test_fine_tuning_starts_from_a_cached_model(fresh_cache):
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
+def test_a_runs_model_is_measured_on_another_specs_split(fresh_cache):
+    data = runs.data_spec("synthetic", 32, max_train_images=24, max_test_images=10)
+    base = runs.training_run(data, "RN-tiny", 32, vars(TrainConfig(epochs=1, batch_size=12, device="cpu")),
+                             progress=False)
+    on_test = runs.run_retrieval(base, data)
+    assert {key: on_test[key] for key in ("i2t_MedR", "t2i_MedR", "i2t_R@1")} == \
+        {key: base["final"][key] for key in ("i2t_MedR", "t2i_MedR", "i2t_R@1")}, "the training run's own final scores"
+    on_val = runs.run_retrieval(base, runs.data_spec("synthetic", 32, max_train_images=24, evaluate_on="val"))
+    assert on_val != on_test
+
+
 def test_a_local_state_dict_stands_in_for_a_pretraining_run(fresh_cache, tmp_path):
     from mmue_lib.models import create_clip
 
