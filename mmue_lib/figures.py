@@ -365,24 +365,30 @@ def plot_closure_against_quality(table: pd.DataFrame, method: str, paper_point: 
     return figure
 
 
-def plot_cost_law(table: pd.DataFrame, kinds: dict[str, str], laws: dict[str, dict[str, float]],
-                  memory_kinds: dict[str, str] | None = None,
+def plot_cost_law(table: pd.DataFrame, kinds: dict[str, tuple[str, str]], laws: dict[str, dict[str, float]],
+                  memory_kinds: dict[str, tuple[str, str]] | None = None,
                   memory_laws: dict[str, dict[str, float]] | None = None) -> plt.Figure:
     """Seconds per run against work = pixels x parameters x images (log-log): one series per kind of
-    run (`kinds`: legend label -> seconds column of `tables.scale_table`), each with its fitted
-    power law (`tables.power_law`, exponent in the legend); beside it, where `memory_kinds` are given
-    (label -> peak GiB column), peak memory against forward size = pixels x parameters likewise."""
+    run (`kinds`: legend label -> (seconds column, threads column) of `tables.scale_table`), each
+    with its fitted power law (`tables.cost_laws`, exponent in the legend); runs the law leaves out
+    (timed with other threads) are hollow. Beside it, where `memory_kinds` are given, peak memory
+    against forward size = pixels x parameters likewise."""
     panels = [("work", "work = pixels x parameters x train images", "seconds per run (this CPU)", "seconds",
                kinds, laws)]
     if memory_kinds:
         panels.append(("forward size", "forward size = pixels x parameters", "peak resident memory per run (GiB)",
                        "GiB", memory_kinds, memory_laws))
-    figure, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.6), squeeze=False)
+    figure, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.8), squeeze=False)
     for axis, (size, xlabel, ylabel, unit, series, fitted) in zip(axes[0], panels):
         span = np.geomspace(table[size].min() / 1.5, table[size].max() * 1.5, 50)
-        for (name, column), color in zip(series.items(), seaborn.color_palette(n_colors=len(series))):
-            axis.plot(table[size], table[column], marker="o", linestyle="", color=color, label=name)
+        for (name, (column, threads)), color in zip(series.items(), seaborn.color_palette(n_colors=len(series))):
             law = fitted[name]
+            alike = table[threads] == law["threads"]
+            axis.plot(table.loc[alike, size], table.loc[alike, column], marker="o", linestyle="", color=color,
+                      label=f"{name} ({law['threads']:.0f} thread(s))")
+            if (~alike & table[column].notna()).any():
+                axis.plot(table.loc[~alike, size], table.loc[~alike, column], marker="o", linestyle="",
+                          markerfacecolor="none", color=color, label=f"{name}, other threads (not fitted)")
             axis.plot(span, law["a"] * span ** law["b"], color=color, linewidth=1,
                       label=f"{name}: {unit} ~ {size}^{law['b']:.2f} (±{law['b stderr']:.2f})")
         axis.set_xscale("log")
@@ -391,6 +397,6 @@ def plot_cost_law(table: pd.DataFrame, kinds: dict[str, str], laws: dict[str, di
         axis.yaxis.set_minor_formatter(matplotlib.ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.5)))
         axis.set_xlabel(xlabel)
         axis.set_ylabel(ylabel)
-        axis.legend(fontsize=8)
+        axis.legend(fontsize=7)
     figure.tight_layout()
     return figure

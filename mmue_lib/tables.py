@@ -380,8 +380,9 @@ def scale_table(ladder: dict[str, dict], chance: dict, points: dict[str, dict]) 
     work = pixels x parameters x images), the clean victim's MedR and quality q = MedR_clean /
     MedR_random per direction (0 is perfect, 1 is chance), per method its victim's MedR and closure
     C, and the cost: seconds and peak memory of the clean victim and of each protection, and each
-    protection in clean victim runs; forward size = pixels x parameters is what one image's pass
-    through the model holds, the axis of the memory laws."""
+    protection in clean victim runs, and the CPU threads each run was timed with (NaN where its
+    record does not say); forward size = pixels x parameters is what one image's pass through the
+    model holds, the axis of the memory laws."""
     rows = []
     for label, runs in ladder.items():
         clean = runs["Clean"]["victim"]
@@ -393,6 +394,7 @@ def scale_table(ladder: dict[str, dict], chance: dict, points: dict[str, dict]) 
             row[f"clean {key}"] = clean["final"][key]
             row[f"{direction} q"] = clean["final"][key] / chance[key]
         row["victim s"] = clean["seconds"]
+        row["victim threads"] = _threads(clean)
         row["victim peak GiB"] = _gibibytes(clean.get("peak_rss_bytes"))
         for method, entry in runs.items():
             if method == "Clean":
@@ -402,6 +404,7 @@ def scale_table(ladder: dict[str, dict], chance: dict, points: dict[str, dict]) 
                 row[f"{method} {direction}_MedR"] = protected[f"{direction}_MedR"]
                 row[f"{method} {direction} C"] = protection_closure(protected, clean["final"], chance, direction)
             row[f"{method} protection s"] = entry["protection"]["seconds"]
+            row[f"{method} protection threads"] = _threads(entry["protection"])
             row[f"{method} protection peak GiB"] = _gibibytes(entry["protection"].get("peak_rss_bytes"))
             row[f"{method} victim runs"] = entry["protection"]["seconds"] / clean["seconds"]
         rows.append(row)
@@ -410,6 +413,26 @@ def scale_table(ladder: dict[str, dict], chance: dict, points: dict[str, dict]) 
 
 def _gibibytes(count: int | None) -> float:
     return float("nan") if count is None else count / 2 ** 30
+
+
+def _threads(run: dict) -> float:
+    """The CPU threads a run computed with, from its provenance (NaN where the record predates it)."""
+    threads = run.get("provenance", {}).get("threads")
+    return float("nan") if threads is None else float(threads)
+
+
+def cost_laws(table: pd.DataFrame, kinds: dict[str, tuple[str, str]], size: str) -> dict[str, dict[str, float]]:
+    """Per kind of run (name -> (cost column, threads column) of `scale_table`) the `power_law` of
+    its cost on the `size` column, fitted over the runs timed with the thread count most of its
+    runs were timed with (runs timed otherwise, or whose records do not say, would bend the law;
+    the law names that count as "threads")."""
+    laws = {}
+    for name, (cost, threads) in kinds.items():
+        counts = table.loc[table[cost].notna(), threads].dropna()
+        usual = float(counts.mode().min()) if len(counts) else float("nan")
+        alike = table[threads] == usual
+        laws[name] = {**power_law(table.loc[alike, size], table.loc[alike, cost]), "threads": usual}
+    return laws
 
 
 def power_law(size: np.ndarray, cost: np.ndarray) -> dict[str, float]:

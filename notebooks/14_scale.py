@@ -121,7 +121,9 @@ tables.write_table(axes, settings.results_dir, "scale_axes")
 # ## What a run costs, and what the paper's runs would cost here
 #
 # Left: seconds per clean victim run and per MEM-3 protection against work, on log-log axes, each with
-# its fitted power law (the exponent and its standard error in the legend). Right: each run's peak
+# its fitted power law (the exponent and its standard error in the legend), fitted over the runs timed
+# with the same number of CPU threads (most of the ladder's; hollow markers: runs timed otherwise,
+# e.g. alone with both cores, left out of the fit). Right: each run's peak
 # resident memory against forward size = pixels x parameters (what one image's pass holds; memory
 # does not grow with the number of train images, which are read in batches), fitted likewise. The
 # table below extrapolates each law to the paper's runs (`paper_runs`): hours of this CPU, victims
@@ -129,10 +131,12 @@ tables.write_table(axes, settings.results_dir, "scale_axes")
 # scale's batch size: a guide to what `benchmarks/gpu_check.py` measures on a GPU, not a measurement.
 
 # %%
-kinds = {"clean victim": "victim s", f"{method} protection": f"{method} protection s"}
-laws = {name: tables.power_law(table["work"], table[column]) for name, column in kinds.items()}
-memory_kinds = {"clean victim": "victim peak GiB", f"{method} protection": f"{method} protection peak GiB"}
-memory_laws = {name: tables.power_law(table["forward size"], table[column]) for name, column in memory_kinds.items()}
+kinds = {"clean victim": ("victim s", "victim threads"),
+         f"{method} protection": (f"{method} protection s", f"{method} protection threads")}
+laws = tables.cost_laws(table, kinds, "work")
+memory_kinds = {"clean victim": ("victim peak GiB", "victim threads"),
+                f"{method} protection": (f"{method} protection peak GiB", f"{method} protection threads")}
+memory_laws = tables.cost_laws(table, memory_kinds, "forward size")
 figure = figures.plot_cost_law(table, kinds, laws, memory_kinds, memory_laws)
 figures.save_figure(figure, settings.figures_dir, "scale_cost")
 

@@ -121,7 +121,8 @@ def test_strength_against_cost_draws_when_closure_is_undefined():
 
 
 def ladder_entry(clean_medr: float, protected_medr: float, seconds: float) -> dict:
-    victim = {"final": {"i2t_MedR": clean_medr, "t2i_MedR": clean_medr}, "seconds": seconds, "peak_rss_bytes": 2 ** 30}
+    victim = {"final": {"i2t_MedR": clean_medr, "t2i_MedR": clean_medr}, "seconds": seconds, "peak_rss_bytes": 2 ** 30,
+              "provenance": {"threads": 2}}
     return {"Clean": {"protection": None, "victim": victim},
             "MEM-3": {"protection": {"seconds": 2 * seconds},
                       "victim": {"final": {"i2t_MedR": protected_medr, "t2i_MedR": protected_medr}, "seconds": seconds}}}
@@ -136,6 +137,7 @@ def test_the_scale_table_gives_quality_closure_and_cost_per_point():
     assert table.loc["a", "MEM-3 i2t C"] == pytest.approx(0.5) and table.loc["b", "MEM-3 t2i C"] == pytest.approx(0.5)
     assert table.loc["b", "forward size"] == 64 ** 2 * 5 and table.loc["b", "work"] == 64 ** 2 * 5 * 10 and table.loc["a", "MEM-3 victim runs"] == pytest.approx(2.0)
     assert table.loc["a", "victim peak GiB"] == 1.0 and math.isnan(table.loc["a", "MEM-3 protection peak GiB"])
+    assert table.loc["a", "victim threads"] == 2 and math.isnan(table.loc["a", "MEM-3 protection threads"])
     figure = figures.plot_closure_against_quality(table.reset_index().assign(varies=["none", "size"]), "MEM-3",
                                                   {"i2t": (0.1, 0.4), "t2i": (0.1, 0.4)})
     assert len(figure.axes) == 2
@@ -188,10 +190,18 @@ def test_a_power_law_is_recovered_and_extrapolated_per_epoch_only_for_training()
     expected = 3.0 * 1e7 ** 0.8 / 3600
     assert costs.loc[0, "victim h"] == pytest.approx(4 * expected) and costs.loc[0, "protection h"] == pytest.approx(expected)
     assert costs.loc[0, "victim peak GiB"] == pytest.approx(memory["a"] * 1e8 ** 0.5)
-    table = pd.DataFrame({"work": work, "forward size": work, "s": 3.0 * work ** 0.8, "GiB": [np.nan, 2.0, 6.3, 20.0]})
-    figure = figures.plot_cost_law(table, {"victim": "s"}, {"victim": law}, {"victim": "GiB"}, {"victim": memory})
-    assert "work^0.80" in figure.axes[0].get_legend_handles_labels()[1][1]
-    assert len(figure.axes) == 2 and "forward size^0.50" in figure.axes[1].get_legend_handles_labels()[1][1]
+    seconds = 3.0 * work ** 0.8
+    table = pd.DataFrame({"work": [*work, 1e5], "forward size": [*work, 1e5], "s": [*seconds, 1.0],
+                          "threads": [1, 1, 1, 1, 2], "GiB": [np.nan, 2.0, 2.0 * 10 ** 0.5, 20.0, np.nan]})
+    laws = tables.cost_laws(table, {"victim": ("s", "threads")}, "work")
+    assert laws["victim"]["threads"] == 1 and laws["victim"]["points"] == 4, "the run timed otherwise is left out"
+    assert laws["victim"]["b"] == pytest.approx(0.8)
+    memory_laws = tables.cost_laws(table, {"victim": ("GiB", "threads")}, "forward size")
+    figure = figures.plot_cost_law(table, {"victim": ("s", "threads")}, laws, {"victim": ("GiB", "threads")},
+                                   memory_laws)
+    labels = figure.axes[0].get_legend_handles_labels()[1]
+    assert "victim, other threads (not fitted)" in labels and any("work^0.80" in label for label in labels)
+    assert len(figure.axes) == 2 and any("forward size^0.50" in label for label in figure.axes[1].get_legend_handles_labels()[1])
 
 
 def test_closures_per_schedule_or_seed_and_their_intervals():
