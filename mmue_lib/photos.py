@@ -601,7 +601,7 @@ def unbound_advice(protection: Protection, config: ProtectConfig, num_images: in
     """What to do about a protection whose noise did not bind (`methods.bound`)."""
     loss, rounds = protection.history[-1]["noise_loss"], len(protection.history)
     pairs = batch_pairs(config, num_images)
-    state = (f"after {rounds} rounds the protection's loss is {loss:.3g}, near a contrastive loss at chance "
+    state = (f"after {rounds} rounds the protection's loss is {loss:.3g}, not below half a contrastive loss at chance "
              f"(ln {pairs} = {math.log(pairs):.2f})")
     if small:
         return (f"note: {state}, as expected for a small collection (see the warning above): more rounds do not "
@@ -699,6 +699,6 @@ def train_photo_generator(request: GeneratorRequest) -> None:
           f"{duration(trained.seconds)}; protect photos with it: mmue protect --method t2ue --generator {out} "
           f"--csv YOUR.csv --out FOLDER")
     if bound(config, trained.history) is False:
-        print(f"warning: the generator's loss ended at {trained.history[-1]['noise_loss']:.3g}, near a contrastive "
-              f"loss at chance (ln {batch_pairs(config)}): its noise did not bind to the captions and protects "
+        print(f"warning: the generator's loss ended at {trained.history[-1]['noise_loss']:.3g}, not below half a "
+              f"contrastive loss at chance (ln {batch_pairs(config)}): its noise did not bind to the captions and protects "
               f"little; more rounds (--max-rounds) or more images help", file=sys.stderr)

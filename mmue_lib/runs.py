@@ -336,7 +336,7 @@ def convergence_warning(spec: dict, result: dict) -> str | None:
     if bound(config, history) is not False:
         return None
     return (f"{describe_protection(spec)}: the noise did not bind to the captions: its PGD loss ended at "
-            f"{history[-1]['noise_loss']:.3g} after {len(history)} round(s), near a contrastive loss at chance "
+            f"{history[-1]['noise_loss']:.3g} after {len(history)} round(s), not below half a contrastive loss at chance "
             f"(ln {batch_pairs(config)} = {math.log(batch_pairs(config)):.2f}); victims trained on it measure a weak "
             f"protection (more rounds or surrogate steps: protect.max_rounds, protect.surrogate_steps)")
 
