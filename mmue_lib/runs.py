@@ -129,11 +129,16 @@ def pretrained_checkpoint(run: dict) -> Path:
 
 def artifact(run: dict, name: str) -> Path:
     """The file `name` of a finished run. A run restored from records (`records.restore_records`)
-    has its log and cost but no files: it is computed again here, in this process, once."""
+    has its log and cost but no files: it is computed again here, in this process, once. Where the
+    file is missing, the run is first read as the cache holds it now (`run` may be a dependency
+    known only by its spec, and another process may be computing it: then this waits for it)."""
     file = Path(run["folder"]) / name
-    if file.is_file() or "restored_from" not in run:
+    if file.is_file():
         return file
     kind = Path(run["folder"]).parent.name
+    run = run_kind(kind).recompute(run["spec"])
+    if file.is_file() or "restored_from" not in run:
+        return file
     if distributed.context().distributed:
         raise RuntimeError(f"{describe_run(kind, run['spec'])}: restored from {run['restored_from']} without its "
                            f"{name}; compute it in one process first, or remove {run['folder']}")

@@ -157,6 +157,25 @@ def test_restored_runs_serve_their_records_and_a_protection_is_computed_again_on
     assert kept_victim["seconds"] == victim["seconds"] and kept_victim["history"] == victim["history"]
 
 
+def test_a_restored_protection_whose_restored_surrogate_has_no_model_trains_the_surrogate_first(
+        fresh_cache, tmp_path, monkeypatch, capsys):
+    data = runs.data_spec("synthetic", 32, max_train_images=24, max_test_images=10)
+    surrogate = runs.training_run(data, "RN-tiny", 32, vars(TrainConfig(epochs=1, batch_size=12, device="cpu")),
+                                  progress=False)
+    settings = dict(batch_size=12, pgd_steps=1, device="cpu")
+    attack = runs.protection_run(data, "uap", "RN-tiny", 32, surrogate=surrogate, progress=False, **settings)
+    noise = runs.load_protection(attack).noise.clone()
+    records.write_run_records({"surrogate": surrogate, "attack": attack}, tmp_path, "attack")
+    monkeypatch.setenv("MMUE_CACHE", str(tmp_path / "empty"))
+    records.restore_records(tmp_path / "runs" / "attack.json")
+    restored = runs.protection_run(data, "uap", "RN-tiny", 32, surrogate=runs.training_run(
+        data, "RN-tiny", 32, vars(TrainConfig(epochs=1, batch_size=12, device="cpu")), progress=False),
+        progress=False, **settings)
+    assert torch.equal(runs.load_protection(restored).noise, noise), "the surrogate trained again, then the noise"
+    printed = capsys.readouterr().out
+    assert "without its protection.pt" in printed and "without its model.pt" in printed
+
+
 def test_victims_can_be_scored_on_val_under_their_own_keys():
     on_test = runs.data_spec("synthetic", 32, max_train_images=24, max_test_images=10)
     on_val = runs.data_spec("synthetic", 32, max_train_images=24, max_test_images=10, evaluate_on="val")
