@@ -148,7 +148,7 @@ def cached(kind: str, spec: dict, compute: Callable[[Path], dict]) -> dict:
                 plan.todo.append(folder)
         return {"kind": kind, "spec": spec, "folder": str(folder), "planned": True}
     if not result_file.is_file():
-        with _computing(folder):
+        with run_lock(folder):
             if not result_file.is_file():
                 _compute(kind, spec, folder, compute, plan)
     result = {**json.loads(result_file.read_text(encoding="utf-8")), "folder": str(folder)}
@@ -157,21 +157,28 @@ def cached(kind: str, spec: dict, compute: Callable[[Path], dict]) -> dict:
     return result
 
 
+_HELD: set[Path] = set()
+"""The run folders whose lock this process holds (`run_lock` is re-entrant within a process)."""
+
+
 @contextmanager
-def _computing(folder: Path):
-    """Hold the run's lock while it is computed, so that another process (a second notebook, a test
-    worker) that asks for the same run waits and then reads its result instead of computing it too.
-    The operating system releases the lock of a killed process. Ranks of a torchrun job compute
-    together: the process that launched them holds the lock."""
-    if distributed.context().distributed:
+def run_lock(folder: Path):
+    """Hold the run's lock while it is computed (or its files made again), so that another process
+    (a second notebook, a test worker) that asks for the same run waits and then reads its result
+    instead of computing it too. Re-entrant in one process; the operating system releases the lock
+    of a killed process. Ranks of a torchrun job compute together: the process that launched them
+    holds the lock."""
+    if distributed.context().distributed or folder in _HELD:
         yield
         return
     folder.parent.mkdir(parents=True, exist_ok=True)
     with open(folder.parent / f".{folder.name}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        _HELD.add(folder)
         try:
             yield
         finally:
+            _HELD.discard(folder)
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 

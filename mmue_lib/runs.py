@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from . import distributed
-from .cache import RunKind, cached, compute_from_folder, describe_run, planned, register, run_folder, run_kind
+from .cache import RunKind, cached, compute_from_folder, describe_run, planned, register, run_folder, run_kind, run_lock
 from .data import PairDataset, concat_datasets, load_split
 from .defenses import REFERENCE_DEFENSES, apply_defenses, defense_label, parse_defenses
 from .faces import load_named_faces
@@ -129,27 +129,31 @@ def pretrained_checkpoint(run: dict) -> Path:
 
 def artifact(run: dict, name: str) -> Path:
     """The file `name` of a finished run. A run restored from records (`records.restore_records`)
-    has its log and cost but no files: it is computed again here, in this process, once. Where the
-    file is missing, the run is first read as the cache holds it now (`run` may be a dependency
-    known only by its spec, and another process may be computing it: then this waits for it)."""
-    file = Path(run["folder"]) / name
+    has its log and cost but no files: it is computed again here, in this process, once, under the
+    run's lock, so that another process reads the recorded result before or after, never a fresh
+    one. Where the file is missing, the run is first read as the cache holds it now (`run` may be a
+    dependency known only by its spec, and another process may be making its files: then this
+    waits for it)."""
+    folder = Path(run["folder"])
+    file = folder / name
     if file.is_file():
         return file
-    kind = Path(run["folder"]).parent.name
-    run = run_kind(kind).recompute(run["spec"])
-    if file.is_file() or "restored_from" not in run:
-        return file
-    if distributed.context().distributed:
-        raise RuntimeError(f"{describe_run(kind, run['spec'])}: restored from {run['restored_from']} without its "
-                           f"{name}; compute it in one process first, or remove {run['folder']}")
-    print(f"{describe_run(kind, run['spec'])}: restored from records without its {name}, which is needed here: "
-          "computing it again", flush=True)
-    result_file = Path(run["folder"]) / "result.json"
-    recorded = json.loads(result_file.read_text(encoding="utf-8"))
-    result_file.unlink()
-    again = run_kind(kind).recompute(run["spec"])
-    keep_record(Path(again["folder"]), recorded)
-    return Path(again["folder"]) / name
+    kind = folder.parent.name
+    with run_lock(folder):
+        run = run_kind(kind).recompute(run["spec"])
+        if file.is_file() or "restored_from" not in run:
+            return file
+        if distributed.context().distributed:
+            raise RuntimeError(f"{describe_run(kind, run['spec'])}: restored from {run['restored_from']} without its "
+                               f"{name}; compute it in one process first, or remove {run['folder']}")
+        print(f"{describe_run(kind, run['spec'])}: restored from records without its {name}, which is needed here: "
+              "computing it again", flush=True)
+        result_file = folder / "result.json"
+        recorded = json.loads(result_file.read_text(encoding="utf-8"))
+        result_file.unlink()
+        run_kind(kind).recompute(run["spec"])
+        keep_record(folder, recorded)
+    return file
 
 
 def keep_record(folder: Path, recorded: dict) -> None:
@@ -341,9 +345,9 @@ def convergence_warning(spec: dict, result: dict) -> str | None:
     if bound(config, history) is not False:
         return None
     return (f"{describe_protection(spec)}: the noise did not bind to the captions: its PGD loss ended at "
-            f"{history[-1]['noise_loss']:.3g} after {len(history)} round(s), not below half a contrastive loss at chance "
-            f"(ln {batch_pairs(config)} = {math.log(batch_pairs(config)):.2f}); victims trained on it measure a weak "
-            f"protection (more rounds or surrogate steps: protect.max_rounds, protect.surrogate_steps)")
+            f"{history[-1]['noise_loss']:.3g} after {len(history)} round(s), not below half a contrastive loss "
+            f"at chance (ln {batch_pairs(config)} = {math.log(batch_pairs(config)):.2f}); victims trained on it "
+            f"measure a weak protection (more rounds or surrogate steps: protect.max_rounds, protect.surrogate_steps)")
 
 
 def _run_of(kind: str, spec: dict | None) -> dict | None:

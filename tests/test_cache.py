@@ -1,6 +1,7 @@
 """The run cache engine on a toy run kind: keys, only dependents recompute, dry planning, progress
 and time left, warnings, status of unfinished runs, records exported and restored. No model is
 trained here; the real run kinds are tested in test_runs.py."""
+import fcntl
 import json
 import multiprocessing
 import time
@@ -193,6 +194,25 @@ def test_a_run_asked_for_by_two_processes_at_once_is_computed_once(fresh_cache, 
         worker.join(60)
     assert [worker.exitcode for worker in workers] == [0, 0]
     assert log.read_text().splitlines() == ["computed"]
+
+
+def test_a_runs_lock_is_reentrant_in_its_process_and_keeps_others_out(fresh_cache):
+    folder = fresh_cache / "runs" / "toy" / "0123"
+
+    def others_can_lock() -> bool:
+        with open(folder.parent / f".{folder.name}.lock", "a") as other:
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            fcntl.flock(other, fcntl.LOCK_UN)
+            return True
+
+    with cache.run_lock(folder):
+        with cache.run_lock(folder):
+            assert not others_can_lock()
+        assert not others_can_lock(), "the inner block leaves the outer one's lock held"
+    assert others_can_lock()
 
 
 def test_nproc_below_one_is_refused():

@@ -151,7 +151,11 @@ def test_restored_runs_serve_their_records_and_a_protection_is_computed_again_on
     assert kept["seconds"] == protection["seconds"] and kept["history"] == protection["history"], \
         "the record stays the recorded one: one set of numbers"
     assert kept["files_recomputed"]["provenance"]["torch"] == torch.__version__
-    monkeypatch.setattr(runs, "train_clip", real_train)
+    def train_under_the_lock(*args, **kwargs):
+        assert Path(again_victim["folder"]) in cache._HELD, "others wait, then read the recorded result"
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(runs, "train_clip", train_under_the_lock)
     assert runs.pretrained_checkpoint(again_victim).is_file(), "a figure that needs the model gets it trained again"
     kept_victim = json.loads((Path(again_victim["folder"]) / "result.json").read_text())
     assert kept_victim["seconds"] == victim["seconds"] and kept_victim["history"] == victim["history"]
