@@ -80,6 +80,7 @@ output_root = None  # folder that receives results/ and figures/ (None: the proj
 import pandas as pd
 
 from mmue_lib import experiments, figures, paper, records, runs, tables
+from mmue_lib.methods import method_variant
 from mmue_lib.metrics import random_metrics
 from mmue_lib.release import protected_dataset
 from mmue_lib.settings import load_settings
@@ -130,14 +131,14 @@ tables.write_table(generator_costs, settings.results_dir, "t2ue_generator_costs"
 # %% [markdown]
 # ## How different each image's noise is
 #
-# A contrastive batch learns a shortcut when the noise tells its pairs apart. Per protection, over the
-# first released images: the share of the noises' energy in their 2 and 10 main directions (near 1: a
+# A contrastive batch learns a shortcut when the noise tells its pairs apart. Per protection (T2UE's and
+# those of `diversity_methods`), over the first released images: the share of the noises' energy in their 2 and 10 main directions (near 1: a
 # few patterns shared by many images), and how close each image's noise is to the most similar other
 # image's (median cosine; 1: the same noise).
 
 # %%
-noises = {label: runs.load_protection(entry["protection"]).noise
-          for label, entry in table1.items() if entry["protection"]}
+compared = {method_variant(item)[2] for item in [*options.diversity_methods, *options.t2ue_methods]}
+noises = {label: runs.load_protection(entry["protection"]).noise for label, entry in table1.items() if label in compared}
 diversity = tables.noise_diversity(noises, options.diversity_images)
 tables.write_table(diversity, settings.results_dir, "t2ue_noise_diversity")
 
