@@ -190,8 +190,55 @@ figure = figures.plot_protected_examples(train_set, published, options.example_c
 figures.save_figure(figure, settings.figures_dir, "t2ue_examples")
 
 # %% [markdown]
-# ## Reading
+# ## Reading at cpu scale
 #
-# The cpu results of this notebook are not measured yet: the tables above at cpu scale will be
-# committed with their run records once its runs are made (`python -m mmue_lib.notebooks --scale cpu
-# --only 15_t2ue`), and the reading written from them.
+# Read against the committed cpu results, which one execution of this notebook wrote together:
+# `executed/cpu/15_t2ue.ipynb`, its tables in `results/cpu/t2ue_*.md`, its figures in
+# `figures/cpu/t2ue_*.png` and its runs in `results/cpu/runs/t2ue.json`. C image -> text / text -> image;
+# T2UE's runs were made at one thread beside another job, the paper's methods' (02, 03, 13) alone at two.
+#
+# **Strength: T2UE protects about as much as UAP, a fifth of MEM-3.** On Table 1's data (all 6,091
+# train images, victims RN-small, 8 epochs) the generator trained on the released images gives C
+# 0.22 / 0.10 (MedR 237 / 137 against clean 119 / 96), beside EM 0.32 / 0.19, UAP 0.23 / 0.09 and
+# MEM-3 1.04 / 0.81. Zero contact (the generator learns from the val split only and never sees a
+# released image or caption) halves it: 0.12 / 0.05. Transfer keeps T2UE's level rather than
+# losing it: RN-medium victims 0.22 / 0.09 and ViT-small 0.33 / 0.14 (MEM-3: 0.58 / 0.51 and 0.56 /
+# 0.44).
+#
+# **Why so little: the generator's noise does not bind.** Its error-minimisation loss ends at 3.89
+# (zero contact 1.53) where MEM-3's per-image noise ends at 0.09, both against ln 128 = 4.85 at
+# chance. The noise diversity table says what the generator makes instead: 73% of the noises'
+# energy lies in 2 directions and each caption's noise has a near twin among the others (median
+# cosine 0.94), where EM's and MEM-3's noises spread (1-2% in 2 directions, cosine 0.06): a few
+# patterns shared by many captions, which a contrastive batch cannot tell its pairs apart by. Spreading
+# them is not enough, though: a term that keeps a batch's noises apart (`generator_diversity: 1`)
+# spread them on val (2 directions 0.56 -> 0.17, twin cosine 0.88 -> 0.54) and C fell (0.24 / 0.08
+# -> 0.20 / 0.05), so it stays off. What limits T2UE here is a generator learned from scratch on a
+# few thousand captions (a bag of their tokens); the paper's starts from a pretrained text-to-image
+# model, which cannot be loaded offline. That model, or a generator conditioned on a pretrained text
+# encoder, is the step that would tell whether the gap is ours or T2UE's.
+#
+# **Cost: where T2UE wins.** Training the generator took 1,138 s (zero contact 873 s): 1.76 and 1.35
+# runs of the clean victim as 02 timed it alone at two threads, about 0.85 and 1.0 of the victims
+# trained on its data beside it, timed alike; MEM-3 took 809 s (1.25 runs). But the generator is
+# trained once: afterwards a photo's noise costs 2.8 ms (6,091 images in 17 s), where MEM optimises
+# every collection anew, and the photo never leaves its owner (zero contact; the README's `mmue
+# protect --method t2ue` ships this generator).
+#
+# **The careful collector (13's data, first 2,000 train images).** Undefended, T2UE 0.31 / 0.10 (zero
+# contact 0.16 / 0.06; R-MEM-8 1.08 / 0.77). T2UE carries nothing in its captions, so the caption
+# countermeasures cost it nothing: under `strip_words(count: 8)` it keeps 0.31 / 0.25 (zero contact
+# 0.41 / 0.33), where R-MEM-8 falls to 0.11 / 0.06 (a clean collector pays 0.23 / 0.23 there); under
+# `jpeg(quality: 30) + dictionary_filter` 0.36 / 0.11 (R-MEM-8 0.73 / 0.59). Its weak spot is the
+# collector's training: default open_clip training (augmentation, every caption) leaves 0.14 / 0.06
+# (R-MEM-8 0.77 / 0.67). So the worst case over these collectors is about the same for both (T2UE
+# 0.14 / 0.06, R-MEM-8 0.11 / 0.06), from opposite sides.
+#
+# **A person's 100 photos among 2,000 others** (`benchmarks/protect_companions.py`, the README's
+# table): protected by the zero-contact generator they moved 0.06 / 0.04 of the way from posted
+# clean to never posted; MEM-3 alone moved them 0.39 / 0.36. Small collections are where T2UE was
+# hoped to beat MEM; at this scale it does not.
+#
+# **In short.** T2UE wins on cost per photo, contact and caption countermeasures; it loses on
+# strength (about a fifth of MEM-3's C; for a person's photos 0.06 / 0.04 against 0.39 / 0.36) and under
+# augmented training.
