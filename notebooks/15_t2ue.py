@@ -229,7 +229,8 @@ figures.save_figure(figure, settings.figures_dir, "t2ue_examples")
 # contact 0.16 / 0.06; R-MEM-8 1.08 / 0.77). T2UE carries nothing in its captions, so the caption
 # countermeasures cost it nothing: under `strip_words(count: 8)` it keeps 0.31 / 0.25 (zero contact
 # 0.41 / 0.33), where R-MEM-8 falls to 0.11 / 0.06 (a clean collector pays 0.23 / 0.23 there); under
-# `jpeg(quality: 30) + dictionary_filter` 0.36 / 0.11 (R-MEM-8 0.73 / 0.59). Its weak spot is the
+# `jpeg(quality: 30) + dictionary_filter` 0.36 / 0.11 (R-MEM-8 0.73 / 0.59): its noise is a few smooth
+# blobs at +-eps (the examples above), low frequencies that JPEG keeps. Its weak spot is the
 # collector's training: default open_clip training (augmentation, every caption) leaves 0.14 / 0.06
 # (R-MEM-8 0.77 / 0.67). So the worst case over these collectors is about the same for both (T2UE
 # 0.14 / 0.06, R-MEM-8 0.11 / 0.06), from opposite sides.
