@@ -182,6 +182,23 @@ def run_lock(folder: Path):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def being_computed(folder: Path) -> bool:
+    """Whether a process holds the run's lock (`run_lock`): it is computing the run or making its
+    files again."""
+    if folder in _HELD:
+        return True
+    lock_file = folder.parent / f".{folder.name}.lock"
+    if not lock_file.is_file():
+        return False
+    with open(lock_file, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    return False
+
+
 def _compute(kind: str, spec: dict, folder: Path, compute: Callable[[Path], dict], plan: Plan | None) -> None:
     """Compute the run into `folder` (in `processes`' count of processes), its result.json last."""
     main = distributed.context().is_main

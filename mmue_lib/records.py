@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Mapping
 
-from .cache import KINDS, describe_run, run_folder
+from .cache import KINDS, being_computed, describe_run, run_folder
 from .storage import cache_root, write_json
 
 
@@ -74,8 +74,10 @@ def restore_records(records_file: str | Path) -> list[Path]:
     an experiment reads their recorded metrics and costs instead of computing them again (a fresh
     machine, a cache lost). Their files are not recorded: a protection's noise or a generator is
     computed again where a victim still to train needs it (`runs.artifact`); a later use of a model
-    (fine-tuning, a trained surrogate, an attention map) says so. Runs the cache already holds or is
-    computing are skipped. Returns the folders written."""
+    (fine-tuning, a trained surrogate, an attention map) says so. Runs the cache already holds or a
+    process is computing are skipped; a run folder without a result (a computation, or a remaking
+    of a restored run's files, that was killed) gets its record, its checkpoints kept for the next
+    remaking. Returns the folders written."""
     records_file = Path(records_file)
     records = json.loads(records_file.read_text(encoding="utf-8"))
     restorable, written = _restorable(), []
@@ -86,9 +88,9 @@ def restore_records(records_file: str | Path) -> list[Path]:
         if folder.name != record["key"]:
             raise ValueError(f"{records_file}: run {label!r} was recorded under key {record['key']}, but its spec "
                              f"keys {folder.name} now (recorded by another CODE_VERSION or spec format)")
-        if folder.exists():
+        if (folder / "result.json").is_file() or being_computed(folder):
             continue
-        folder.mkdir(parents=True)
+        folder.mkdir(parents=True, exist_ok=True)
         write_json(folder / "spec.json", record["spec"])
         write_json(folder / "result.json", {**{k: v for k, v in record.items() if k != "key"},
                                             "restored_from": str(records_file)})

@@ -1,3 +1,4 @@
+import fcntl
 import json
 from pathlib import Path
 
@@ -159,6 +160,16 @@ def test_restored_runs_serve_their_records_and_a_protection_is_computed_again_on
     assert runs.pretrained_checkpoint(again_victim).is_file(), "a figure that needs the model gets it trained again"
     kept_victim = json.loads((Path(again_victim["folder"]) / "result.json").read_text())
     assert kept_victim["seconds"] == victim["seconds"] and kept_victim["history"] == victim["history"]
+
+    killed = Path(again["folder"])
+    (killed / "result.json").unlink()  # a remaking of its files, killed
+    lock_file = killed.parent / f".{killed.name}.lock"
+    with open(lock_file, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        assert records.restore_records(tmp_path / "runs" / "victim.json") == [], "a run being computed is left alone"
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    assert records.restore_records(tmp_path / "runs" / "victim.json") == [killed]
+    assert json.loads((killed / "result.json").read_text())["seconds"] == protection["seconds"]
 
 
 def test_a_restored_protection_whose_restored_surrogate_has_no_model_trains_the_surrogate_first(
