@@ -39,9 +39,17 @@ def flatten_runs(runs: Mapping, prefix: str = "") -> dict[str, dict]:
 
 def write_run_records(runs: Mapping, results_dir: str | Path, name: str) -> None:
     """Write `results_dir/runs/<name>.json`: the `run_record` of every run in `runs` (nested dicts
-    allowed) under its label. Returns nothing, so that a notebook cell ending with it echoes no path."""
-    write_json(Path(results_dir) / "runs" / f"{name}.json",
-               {label: run_record(run) for label, run in flatten_runs(runs).items()})
+    allowed) under its label, and of the T2UE generator each protection was made with, where the
+    cache holds its result (`<label> / generator`). Returns nothing, so that a notebook cell ending
+    with it echoes no path."""
+    flat = flatten_runs(runs)
+    for label, run in list(flat.items()):
+        generator = run.get("spec", {}).get("generator")
+        result_file = run_folder("generator", generator) / "result.json" if generator else None
+        if result_file is not None and result_file.is_file():
+            flat[f"{label} / generator"] = {**json.loads(result_file.read_text(encoding="utf-8")),
+                                            "folder": str(result_file.parent)}
+    write_json(Path(results_dir) / "runs" / f"{name}.json", {label: run_record(run) for label, run in flat.items()})
 
 
 def _restorable() -> list[str]:

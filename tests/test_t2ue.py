@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mmue_lib import records
 from mmue_lib import t2ue as t2ue_module
 from mmue_lib.data import make_synthetic_dataset
 from mmue_lib.methods import method_config
@@ -145,7 +146,7 @@ def test_the_disjoint_corpus_never_holds_a_released_image():
     assert disjoint.num_images > 0
 
 
-def test_a_t2ue_protection_run_protects_from_captions_and_a_victim_trains_on_it():
+def test_a_t2ue_protection_run_protects_from_captions_and_a_victim_trains_on_it(tmp_path):
     data = data_spec("synthetic", 32, max_train_images=48, max_test_images=20)
     settings = dict(max_rounds=1, surrogate_steps=2, generator_steps=2, batch_size=16, device="cpu",
                     generator_width=16)
@@ -158,6 +159,10 @@ def test_a_t2ue_protection_run_protects_from_captions_and_a_victim_trains_on_it(
                                   **settings)
     assert zero_contact["spec"]["generator"] != run["spec"]["generator"]
     assert json.loads((Path(run["folder"]) / "spec.json").read_text())["method"] == "t2ue"
+    records.write_run_records({"T2UE": {"protection": run}}, tmp_path, "t2ue")
+    written = json.loads((tmp_path / "runs" / "t2ue.json").read_text())
+    assert written["T2UE / protection / generator"]["kind"] == "generator", "a restore brings the generator too"
+    assert written["T2UE / protection / generator"]["spec"] == run["spec"]["generator"]
     victim = training_run(data, "RN-tiny", 32, {"epochs": 1, "batch_size": 16, "device": "cpu"},
                           protection=zero_contact, progress=False)
     assert victim["final"]["i2t_MedR"] > 0
