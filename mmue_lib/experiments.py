@@ -71,11 +71,18 @@ def method_runs(experiment: Experiment) -> dict[str, dict]:
     variants = [method_variant(item) for item in experiment.methods]
     clean = experiment.victim()
     runs = {"Clean": {"protection": None, "victim": clean}}
-    for method, overrides, label in variants:
-        surrogate = clean if METHODS[method].needs_trained_surrogate else None
-        protection = experiment.protection(method, surrogate=surrogate, **overrides)
-        runs[label] = {"protection": protection, "victim": experiment.victim(protection)}
+    for variant in variants:
+        protection = method_protection(experiment, variant, clean)
+        runs[variant[2]] = {"protection": protection, "victim": experiment.victim(protection)}
     return runs
+
+
+def method_protection(experiment: Experiment, variant: tuple[str, dict, str], clean: dict) -> dict:
+    """The protection of one `method_variant` of the experiment's data, as Table 1 makes it:
+    error-maximising methods (UAP, TAP) attack `clean`, the clean victim, as their surrogate."""
+    method, overrides, _ = variant
+    surrogate = clean if METHODS[method].needs_trained_surrogate else None
+    return experiment.protection(method, surrogate=surrogate, **overrides)
 
 
 @planned
@@ -192,7 +199,8 @@ def fine_tuning_runs(experiment: Experiment, pretrained: dict, finetune: dict, f
                                     protection=protection, pretrained=pretrained)
                 for label, protection in protections.items()}
 
-    return {"fine-tuned": fine_tuned(tuning), "fine-tuned, frozen": fine_tuned({**tuning, "freeze_image_groups": frozen_groups})}
+    return {"fine-tuned": fine_tuned(tuning),
+            "fine-tuned, frozen": fine_tuned({**tuning, "freeze_image_groups": frozen_groups})}
 
 
 @planned
@@ -205,11 +213,12 @@ def fine_tuning_selection(experiment: Experiment, own_train: dict, finetune: dic
     scratch, scored on test: the unit of cost), "protections", "fine-tuned", "fine-tuned, frozen"}."""
     released = scored_on_test(experiment)
     pretrained = collector_clip(released, own_train)
-    protections = {"Clean": None, **{label: released.protection(name, **overrides)
-                                     for name, overrides, label in map(method_variant, experiment.methods)}}
+    clean = released.victim()
+    protections = {"Clean": None, **{variant[2]: method_protection(released, variant, clean)
+                                     for variant in map(method_variant, experiment.methods)}}
     if against_collector:
         protections.update(hold_protections(released, experiment.methods, pretrained))
-    return {"pretrained": pretrained, "clean victim": released.victim(), "protections": protections,
+    return {"pretrained": pretrained, "clean victim": clean, "protections": protections,
             **fine_tuning_runs(experiment, pretrained, finetune, frozen_groups, protections)}
 
 

@@ -167,3 +167,13 @@ def test_the_informed_collector_fine_tunes_its_own_clip_on_every_release_and_val
     assert selection["protections"]["MEM-3 against the collector's CLIP"]["spec"] == held, "the notebook's protections"
     tuned = selection["fine-tuned, frozen"]["MEM-3"]["spec"]
     assert tuned["data"]["evaluate_on"] == "val" and tuned["train"]["freeze_image_groups"] == 1
+
+
+def test_the_val_selection_makes_each_protection_as_table1_does():
+    table1, _ = planned(method_runs, EXPERIMENT.using(["uap", "mem-3"]))
+    on_val = replace(EXPERIMENT.using(["uap", "mem-3"]), data={**EXPERIMENT.data, "evaluate_on": "val"})
+    selection, _ = planned(fine_tuning_selection, on_val, {"epochs": 2}, {"lr": 1e-5}, 1, False)
+    for label in ("UAP", "MEM-3"):
+        assert selection["protections"][label]["spec"] == table1[label]["protection"]["spec"]
+    assert selection["protections"]["UAP"]["spec"]["surrogate"] == table1["Clean"]["victim"]["spec"], \
+        "an error-maximising method attacks the clean victim"
