@@ -84,3 +84,9 @@ figures.save_figure(figure, settings.figures_dir, "figure5_integrated_gradients"
 #
 # Figure 5 (`figure5_gradcam.png`, `figure5_integrated_gradients.png`): the MEM-3 victim's caption
 # attributions pile up on the first words, where the trigger sits in training.
+#
+# The Grad-CAM maps do not show the paper's contrast at 64 px: the clean victim looks as often at
+# the background as at the objects its caption names (rows 1 and 4), the EM and UAP victims' maps
+# resemble each other, and the MEM-3 victim's map is flat on one pair (row 4: no region of the
+# image moves its similarity with the caption). On a grid this coarse (the stage `resnet_stage`
+# picks, a few cells a side) the maps say little more; the paper's maps are at 224 px.
