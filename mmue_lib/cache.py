@@ -298,8 +298,9 @@ def planning(function: Callable, *args, **kwargs) -> Plan:
 
 def planned(function: Callable) -> Callable:
     """Make an experiment function list its runs first (a dry pass) and say what it will compute,
-    then run, numbering the runs it computes; afterwards print what is wrong with any of its runs
-    (`RunKind.warning`). Nested experiment calls join the outer plan."""
+    then run, numbering the runs it computes; afterwards print what is wrong with any run it computed
+    (`RunKind.warning`), once, where it was computed: a notebook reading it from the cache does not
+    repeat it. Nested experiment calls join the outer plan."""
 
     @wraps(function)
     def run(*args, **kwargs):
@@ -319,7 +320,8 @@ def planned(function: Callable) -> Callable:
             _PLAN.reset(token)
         if not plan.todo:
             print(f"all {len(plan.runs)} runs from the cache ({shown_path(cache_root() / 'runs')})", flush=True)
-        for folder, (kind, spec) in plan.runs.items():
+        for folder in plan.todo:
+            kind, spec = plan.runs[folder]
             warning = KINDS[kind].warning(spec, plan.results[folder])
             if warning:
                 print(f"warning: {warning}", file=sys.stderr, flush=True)
