@@ -27,7 +27,10 @@ DIRECTIONS = {"i2t": "image -> text", "t2i": "text -> image"}
 
 
 def readable(column: str) -> str:
-    """A table column as a panel title: "i2t_MedR" -> "image -> text MedR", "t2i C" -> "text -> image C"."""
+    """A table column as a panel title: "i2t_MedR" -> "image -> text MedR", "t2i C" -> "text -> image C",
+    "all t2i_MedR" (Table 4's metric over every test photo) -> "text -> image MedR, all test photos"."""
+    if column.startswith("all "):
+        return f"{readable(column.removeprefix('all '))}, all test photos"
     for short, words in DIRECTIONS.items():
         if column.startswith(short):
             return f"{words} {column[len(short):].lstrip('_ ')}".strip()

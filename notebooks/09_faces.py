@@ -16,6 +16,7 @@
 #     - results/table4_faces.csv
 #     - results/table4_faces.md
 #     - results/table4_faces_chance.csv
+#     - results/table4_faces_chance.md
 #     - figures/table4_faces.png
 #     - figures/table4_faces.pdf
 #     - figures/faces_protected_examples.png
@@ -105,13 +106,13 @@ figures.save_figure(figure, settings.figures_dir, "faces_protected_examples")
 #
 # | victim (paper's) | pretrained | fine-tuned clean | MEM-3 | MEM-5 | paper i2t MedR: fine-tuned / MEM-3 / MEM-5 |
 # |---|---|---|---|---|---|
-# | RN-small (RN50) | 12 / 15 | 2 / 1 | 9 / 17 | 11 / 19 | 1 / 74 / 82 |
-# | RN-medium (RN101) | 10 / 19 | 2 / 1 | 4 / 4 | 5 / 3 | 1 / 66 / 58 |
-# | ViT-small (ViT-B/32) | 10 / 17 | 3 / 2 | 5 / 5 | 6 / 3 | 1 / 1 / 1 |
+# | RN-small (RN50) | 12 / 17 | 2 / 2 | 10 / 21 | 10 / 16 | 1 / 74 / 82 |
+# | RN-medium (RN101) | 10 / 18 | 2 / 1 | 4 / 3 | 4 / 5 | 1 / 66 / 58 |
+# | ViT-small (ViT-B/32) | 10 / 17 | 3 / 2 | 5 / 4 | 6 / 4 | 1 / 1 / 1 |
 #
 # Reading: on the surrogate's architecture the protection holds: the victim fine-tuned on
-# protected photos names people at chance. On the larger ResNet it holds only in part (MedR 4-5
-# against 2 clean), and on the ViT hardly at all; the paper's ViT-B/32 row shows the same
-# failure (MedR 1 with MEM-3 and MEM-5), while its RN101 stays protected. Our "pretrained"
-# models know no names (chance MedR), unlike OpenAI's CLIP, so fine-tuning here is mostly
+# protected photos names people at chance. On the larger ResNet and on the ViT it holds only in
+# part (MedR 4-6 against 1-3 clean, far from chance); the paper's ViT-B/32 row fails outright
+# (MedR 1 with MEM-3 and MEM-5), while its RN101 stays protected. Our "pretrained" models know no
+# names (chance MedR), unlike OpenAI's CLIP, so fine-tuning here is mostly
 # learning the names from scratch. Notebook time: 55 min (two protections, nine fine-tunes).

@@ -220,6 +220,7 @@ def test_every_dashed_line_is_in_a_legend_and_panels_have_readable_titles():
     labels = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
     assert labels == ["Clean", "random"], "the random line of the MedR panels is labelled"
     assert figures.readable("i2t_MedR") == "image -> text MedR" and figures.readable("t2i C") == "text -> image C"
+    assert figures.readable("all t2i_MedR") == "text -> image MedR, all test photos"
 
 
 def test_a_saved_figure_is_the_same_bytes_every_time(tmp_path):
