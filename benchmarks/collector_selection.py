@@ -115,12 +115,15 @@ def select_against_fine_tuning(args: argparse.Namespace) -> None:
     chosen = fine_tuning_selection(*selection)
     export_selection(args.export, plan)
     start = {"final": runs.run_retrieval(chosen["pretrained"], experiment.data)}
-    table = fine_tuning_table({setting: chosen[setting] for setting in ("fine-tuned", "fine-tuned, frozen")}, start)
+    val = runs.load_data(experiment.data, "test")
+    table = fine_tuning_table({setting: chosen[setting] for setting in ("fine-tuned", "fine-tuned, frozen")}, start,
+                              random_metrics(val.row_image, val.num_images))
     unit = chosen["clean victim"]["seconds"]
     costs = pd.DataFrame([{"protection": label, "seconds": run["seconds"], "victim runs": run["seconds"] / unit}
                           for label, run in chosen["protections"].items() if run])
     with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print(table[["setting", "data", "i2t_MedR", "t2i_MedR", "i2t C_ft", "t2i C_ft"]].round(2).to_string(index=False))
+        print(table[["setting", "data", "i2t_MedR", "t2i_MedR", "i2t C_ft", "t2i C_ft", "i2t C", "t2i C"]]
+              .round(2).to_string(index=False))
         print(costs.round(2).to_string(index=False))
 
 

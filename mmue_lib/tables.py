@@ -130,12 +130,14 @@ def generator_costs(experiment: dict[str, dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def fine_tuning_table(settings: dict[str, dict[str, dict]], pretrained: dict) -> pd.DataFrame:
+def fine_tuning_table(settings: dict[str, dict[str, dict]], pretrained: dict, chance: dict) -> pd.DataFrame:
     """One row per (fine-tuning setting, released data): MedR both ways of the victim fine-tuned
-    from the collector's `pretrained` CLIP, and the fine-tuning closure
+    from the collector's `pretrained` CLIP; the fine-tuning closure
     C_ft = (MedR - MedR_ft_clean) / (MedR_pretrained - MedR_ft_clean): 0 when fine-tuning on the
     released data gained as much as on clean data, 1 when it gained nothing over the pretrained
-    model (above 1: it lost)."""
+    model (above 1: it lost; its denominator is the clean gain, so a small gain makes it large);
+    and Table 1's closure C against the victim fine-tuned on clean data (1 = chance), which stays
+    on one scale however little fine-tuning gains."""
     start = pretrained["final"]
     rows = [{"setting": "pretrained, not fine-tuned", "data": "none", **{k: start[k] for k in RETRIEVAL_KEYS},
              "i2t C_ft": 1.0, "t2i C_ft": 1.0}]
@@ -148,6 +150,7 @@ def fine_tuning_table(settings: dict[str, dict[str, dict]], pretrained: dict) ->
                 key = f"{direction}_MedR"
                 gained = start[key] - clean[key]
                 row[f"{direction} C_ft"] = float("nan") if gained <= 0 else (final[key] - clean[key]) / gained
+                row[f"{direction} C"] = protection_closure(final, clean, chance, direction)
             rows.append(row)
     return pd.DataFrame(rows)
 

@@ -57,8 +57,11 @@
 # the collector to start from a public pretrained model protects against that model. **The fine-tuning closure** C_ft = (MedR - MedR_ft_clean) / (MedR_pretrained -
 # MedR_ft_clean) asks what fine-tuning on the released data bought the collector: 0 when it gained
 # as much as fine-tuning on clean data, 1 when it gained nothing over the pretrained model it
-# started from (above 1: the protected data made it worse). The scratch closure C of 13 would mix
-# the two: against a pretrained model, a protection can at best deny the gain of fine-tuning.
+# started from (above 1: the protected data made it worse). Its denominator is what clean
+# fine-tuning gains, so where that gain is small C_ft is large and unsteady; beside it, C is Table
+# 1's closure with the victim fine-tuned on clean data as its zero and chance as its one: how far
+# toward chance the released data pushed the collector, on one scale however little fine-tuning
+# gains.
 #
 # **Settings.** Everything this notebook runs comes from `params/<scale>/` (`shared.yaml` and this notebook's file); the settings cell below shows what it resolved. Run All runs the `smoke` scale (synthetic data, tiny models). To rerun it on the real data beside the project (Flickr8k, faces20), set `scale = "cpu"` in the first code cell; `overrides` changes single settings, e.g. `{"train.epochs": 2}` (then set `output_root` to another folder, so that the committed results stay as they are).
 
@@ -88,11 +91,11 @@ chance = random_metrics(test_set.row_image)
 #
 # The pretrained model's retrieval on the test split, then per fine-tuning setting the victim
 # fine-tuned on each released set (clean first; "against the collector's CLIP": made with the
-# collector's pretrained model as surrogate) and its fine-tuning closure C_ft.
+# collector's pretrained model as surrogate), its fine-tuning closure C_ft and its closure C.
 
 # %%
 fine_tuning = tables.fine_tuning_table({setting: experiment[setting] for setting in ["fine-tuned", "fine-tuned, frozen"]},
-                                       experiment["pretrained"])
+                                       experiment["pretrained"], chance)
 tables.write_table(fine_tuning, settings.results_dir, "informed_fine_tuning")
 
 # %% [markdown]

@@ -237,3 +237,17 @@ def test_a_saved_figure_is_the_same_bytes_every_time(tmp_path):
     for suffix in ("png", "pdf"):
         assert (tmp_path / "first" / f"figure.{suffix}").read_bytes() == (tmp_path / "second" / f"figure.{suffix}").read_bytes()
     assert b"CreationDate" not in (tmp_path / "first" / "figure.pdf").read_bytes(), "a date would differ on another day"
+
+
+def test_fine_tuning_table_gives_both_closures_against_the_clean_fine_tuned_victim():
+    def final(i2t, t2i):
+        return {"final": {"i2t_R@10": 10.0, "t2i_R@10": 10.0, "i2t_MedR": i2t, "t2i_MedR": t2i}}
+
+    chance = {"i2t_MedR": 500.0, "t2i_MedR": 400.0}
+    victims = {"fine-tuned": {"Clean": final(100, 100), "MEM-3": final(300, 130)}}
+    table = tables.fine_tuning_table(victims, final(120, 100), chance).set_index("data")
+    assert table.loc["none", "i2t C_ft"] == 1.0 and math.isnan(table.loc["none", "i2t C"])
+    assert table.loc["Clean", "i2t C_ft"] == 0.0 and table.loc["Clean", "t2i C"] == 0.0
+    assert table.loc["MEM-3", "i2t C_ft"] == pytest.approx(10.0), "200 MedR lost over a gain of 20"
+    assert math.isnan(table.loc["MEM-3", "t2i C_ft"]), "no gain from clean fine-tuning: C_ft undefined"
+    assert table.loc["MEM-3", "i2t C"] == pytest.approx(0.5) and table.loc["MEM-3", "t2i C"] == pytest.approx(0.1)
