@@ -19,7 +19,7 @@ from mmue_lib.train import TrainConfig
 COMMITTED_RECORDS = {"table1": "02_table1", "table2": "03_table2", "table3_semantic": "07_semantic_triggers",
                      "fraction": "08_poisoning_fraction", "table4_faces": "09_faces", "defenses": "10_defenses",
                      "ablation": "11_ablation", "seeds": "12_seeds", "careful_collector": "13_careful_collector",
-                     "scale": "14_scale", "t2ue": "15_t2ue"}
+                     "scale": "14_scale", "t2ue": "15_t2ue", "informed_collector": "16_informed_collector"}
 
 
 def test_every_notebook_has_an_experiment_entry_and_params_at_every_scale():
