@@ -147,9 +147,7 @@ def fine_tuning_table(settings: dict[str, dict[str, dict]], pretrained: dict, ch
             final = run["final"]
             row = {"setting": setting, "data": data, **{k: final[k] for k in RETRIEVAL_KEYS}}
             for direction in ("i2t", "t2i"):
-                key = f"{direction}_MedR"
-                gained = start[key] - clean[key]
-                row[f"{direction} C_ft"] = float("nan") if gained <= 0 else (final[key] - clean[key]) / gained
+                row[f"{direction} C_ft"] = protection_closure(final, clean, start, direction)
                 row[f"{direction} C"] = protection_closure(final, clean, chance, direction)
             rows.append(row)
     return pd.DataFrame(rows)
