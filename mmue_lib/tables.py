@@ -131,20 +131,19 @@ def generator_costs(experiment: dict[str, dict]) -> pd.DataFrame:
 
 
 def fine_tuning_table(settings: dict[str, dict[str, dict]], pretrained: dict, chance: dict) -> pd.DataFrame:
-    """One row per (fine-tuning setting, released data): MedR both ways of the victim fine-tuned
-    from the collector's `pretrained` CLIP; the fine-tuning closure
+    """Per fine-tuning setting, the collector's `pretrained` CLIP not fine-tuned, then one row per
+    released data set: MedR both ways of the victim fine-tuned from it; the fine-tuning closure
     C_ft = (MedR - MedR_ft_clean) / (MedR_pretrained - MedR_ft_clean): 0 when fine-tuning on the
     released data gained as much as on clean data, 1 when it gained nothing over the pretrained
-    model (above 1: it lost; its denominator is the clean gain, so a small gain makes it large);
-    and Table 1's closure C against the victim fine-tuned on clean data (1 = chance), which stays
-    on one scale however little fine-tuning gains."""
+    model (above 1: it lost; its denominator is the clean gain, so a small gain makes it large;
+    undefined where clean fine-tuning gained nothing); and Table 1's closure C against the victim
+    fine-tuned on clean data (1 = chance), which stays on one scale however little fine-tuning
+    gains."""
     start = pretrained["final"]
-    rows = [{"setting": "pretrained, not fine-tuned", "data": "none", **{k: start[k] for k in RETRIEVAL_KEYS},
-             "i2t C_ft": 1.0, "t2i C_ft": 1.0}]
+    rows = []
     for setting, victims in settings.items():
         clean = victims["Clean"]["final"]
-        for data, run in victims.items():
-            final = run["final"]
+        for data, final in {"none (not fine-tuned)": start, **{d: run["final"] for d, run in victims.items()}}.items():
             row = {"setting": setting, "data": data, **{k: final[k] for k in RETRIEVAL_KEYS}}
             for direction in ("i2t", "t2i"):
                 row[f"{direction} C_ft"] = protection_closure(final, clean, start, direction)

@@ -263,16 +263,19 @@ def row_batches(row_image: torch.Tensor, num_images: int, batch_size: int, rows:
         images = images[counts[images] > 0]
         offsets = (torch.rand(len(images), generator=generator) * counts[images]).long()
         order = by_image[starts[images] + offsets]
-    batches = list(order.split(batch_size))
+    batches = [batch for batch in order.split(batch_size) if len(batch)]
     if drop_last and len(batches) > 1 and len(batches[-1]) < batch_size:
         batches.pop()
     return batches
 
 
 def epoch_batches(pairs: TokenizedPairs, config: TrainConfig, epoch: int) -> list[torch.Tensor]:
-    """Row ids of every batch of one training epoch (seeded by seed and epoch; last partial batch dropped)."""
+    """Row ids of every batch of one training epoch (seeded by seed and epoch; last partial batch
+    dropped, and a batch of one pair, which has nothing to contrast with: what is left of a data
+    set a defense dropped all but one image of)."""
     generator = seeded_generator(config.seed, epoch)
-    return row_batches(pairs.row_image, pairs.num_images, config.batch_size, config.rows_per_epoch, generator)
+    batches = row_batches(pairs.row_image, pairs.num_images, config.batch_size, config.rows_per_epoch, generator)
+    return [rows for rows in batches if len(rows) > 1]
 
 
 def evaluate_retrieval(model: torch.nn.Module, pairs: TokenizedPairs) -> dict[str, float]:

@@ -89,9 +89,10 @@ chance = random_metrics(test_set.row_image)
 # %% [markdown]
 # ## The collector who fine-tunes its own pretrained CLIP
 #
-# The pretrained model's retrieval on the test split, then per fine-tuning setting the victim
-# fine-tuned on each released set (clean first; "against the collector's CLIP": made with the
-# collector's pretrained model as surrogate), its fine-tuning closure C_ft and its closure C.
+# Per fine-tuning setting, the pretrained model's retrieval on the test split (not fine-tuned),
+# then the victim fine-tuned on each released set (clean first; "against the collector's CLIP":
+# made with the collector's pretrained model as surrogate), its fine-tuning closure C_ft and its
+# closure C.
 
 # %%
 fine_tuning = tables.fine_tuning_table({setting: experiment[setting] for setting in ["fine-tuned", "fine-tuned, frozen"]},

@@ -228,6 +228,23 @@ def test_a_detector_tells_protected_images_apart_and_the_collector_drops_what_it
         flag_protected(protected, other_clean, examples=80, steps=1)
 
 
+def test_a_collector_whose_detector_flags_every_image_trains_on_nothing_and_keeps_its_starting_model(monkeypatch):
+    released = make_synthetic_dataset(12, 32, seed=4)
+    monkeypatch.setattr(defenses, "flag_protected", lambda images, *args: torch.ones(len(images), dtype=torch.bool))
+    kept = defenses.apply_defenses(released, "drop_detected(examples: 4, steps: 1)", reference=released)
+    assert kept.num_images == 0 and kept.num_rows == 0
+    model = create_clip("RN-tiny", image_size=32, seed=0)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    test = TokenizedPairs.from_dataset(make_synthetic_dataset(8, 32, seed=5), 32)
+    result = train_clip(model, TokenizedPairs.from_dataset(kept, 32), TrainConfig(epochs=2, batch_size=4), test=test,
+                        progress=False)
+    assert [record["steps"] for record in result.history] == [0, 0] and "i2t_MedR" in result.history[-1]
+    assert all(torch.equal(start[k], v) for k, v in model.state_dict().items())
+    one_left = TokenizedPairs.from_dataset(released.subset([3]), 32)
+    config = TrainConfig(epochs=1, batch_size=4, rows_per_epoch="one_per_image")
+    assert train_clip(model, one_left, config, progress=False).history[0]["steps"] == 0, "one pair: nothing to contrast"
+
+
 def test_the_retrieval_captioner_writes_each_image_its_nearest_pool_images_captions():
     pool = make_synthetic_dataset(6, 32, seed=6)
     released = pool.subset([4, 1])

@@ -246,7 +246,9 @@ def test_fine_tuning_table_gives_both_closures_against_the_clean_fine_tuned_vict
     chance = {"i2t_MedR": 500.0, "t2i_MedR": 400.0}
     victims = {"fine-tuned": {"Clean": final(100, 100), "MEM-3": final(300, 130)}}
     table = tables.fine_tuning_table(victims, final(120, 100), chance).set_index("data")
-    assert table.loc["none", "i2t C_ft"] == 1.0 and math.isnan(table.loc["none", "i2t C"])
+    assert list(table.index) == ["none (not fine-tuned)", "Clean", "MEM-3"]
+    assert table.loc["none (not fine-tuned)", "i2t C_ft"] == 1.0
+    assert table.loc["none (not fine-tuned)", "i2t C"] == pytest.approx(0.05), "20 MedR above clean of 400 to chance"
     assert table.loc["Clean", "i2t C_ft"] == 0.0 and table.loc["Clean", "t2i C"] == 0.0
     assert table.loc["MEM-3", "i2t C_ft"] == pytest.approx(10.0), "200 MedR lost over a gain of 20"
     assert math.isnan(table.loc["MEM-3", "t2i C_ft"]), "no gain from clean fine-tuning: C_ft undefined"
