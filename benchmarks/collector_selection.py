@@ -124,7 +124,8 @@ def select_against_fine_tuning(args: argparse.Namespace) -> None:
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(table[["setting", "data", "i2t_MedR", "t2i_MedR", "i2t C_ft", "t2i C_ft", "i2t C", "t2i C"]]
               .round(2).to_string(index=False))
-        print(costs.round(2).to_string(index=False))
+        if len(costs):
+            print(costs.round(2).to_string(index=False))
 
 
 if __name__ == "__main__":
