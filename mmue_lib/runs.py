@@ -344,10 +344,12 @@ def convergence_warning(spec: dict, result: dict) -> str | None:
     config, history = ProtectConfig(**spec["config"]), result["history"]
     if bound(config, history) is not False:
         return None
+    remedy = ("more rounds or generator steps: protect.max_rounds, protect.generator_steps" if config.generator_steps
+              else "more rounds or surrogate steps: protect.max_rounds, protect.surrogate_steps")
     return (f"{describe_protection(spec)}: the noise did not bind to the captions: its PGD loss ended at "
             f"{history[-1]['noise_loss']:.3g} after {len(history)} round(s), not below half a contrastive loss "
             f"at chance (ln {batch_pairs(config)} = {math.log(batch_pairs(config)):.2f}); victims trained on it "
-            f"measure a weak protection (more rounds or surrogate steps: protect.max_rounds, protect.surrogate_steps)")
+            f"measure a weak protection ({remedy})")
 
 
 def _run_of(kind: str, spec: dict | None) -> dict | None:

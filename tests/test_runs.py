@@ -127,6 +127,9 @@ def test_only_a_protection_whose_noise_did_not_bind_is_warned_about(fresh_cache)
     unbound = {**protection, "history": [{"noise_loss": 3.0}, {"noise_loss": 4.6}]}
     warning = runs.convergence_warning(protection["spec"], unbound)
     assert "MEM-3 seed 0 against RN-tiny" in warning and "did not bind" in warning and f"(ln {batch} = " in warning
+    assert "protect.surrogate_steps" in warning
+    generated = {**protection["spec"], "config": {**protection["spec"]["config"], "generator_steps": 5, "trigger_len": 0}}
+    assert "protect.generator_steps" in runs.convergence_warning(generated, unbound), "T2UE's knobs are its generator's"
     missed_stop_loss = {**protection, "history": [{"noise_loss": 2.9}, {"noise_loss": 0.33}]}
     assert runs.convergence_warning(protection["spec"], missed_stop_loss) is None, "the calibrated schedule's end"
     assert protection["provenance"]["device"] == "cpu" and protection["provenance"]["torch"] == torch.__version__
