@@ -30,6 +30,7 @@ from torchvision.transforms.functional import gaussian_blur, resized_crop
 
 from .data import PairDataset
 from .collector import flag_protected, nearest_captions, trained_denoiser
+from .storage import seeded_generator
 
 _WORD_EDGES = re.compile(r"^\W+|\W+$")
 
@@ -94,20 +95,29 @@ def lowpass(dataset: PairDataset, cutoff: float) -> PairDataset:
     return dataset.with_images(out, f"{dataset.name}-lowpass{cutoff:g}")
 
 
-def denoise(dataset: PairDataset, reference: PairDataset, sigma: float = 8, steps: int = 500,
+def denoise(dataset: PairDataset, reference: PairDataset, sigma: float = 8, steps: int = 500, noise: float = 0,
             seed: int = 0) -> PairDataset:
     """Every image through a denoiser the collector trained on clean `reference` images
     (`trained_denoiser`; `apply_defenses` passes the clean reference split) with Gaussian noise of
-    std up to `sigma` pixel steps (1/255), `steps` Adam steps: purification before training."""
+    std up to `sigma` pixel steps (1/255), `steps` Adam steps: purification before training. With
+    `noise` > 0 (pixel steps, at most `sigma`), Gaussian noise of that std is first added to every
+    image, seeded, as ECLIPSE does: noise that drowns the protection, which the denoiser then
+    removes with it."""
     if sigma <= 0 or steps < 1:
         raise ValueError(f"denoise needs sigma > 0 and steps >= 1, got sigma {sigma}, steps {steps}")
+    if not 0 <= noise <= sigma:
+        raise ValueError(f"denoise: noise {noise} must lie in [0, sigma {sigma}], the noise its denoiser learned to remove")
     denoiser = trained_denoiser(reference, sigma, steps, seed)
+    draws = seeded_generator(seed, 1)
     out = torch.empty_like(dataset.images)
     with torch.no_grad():
         for start in range(0, dataset.num_images, 256):
             chunk = dataset.images[start:start + 256].float() / 255
+            if noise:
+                chunk = chunk + noise / 255 * torch.randn(chunk.shape, generator=draws)
             out[start:start + 256] = (denoiser(chunk) * 255).round().clamp(0, 255).to(torch.uint8)
-    return dataset.with_images(out, f"{dataset.name}-denoised{sigma:g}")
+    name = f"{dataset.name}-denoised{sigma:g}" + (f"-noised{noise:g}" if noise else "")
+    return dataset.with_images(out, name)
 
 
 def drop_detected(dataset: PairDataset, reference: PairDataset, examples: int = 500, steps: int = 300,

@@ -101,6 +101,22 @@ def test_a_denoiser_trained_on_clean_images_removes_noise_and_is_shared_through_
         defenses.apply_defenses(noisy, "denoise(sigma: 8)")
 
 
+def test_noise_first_denoising_adds_seeded_gaussian_noise_of_the_given_std_before_the_denoiser(monkeypatch):
+    monkeypatch.setattr(defenses, "trained_denoiser", lambda reference, sigma, steps, seed: (lambda images: images))
+    released = make_synthetic_dataset(16, 32, seed=2).with_images(torch.full((16, 3, 32, 32), 128, dtype=torch.uint8))
+    plain = defenses.apply_defenses(released, "denoise(sigma: 24)", reference=released)
+    noised = defenses.apply_defenses(released, "denoise(sigma: 24, noise: 16)", reference=released)
+    assert torch.equal(plain.images, released.images), "without noise the (identity) denoiser sees the image as released"
+    added = noised.images.float() - 128
+    assert abs(added.std().item() - 16) < 0.5 and abs(added.mean().item()) < 0.5
+    again = defenses.apply_defenses(released, "denoise(sigma: 24, noise: 16)", reference=released)
+    assert torch.equal(again.images, noised.images), "seeded"
+    other_seed = defenses.apply_defenses(released, "denoise(sigma: 24, noise: 16, seed: 1)", reference=released)
+    assert not torch.equal(other_seed.images, noised.images)
+    with pytest.raises(ValueError, match="noise 32 must lie in"):
+        defenses.apply_defenses(released, "denoise(sigma: 24, noise: 32)", reference=released)
+
+
 def test_augment_batch_is_seeded_and_stays_in_range():
     images = make_synthetic_dataset(5, 32, seed=3).images
 
