@@ -44,7 +44,8 @@
 #   release (the train images after the released ones), then **fine-tuned** on the released data,
 #   all of it or with the image tower's stem and first stages frozen (SSC);
 # - **purifies** the released images: a denoiser it trains on clean images (the val split) with
-#   added Gaussian noise, or a low-pass filter;
+#   added Gaussian noise, alone or after adding such noise to every released image (ECLIPSE's way:
+#   noise that drowns the protection, removed with it), or a low-pass filter;
 # - **detects**: a small classifier trained on some released and some clean images drops what it
 #   flags (for a protector, an image dropped is an image not learned from: a success);
 # - **recaptions**: it discards the released captions and gives each image the captions of its
