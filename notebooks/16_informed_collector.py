@@ -198,8 +198,8 @@ tables.write_table(examples, settings.results_dir, "informed_caption_examples")
 # keeps nearly all its CLIP knew, and one who checks the fine-tuned model on its own held-out data
 # keeps the CLIP itself (C 0.03 / 0.02). A release can deny a collector what the release would teach
 # it, never what the collector learned elsewhere. Freezing the stem and first stages (SSC) changes
-# little (MEM-3 219 / 138 against 222 / 141): at this scale frozen early layers do not filter the
-# noise out, nor does it need them to.
+# little (MEM-3 219 / 138 against 222 / 141): at this scale the frozen early layers do not filter
+# the noise out.
 #
 # **Purification takes a tenth to a third off the MEM family and breaks EM.** The plain denoiser, the
 # collector's natural first try, leaves every protection in place (MEM-3 1.08 / 0.68). ECLIPSE's
