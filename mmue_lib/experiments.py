@@ -193,14 +193,27 @@ def fine_tuning_runs(experiment: Experiment, pretrained: dict, finetune: dict, f
     with the image tower's first `frozen_groups` groups frozen (SSC)."""
     tuning = {**experiment.train, **finetune}
     TrainConfig(**tuning)
+    return {"fine-tuned": fine_tuned_victims(experiment, pretrained, tuning, protections),
+            "fine-tuned, frozen": fine_tuned_victims(experiment, pretrained, {**tuning, "freeze_image_groups": frozen_groups},
+                                                     protections)}
 
-    def fine_tuned(train: dict) -> dict[str, dict]:
-        return {label: training_run(experiment.data, experiment.victim_model, experiment.context_length, train,
-                                    protection=protection, pretrained=pretrained)
-                for label, protection in protections.items()}
 
-    return {"fine-tuned": fine_tuned(tuning),
-            "fine-tuned, frozen": fine_tuned({**tuning, "freeze_image_groups": frozen_groups})}
+def fine_tuned_victims(experiment: Experiment, pretrained: dict, train: dict,
+                       protections: dict[str, dict | None]) -> dict[str, dict]:
+    """One victim fine-tuned from `pretrained` with `train` per released set ({label: run})."""
+    return {label: training_run(experiment.data, experiment.victim_model, experiment.context_length, train,
+                                protection=protection, pretrained=pretrained)
+            for label, protection in protections.items()}
+
+
+def fine_tuning_seed_runs(experiment: Experiment, pretrained: dict, finetune: dict,
+                          protections: dict[str, dict | None], seeds: list[int]) -> dict[str, dict[str, dict]]:
+    """The whole-model fine-tuning of `fine_tuning_runs` once per seed (the seed orders the
+    fine-tuning batches; the collector's CLIP and the protections stay the same), as
+    {"seed s": {label: run}}; the experiment's own seed gives `fine_tuning_runs`' runs."""
+    return {f"seed {seed}": fine_tuned_victims(experiment, pretrained, {**experiment.train, **finetune, "seed": seed},
+                                               protections)
+            for seed in seeds}
 
 
 @planned
@@ -224,19 +237,21 @@ def fine_tuning_selection(experiment: Experiment, own_train: dict, finetune: dic
 
 @planned
 def informed_runs(experiment: Experiment, countermeasures: list[str], own_train: dict, finetune: dict,
-                  frozen_groups: int, hold_methods: list | tuple = ()) -> dict:
+                  frozen_groups: int, hold_methods: list | tuple = (), finetune_seeds: list | tuple = ()) -> dict:
     """The informed collector's runs: "scratch": `method_runs` (victims from scratch); "pretrained":
     the collector's own CLIP (`collector_clip`); "fine-tuned" and "fine-tuned, frozen": victims
     fine-tuned from it (`fine_tuning_runs`) on the released data, clean or protected, also on the
     protections of `hold_methods` made against the collector's CLIP (`hold_protections`);
-    "countermeasures": `defense_runs` of the released-data `countermeasures`, the pretrained CLIP
-    captioning any `recaption`."""
+    "fine-tuning seeds": the first of them once per seed of `finetune_seeds`
+    (`fine_tuning_seed_runs`); "countermeasures": `defense_runs` of the released-data
+    `countermeasures`, the pretrained CLIP captioning any `recaption`."""
     scratch = method_runs(experiment)
     pretrained = collector_clip(experiment, own_train)
     protections = {label: entry["protection"] for label, entry in scratch.items()}
     protections.update(hold_protections(experiment, hold_methods, pretrained))
     return {"scratch": scratch, "pretrained": pretrained,
             **fine_tuning_runs(experiment, pretrained, finetune, frozen_groups, protections),
+            "fine-tuning seeds": fine_tuning_seed_runs(experiment, pretrained, finetune, protections, finetune_seeds),
             "countermeasures": defense_runs(experiment, countermeasures, [], captioner=pretrained)}
 
 
@@ -509,7 +524,7 @@ def informed_collector(settings: Settings) -> dict:
     (`informed_runs`), on 13_careful_collector's data and protections (its runs shared)."""
     o = settings.options
     return informed_runs(Experiment.of(settings, o.informed_methods), o.countermeasures, o.own_train, o.finetune,
-                         o.frozen_groups, o.hold_methods)
+                         o.frozen_groups, o.hold_methods, o.finetune_seeds)
 
 
 BY_NOTEBOOK: dict[str, Callable[[Settings], object] | None] = {

@@ -152,6 +152,16 @@ def fine_tuning_table(settings: dict[str, dict[str, dict]], pretrained: dict, ch
     return pd.DataFrame(rows)
 
 
+def fine_tuning_seed_table(seed_runs: dict[str, dict[str, dict]], pretrained: dict, chance: dict) -> pd.DataFrame:
+    """Per released data set, over the seeds of `seed_runs` ({"seed s": {label: fine-tuned run}}):
+    the number of seeds, and the mean and 95% interval's half-width of MedR, the fine-tuning
+    closure C_ft and the closure C of `fine_tuning_table`, each seed against its own clean victim."""
+    values = tuple(f"{d} {v}" for d in ("i2t", "t2i") for v in ("MedR", "C_ft", "C"))
+    per_seed = pd.concat([fine_tuning_table({seed: victims}, pretrained, chance) for seed, victims in seed_runs.items()])
+    per_seed = per_seed.rename(columns={f"{d}_MedR": f"{d} MedR" for d in ("i2t", "t2i")})
+    return interval_summary(per_seed.rename(columns={"setting": "seed"}), "data", values).rename(columns={"runs": "seeds"})
+
+
 def detection_table(protected: dict[str, torch.Tensor], clean: torch.Tensor, examples: int, steps: int,
                     seed: int = 0) -> pd.DataFrame:
     """Per released set (label -> uint8 images), how well a detector trained on `examples` of its

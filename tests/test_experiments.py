@@ -149,7 +149,7 @@ def test_the_scale_ladder_shares_runs_between_its_points_and_checks():
 
 def test_the_informed_collector_fine_tunes_its_own_clip_on_every_release_and_val_selection_shares_it():
     released = EXPERIMENT.using(["mem-3"])
-    runs, asked = planned(informed_runs, released, [], {"epochs": 2}, {"lr": 1e-5}, 1, ["mem-3"])
+    runs, asked = planned(informed_runs, released, [], {"epochs": 2}, {"lr": 1e-5}, 1, ["mem-3"], [0, 1])
     pretrained = runs["pretrained"]["spec"]
     assert pretrained["data"]["skip_train_images"] == 24 and pretrained["train"]["epochs"] == 2
     held = runs["fine-tuned"]["MEM-3 against the collector's CLIP"]["spec"]["protection"]
@@ -159,7 +159,15 @@ def test_the_informed_collector_fine_tunes_its_own_clip_on_every_release_and_val
         for victim in runs[setting].values():
             assert victim["spec"]["pretrained"] == pretrained and victim["spec"]["train"]["lr"] == 1e-5
             assert victim["spec"]["train"].get("freeze_image_groups") == frozen
+    assert runs["fine-tuning seeds"]["seed 0"] == runs["fine-tuned"], "the experiment's seed: the same runs"
+    seed_1 = runs["fine-tuning seeds"]["seed 1"]
+    assert set(seed_1) == set(runs["fine-tuned"]) and all(
+        victim["spec"] == {**runs["fine-tuned"][label]["spec"], "seed": 1,
+                           "train": {**runs["fine-tuned"][label]["spec"]["train"], "seed": 1}}
+        for label, victim in seed_1.items()), "only the fine-tuning seed changes: the same CLIP and protections"
     assert len({json.dumps(spec, sort_keys=True) for _, spec in asked}) == len(asked)
+    assert len(asked) == len(runs["fine-tuned"]) * 3 + 1 + 3 + 1, ("per release three fine-tunings (seed 0's shared); "
+                                                                  "the CLIP; scratch's three runs; MEM-3 against the CLIP")
     on_val = replace(released, data={**released.data, "evaluate_on": "val"})
     assert planned(collector_clip, on_val, {"epochs": 2})[0]["spec"] == pretrained, "its weights do not depend on val"
     selection, _ = planned(fine_tuning_selection, on_val, {"epochs": 2}, {"lr": 1e-5}, 1, True)

@@ -253,3 +253,19 @@ def test_fine_tuning_table_gives_both_closures_against_the_clean_fine_tuned_vict
     assert table.loc["MEM-3", "i2t C_ft"] == pytest.approx(10.0), "200 MedR lost over a gain of 20"
     assert math.isnan(table.loc["MEM-3", "t2i C_ft"]), "no gain from clean fine-tuning: C_ft undefined"
     assert table.loc["MEM-3", "i2t C"] == pytest.approx(0.5) and table.loc["MEM-3", "t2i C"] == pytest.approx(0.1)
+
+
+def test_fine_tuning_seed_table_takes_each_seed_against_its_own_clean_victim():
+    def final(i2t, t2i):
+        return {"final": {"i2t_R@10": 10.0, "t2i_R@10": 10.0, "i2t_MedR": i2t, "t2i_MedR": t2i}}
+
+    chance = {"i2t_MedR": 500.0, "t2i_MedR": 400.0}
+    seeds = {"seed 0": {"Clean": final(100, 100), "MEM-3": final(300, 130)},
+             "seed 1": {"Clean": final(110, 90), "MEM-3": final(320, 150)}}
+    table = tables.fine_tuning_seed_table(seeds, final(120, 110), chance).set_index("data")
+    assert list(table.index) == ["none (not fine-tuned)", "Clean", "MEM-3"] and (table["seeds"] == 2).all()
+    assert table.loc["MEM-3", "i2t MedR"] == 310.0
+    assert table.loc["MEM-3", "i2t C_ft"] == pytest.approx((10.0 + 21.0) / 2), "200 over 20, then 210 over 10"
+    assert table.loc["MEM-3", "t2i C"] == pytest.approx((30 / 300 + 60 / 310) / 2)
+    assert table.loc["Clean", "i2t C"] == 0.0 and table.loc["Clean", "i2t C ±95%"] == 0.0
+    assert table.loc["MEM-3", "i2t C ±95%"] > 0
