@@ -192,7 +192,7 @@ tables.write_table(examples, settings.results_dir, "informed_caption_examples")
 #
 # | collector | EM | MEM-3, MEM-5, R-MEM-8 | T2UE | cost to a clean collector |
 # |---|---|---|---|---|
-# | fine-tunes its own CLIP | gains nothing (C_ft 2.4 / 1.1), keeps its CLIP (C 0.06 / 0.02) | gain nothing (C_ft 4.6-7.3 / 3.6-5.1), keep their CLIP (C 0.12-0.19 / 0.07-0.09) | gains nothing (5.2 / 2.1), C 0.13 / 0.04 | none |
+# | fine-tunes its own CLIP (3 seeds) | gains nothing (C_ft 2.3 / 1.2), keeps its CLIP (C 0.07 / 0.02) | gains nothing (C_ft 4.3-6.3 / 3.2-4.8), keeps its CLIP (C 0.13-0.19 / 0.06-0.10) | gains nothing (4.4 / 1.9), C 0.13 / 0.04 | none |
 # | denoiser, 8/255 | weakened: 0.29 / 0.10 | hold: 0.89-1.08 / 0.68-0.76 | holds: 0.32 / 0.10 | 0.00 / 0.00 |
 # | ECLIPSE, 32/255 | broken: 0.09 / -0.01 | a tenth to a third off: 0.81-0.88 / 0.56-0.64 | holds: 0.34 / 0.10 | 0.02 / 0.01 |
 # | low-pass, 0.5 | broken: 0.04 / 0.02 | a tenth to a third off: 0.74-0.91 / 0.58-0.62 | holds: 0.36 / 0.12 | -0.01 / 0.02 |
@@ -202,15 +202,17 @@ tables.write_table(examples, settings.results_dir, "informed_caption_examples")
 #
 # **The collector who fine-tunes its own CLIP keeps what it knew; the protection denies it the
 # gain.** Its CLIP starts at MedR 159 / 123 on test; fine-tuning on the clean release takes it to
-# 146 / 116, a gain of 13 / 7 ranks. Fine-tuning on any protected release loses ground instead: MEM-3
-# 222 / 141, R-MEM-8 241 / 152, EM 177 / 124. So the fine-tuning closure is above 1 for every
-# protection (MEM-3 5.8 / 3.6): the release teaches the collector nothing and pulls it towards the
-# shortcut. On Table 1's scale, though, these victims sit at C 0.06-0.19 / 0.02-0.09: the collector
-# keeps nearly all its CLIP knew, and one who checks the fine-tuned model on its own held-out data
-# keeps the CLIP itself (C 0.03 / 0.02). A release can deny a collector what the release would teach
-# it, never what the collector learned elsewhere. Freezing the stem and first stages (SSC) changes
-# little (MEM-3 219 / 138 against 222 / 141): at this scale the frozen early layers do not filter
-# the noise out.
+# 144 +- 8 / 115 +- 1 (mean and 95% interval over three fine-tuning seeds; seed 0 alone 146 / 116), a
+# gain of about 15 / 8 ranks. Fine-tuning on any protected release loses ground instead: MEM-3
+# 210 +- 28 / 140 +- 2, R-MEM-8 238 +- 7 / 152 +- 1, EM 178 +- 4 / 125 +- 3. So the fine-tuning
+# closure is above 1 for every protection, its interval too (MEM-3 4.5 +- 3.0 / 3.2 +- 0.8, EM 2.3 +-
+# 0.7 / 1.2 +- 0.4): the release teaches the collector nothing and pulls it towards the shortcut. On
+# Table 1's scale, though, these victims sit at C 0.07-0.19 / 0.02-0.10: the collector keeps nearly
+# all its CLIP knew, and one who checks the fine-tuned model on its own held-out data keeps the CLIP
+# itself (C 0.03 / 0.02). A release can deny a collector what the release would teach it, never what
+# the collector learned elsewhere. Freezing the stem and first stages (SSC) changes little (seed 0:
+# MEM-3 219 / 138 against 222 / 141): at this scale the frozen early layers do not filter the noise
+# out.
 #
 # **Purification takes a tenth to a third off the MEM family and breaks EM.** The plain denoiser, the
 # collector's natural first try, leaves every protection in place (MEM-3 1.08 / 0.68). ECLIPSE's
@@ -244,12 +246,14 @@ tables.write_table(examples, settings.results_dir, "informed_caption_examples")
 #
 # **Making it hold against the fine-tuning collector.** The aim was C >= 0.5 both ways against the
 # pretrained fine-tuning collector at no more than 2 victim runs. On the fine-tuning closure every
-# protection meets it, MEM-3 at 1.4 victim runs (358 s against the clean victim's 258 s): fine-tuning
-# on it gains the collector nothing (5.8 / 3.6). On Table 1's scale no protection comes near (at most
-# 0.19 / 0.09), and none can by the argument above: the collector's CLIP alone sits at 0.03 / 0.02.
-# The one change of our own tried for it, MEM-3 and R-MEM-8 made with the collector's own CLIP as
-# their surrogate (a protector who knows the model the collector starts from), is no stronger (MEM-3
-# 215 / 150 against 222 / 141; R-MEM-8 201 / 149 against 241 / 152), so it buys nothing over the
-# protections made against a model trained from scratch. Against the re-captioner no protection
-# holds and we tried no change for it: a protection that holds without its caption would have to
-# bind the image to its content rather than to its words.
+# protection meets it over three seeds, MEM-3 at 1.4 victim runs (358 s against the clean victim's
+# 258 s): fine-tuning on it gains the collector nothing (4.5 +- 3.0 / 3.2 +- 0.8). On Table 1's scale
+# no protection comes near (at most 0.19 / 0.10), and none can by the argument above: the
+# collector's CLIP alone sits at 0.03 / 0.02. The one change of our own tried for it, MEM-3 and
+# R-MEM-8 made with the collector's own CLIP as their surrogate (a protector who knows the model the
+# collector starts from), buys little: MEM-3 213 +- 5 / 150 +- 1 against 210 +- 28 / 140 +- 2 (C 0.14
+# / 0.09 against 0.13 / 0.06), R-MEM-8 weaker image -> text (202 +- 3 against 238 +- 7). Against the
+# re-captioner no protection holds and we tried no change for it: a protection that holds without
+# its caption would have to bind the image to its content rather than to its words (a protector who
+# recaptions its own release with a public captioner before protecting, so that the noise binds to
+# the captions a collector would write, is the next thing to try).
