@@ -159,7 +159,7 @@ def fine_tuning_seed_table(seed_runs: dict[str, dict[str, dict]], pretrained: di
     values = tuple(f"{d} {v}" for d in ("i2t", "t2i") for v in ("MedR", "C_ft", "C"))
     per_seed = pd.concat([fine_tuning_table({seed: victims}, pretrained, chance) for seed, victims in seed_runs.items()])
     per_seed = per_seed.rename(columns={f"{d}_MedR": f"{d} MedR" for d in ("i2t", "t2i")})
-    return interval_summary(per_seed.rename(columns={"setting": "seed"}), "data", values).rename(columns={"runs": "seeds"})
+    return interval_summary(per_seed, "data", values).rename(columns={"runs": "seeds"})
 
 
 def detection_table(protected: dict[str, torch.Tensor], clean: torch.Tensor, examples: int, steps: int,
