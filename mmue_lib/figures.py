@@ -207,7 +207,8 @@ def plot_protected_examples(clean: PairDataset, protected: PairDataset, count: i
 def plot_purified_examples(protected: PairDataset, views: dict[str, PairDataset], count: int = 4,
                            seed: int = 0) -> plt.Figure:
     """Per example: the protected image, then what each countermeasure of `views` (label -> the same
-    images after it) makes of it, with what it changed (amplified) below."""
+    images after it) makes of it, with what it changed (amplified) below; pixels drawn as squares
+    (no smoothing, which would blur the noise and swell the PNG)."""
     chosen = np.random.default_rng(seed).choice(protected.num_images, size=min(count, protected.num_images),
                                                 replace=False)
     columns = 1 + len(views)
@@ -220,11 +221,11 @@ def plot_purified_examples(protected: PairDataset, views: dict[str, PairDataset]
             pictures.append((label, after, after.astype(np.int16) - image.astype(np.int16)))
         for column, (label, picture, change) in enumerate(pictures):
             top, bottom = axes[2 * pair][column], axes[2 * pair + 1][column]
-            top.imshow(picture)
+            top.imshow(picture, interpolation="nearest")
             top.set_xlabel("\n".join(_wrap(label, 24)), fontsize=8)
             if change is not None:
                 scale = max(1, int(np.abs(change).max()))
-                bottom.imshow(change / (2 * scale) + 0.5)
+                bottom.imshow(change / (2 * scale) + 0.5, interpolation="nearest")
                 bottom.set_xlabel(f"change x{127 / scale:.2g}", fontsize=8)
             else:
                 bottom.axis("off")
