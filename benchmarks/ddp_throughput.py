@@ -27,7 +27,7 @@ from mmue_lib.train import TokenizedPairs, TrainConfig, epoch_batches, train_cli
 
 def train(args: argparse.Namespace) -> dict:
     """One training run in this process (a rank of the group under torchrun); its log."""
-    ctx = distributed.setup("cpu")
+    ctx = distributed.context()
     with distributed.main_first():
         train_set = load_split(args.data, "train", args.size, max_images=args.max_images, progress=False)
         test_set = load_split(args.data, "test", args.size, max_images=args.max_test_images, progress=False)
@@ -54,9 +54,10 @@ def main() -> None:
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker_out:
-        outcome = train(args)
-        if distributed.context().is_main:
-            Path(args.worker_out).write_text(json.dumps(outcome))
+        with distributed.process_group("cpu") as ctx:
+            outcome = train(args)
+            if ctx.is_main:
+                Path(args.worker_out).write_text(json.dumps(outcome))
         return
     options = sys.argv[1:]
     outcomes = []

@@ -462,9 +462,10 @@ def main(argv: list[str] | None = None) -> int:
     if nproc > 1 and not distributed.launched_by_torchrun():
         return _run_in_processes(nproc, argv)
     try:
-        if distributed.setup(getattr(args, "device", "auto")).distributed and not distributed.context().is_main:
-            sys.stdout = sys.stderr = open(os.devnull, "w")
-        args.run(args)
+        with distributed.process_group(getattr(args, "device", "auto")) as ctx:
+            if not ctx.is_main:
+                sys.stdout = sys.stderr = open(os.devnull, "w")
+            args.run(args)
     except (data.DataError, OSError, ValueError) as error:
         print(f"mmue: error: {error}", file=sys.stderr)
         return 2

@@ -69,6 +69,24 @@ def setup(device: str = "auto") -> Context:
     return context()
 
 
+@contextmanager
+def process_group(device: str = "auto"):
+    """Join torchrun's process group for the block (see `setup`) and leave it after: when the block
+    completes, every rank waits for the others (rank 0 may still be writing), then the group is
+    destroyed, so that no rank exits with gloo's threads running (which aborts it). Outside
+    torchrun, `setup`'s context and nothing else."""
+    ctx = setup(device)
+    completed = False
+    try:
+        yield ctx
+        completed = True
+    finally:
+        if ctx.distributed and dist.is_initialized():
+            if completed:
+                dist.barrier()
+            dist.destroy_process_group()
+
+
 def shard(rows: torch.Tensor, ctx: Context | None = None) -> torch.Tensor:
     """This rank's contiguous share of a global batch of rows (the whole batch in one process). A
     batch that does not divide evenly (a dataset smaller than one batch) loses its last rows, so

@@ -409,9 +409,10 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m mmue_lib.runs FOLDER`: compute a cached run from its spec.json (what
     `cache.processes` launches under torchrun; rank 0 prints and writes)."""
     folder, = argv if argv is not None else sys.argv[1:]
-    if distributed.setup().distributed and not distributed.context().is_main:
-        sys.stdout = open(os.devnull, "w")
-    compute_from_folder(Path(folder))
+    with distributed.process_group() as ctx:
+        if not ctx.is_main:
+            sys.stdout = open(os.devnull, "w")
+        compute_from_folder(Path(folder))
     return 0
 
 

@@ -37,7 +37,8 @@ def protect(checkpoint: str | None) -> dict:
 
 if __name__ == "__main__":
     task, out, *checkpoint = sys.argv[1:]
-    ctx = distributed.setup("cpu")
-    outcome = {"train": train, "protect": protect}[task](checkpoint[0] if checkpoint else None)
-    if ctx.is_main:
-        torch.save({**outcome, "world_size": ctx.world_size}, out)
+    with distributed.process_group("cpu") as ctx:
+        outcome = {"train": train, "protect": protect}[task](checkpoint[0] if checkpoint else None)
+        if ctx.is_main:
+            torch.save({**outcome, "world_size": ctx.world_size}, out)
+    assert not torch.distributed.is_initialized(), "the process group outlived its block"
