@@ -65,7 +65,13 @@ def parse_overrides(items: list[str]) -> dict:
 def measured_hours(scale: str) -> dict[str, float]:
     """Hours each notebook adds when all run in order from an empty cache (`params/<scale>/run_hours.yaml`)."""
     path = PARAMS_DIR / scale / "run_hours.yaml"
-    return (yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None) or {}
+    hours = (yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None) or {}
+    names = notebook_names()
+    for name, value in hours.items():
+        if name not in names or isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SettingsError(f"{path}: {name!r}: {value!r} is not a notebook's hours "
+                                f"(a notebook name, e.g. {names[0]}, and a number)")
+    return hours
 
 
 def plan_lines(names: list[str], scale: str, overrides: dict[str, dict], output_root: Path) -> list[tuple[str, float | None]]:

@@ -113,8 +113,11 @@ figures.save_figure(figure, settings.figures_dir, "table1_examples")
 # MEM-5 are close to each other, as in the paper (304 / 250 vs 308 / 275). MEM drives the victim
 # to chance image -> text and most of the way text -> image; every method closes more of the
 # gap than at the paper's scale. This is not the paper's setting: 64 px, a 21 M-parameter
-# ResNet CLIP, 8 epochs, per-image triggers and a cheaper schedule; a small victim trained
-# briefly is probably easier to push onto a shortcut. Seed spread: see `12_seeds`.
+# ResNet CLIP, 8 epochs, per-image triggers and a cheaper schedule. `14_scale` measured why every
+# closure is higher: not the small victim (over eleven operating points MEM-3's C stays at
+# 0.95-1.44 / 0.73-0.85, and its trend with the clean victim's quality does not reach the paper's
+# point) but the schedule: at 128 px the official code's schedule gives MEM-3 0.37 / 0.30 where
+# ours gives 1.02 / 0.73. Seed spread: see `12_seeds`.
 #
 # Cost (`results/cpu/table1_costs.md`, in clean-victim runs of ~11 min): MEM-3 1.23 (809 s,
 # measured alone), EM 0.69 (420 s), UAP 0.14 (92 s); the goal for MEM is at most 1.0, not met yet

@@ -173,6 +173,19 @@ def test_plan_lists_the_parts_without_running_anything(tmp_path, monkeypatch, ca
     assert "will run 9 notebook(s)" in printed and "10_defenses" not in printed and "about 5.2 h" in printed
 
 
+def test_measured_hours_name_notebooks_and_a_stray_line_is_refused(tmp_path, monkeypatch):
+    from mmue_lib import notebooks
+    from mmue_lib.settings import SettingsError
+
+    assert all(set(notebooks.measured_hours(scale)) <= set(notebook_names()) for scale in scales())
+    assert notebooks.measured_hours("cpu")["14_scale"] > 0
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "run_hours.yaml").write_text("02_table1: 1.7\n(13's runs) were timed alike: half of that\n")
+    monkeypatch.setattr(notebooks, "PARAMS_DIR", tmp_path)
+    with pytest.raises(SettingsError, match=r"run_hours.yaml: \"\(13's runs\) were timed alike\""):
+        notebooks.measured_hours("cpu")
+
+
 def test_gpu_workflow_parses_and_runs_the_make_target_that_runs_every_notebook_at_gpu_smoke():
     """The GPU workflow cannot run here: its YAML must parse, its make commands must exist and expand
     to the notebook runner at the gpu-smoke scale, and it must keep what that scale writes."""
