@@ -344,12 +344,14 @@ def _wrap(text: str, width: int) -> list[str]:
     return lines + [line]
 
 
-def plot_closure_against_quality(table: pd.DataFrame, method: str, paper_point: dict[str, tuple[float, float]]
+def plot_closure_against_quality(table: pd.DataFrame, method: str, paper_point: dict[str, tuple[float, float]],
+                                 other_points: dict[str, dict[str, tuple[float, float]]] | None = None
                                  ) -> plt.Figure:
     """Closure C of `method` against the clean victim's quality q = MedR_clean / MedR_random, one
     panel per direction: every operating point of `tables.scale_table`, coloured by what it varies,
-    a least-squares line with its 95% band over them, and the paper's point (`paper_point[direction]`
-    = (q, C)) as a star."""
+    a least-squares line with its 95% band over them, the paper's point (`paper_point[direction]`
+    = (q, C)) as a star, and `other_points` (label -> direction -> (q, C)), left out of the fit, in
+    black."""
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.4))
     for axis, direction in zip(axes, ("i2t", "t2i")):
         x, y = f"{direction} q", f"{method} {direction} C"
@@ -358,10 +360,14 @@ def plot_closure_against_quality(table: pd.DataFrame, method: str, paper_point: 
         seaborn.scatterplot(data=table, x=x, y=y, hue="varies", style="varies", s=60, ax=axis)
         quality, closure = paper_point[direction]
         axis.plot([quality], [closure], marker="*", markersize=14, color="crimson", linestyle="", label="the paper")
+        others = {label: points[direction] for label, points in (other_points or {}).items()}
+        for (label, (other_quality, other_closure)), marker in zip(others.items(), "DPXv^<>"):
+            axis.plot([other_quality], [other_closure], marker=marker, markersize=8, color="black",
+                      markerfacecolor="none", linestyle="", label=label)
         axis.set_xlabel(f"clean victim quality q ({direction} MedR / random MedR; 0 = perfect)")
         axis.set_ylabel(f"{method} closure C ({direction}; 1 = random, 0 = no protection)")
         axis.set_title(f"{'image -> text' if direction == 'i2t' else 'text -> image'}")
-        shown = [*table[y], closure, 0.0, 1.0]
+        shown = [*table[y], closure, *(c for _, c in others.values()), 0.0, 1.0]
         axis.set_xlim(0, max(1.0, table[x].max() * 1.05))
         axis.set_ylim(min(shown) - 0.15, max(shown) + 0.15)
         axis.legend(fontsize=8)

@@ -545,8 +545,8 @@ def extrapolated_costs(laws: dict[str, dict[str, float]], runs: list[dict], per_
 
 def closure_rows(named_runs: dict[str, dict[str, dict]], chance: dict, name: str) -> pd.DataFrame:
     """Per entry of `named_runs` (`name` -> `method_runs`: a schedule, a seed) and per protection: its
-    victim's MedR and closure C against that entry's clean victim, its seconds and its cost in
-    clean victim runs."""
+    victim's MedR and closure C against that entry's clean victim, that clean victim's quality q
+    (MedR / random MedR), its seconds and its cost in clean victim runs."""
     rows = []
     for entry_name, runs in named_runs.items():
         clean = runs["Clean"]["victim"]
@@ -556,9 +556,17 @@ def closure_rows(named_runs: dict[str, dict[str, dict]], chance: dict, name: str
             final = entry["victim"]["final"]
             rows.append({name: entry_name, "method": method, **{k: final[k] for k in ("i2t_MedR", "t2i_MedR")},
                          **{f"{d} C": protection_closure(final, clean["final"], chance, d) for d in ("i2t", "t2i")},
+                         **{f"{d} q": clean["final"][f"{d}_MedR"] / chance[f"{d}_MedR"] for d in ("i2t", "t2i")},
                          "protection s": entry["protection"]["seconds"],
                          "victim runs": entry["protection"]["seconds"] / clean["seconds"]})
     return pd.DataFrame(rows)
+
+
+def quality_closure_points(rows: pd.DataFrame, name: str) -> dict[str, dict[str, tuple[float, float]]]:
+    """Each row of `closure_rows(..., name)` as a point to plot: "<method>, <name>: <entry>" ->
+    direction -> (clean quality q, closure C)."""
+    return {f"{row['method']}, {name}: {row[name]}": {d: (row[f"{d} q"], row[f"{d} C"]) for d in ("i2t", "t2i")}
+            for _, row in rows.iterrows()}
 
 
 def interval_summary(frame: pd.DataFrame, by: str, values: tuple[str, ...] = ("i2t C", "t2i C")) -> pd.DataFrame:

@@ -139,8 +139,11 @@ def test_the_scale_table_gives_quality_closure_and_cost_per_point():
     assert table.loc["a", "victim peak GiB"] == 1.0 and math.isnan(table.loc["a", "MEM-3 protection peak GiB"])
     assert table.loc["a", "victim threads"] == 2 and math.isnan(table.loc["a", "MEM-3 protection threads"])
     figure = figures.plot_closure_against_quality(table.reset_index().assign(varies=["none", "size"]), "MEM-3",
-                                                  {"i2t": (0.1, 0.4), "t2i": (0.1, 0.4)})
+                                                  {"i2t": (0.1, 0.4), "t2i": (0.1, 0.4)},
+                                                  {"official schedule": {"i2t": (0.3, -0.5), "t2i": (0.3, 0.2)}})
     assert len(figure.axes) == 2
+    assert "official schedule" in [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+    assert figure.axes[0].get_ylim()[0] < -0.5
 
 
 def test_noise_diversity_tells_per_image_noise_from_a_few_shared_patterns():
@@ -208,6 +211,8 @@ def test_closures_per_schedule_or_seed_and_their_intervals():
     rows = tables.closure_rows({"seed 0": ladder_entry(100, 300, 10.0), "seed 1": ladder_entry(100, 500, 10.0)},
                                {"i2t_MedR": 500.0, "t2i_MedR": 500.0}, "seed")
     assert list(rows["i2t C"]) == pytest.approx([0.5, 1.0]) and list(rows["victim runs"]) == [2.0, 2.0]
+    assert list(rows["i2t q"]) == pytest.approx([0.2, 0.2])
+    assert tables.quality_closure_points(rows, "seed")["MEM-3, seed: seed 1"]["t2i"] == pytest.approx((0.2, 1.0))
     summary = tables.interval_summary(rows, "method").set_index("method")
     assert summary.loc["MEM-3", "runs"] == 2
     assert (summary.loc["MEM-3", "i2t C"], summary.loc["MEM-3", "i2t C ±95%"]) == pytest.approx(tables.interval([0.5, 1.0]))
