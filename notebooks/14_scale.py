@@ -210,7 +210,7 @@ tables.write_table(tables.interval_summary(seeds, "method"), settings.results_di
 # 227 h, all under our schedule: a guide for `benchmarks/gpu_check.py`, which measures the Flickr8k
 # slice's on a GPU. The official schedule costs far more: 20 rounds (its stop at a noise loss of 0.01
 # is never reached: 0.70 after 20), the first five with a search over every caption, 30 victim runs as
-# timed (8.0 h; its last 7 rounds ran alone at two threads, so about 35 at one thread throughout),
+# timed (8.0 h; its last 8 rounds ran alone at two threads, so about 35 at one thread throughout),
 # 13-15 times our schedule's 2.3.
 #
 # **What is still unexplained, and which run would settle it.** Which of the official settings
