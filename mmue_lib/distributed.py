@@ -73,15 +73,16 @@ def setup(device: str = "auto") -> Context:
 def process_group(device: str = "auto"):
     """Join torchrun's process group for the block (see `setup`) and leave it after: when the block
     completes, every rank waits for the others (rank 0 may still be writing), then the group is
-    destroyed, so that no rank exits with gloo's threads running (which aborts it). Outside
-    torchrun, `setup`'s context and nothing else."""
+    destroyed, so that no rank exits with gloo's threads running (which aborts it). A group joined
+    before the block is left to whoever joined it. Outside torchrun, `setup`'s context and nothing else."""
+    joins = launched_by_torchrun() and not dist.is_initialized()
     ctx = setup(device)
     completed = False
     try:
         yield ctx
         completed = True
     finally:
-        if ctx.distributed and dist.is_initialized():
+        if joins and dist.is_initialized():
             if completed:
                 dist.barrier()
             dist.destroy_process_group()

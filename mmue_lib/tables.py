@@ -79,6 +79,12 @@ def protection_closure(protected: dict, clean: dict, chance: dict, direction: st
     return float("nan") if gap <= 0 else (protected[key] - clean[key]) / gap
 
 
+def clean_quality(clean: dict, chance: dict, direction: str) -> float:
+    """q = MedR_clean / MedR_random: how well the clean victim retrieves (0 perfect, 1 chance)."""
+    key = f"{direction}_MedR"
+    return clean[key] / chance[key]
+
+
 def retrieval_table(finals: dict[str, dict], chance: dict, paper_rows: dict[str, dict] | None = None) -> pd.DataFrame:
     """One row per method (Random first): Hit@10 and MedR both ways (beside the paper's, given
     `paper_rows`), and the protection closure C of every row against the 'Clean' row (Random 1,
@@ -402,7 +408,7 @@ def scale_table(ladder: dict[str, dict], chance: dict, points: dict[str, dict]) 
         for direction in ("i2t", "t2i"):
             key = f"{direction}_MedR"
             row[f"clean {key}"] = clean["final"][key]
-            row[f"{direction} q"] = clean["final"][key] / chance[key]
+            row[f"{direction} q"] = clean_quality(clean["final"], chance, direction)
         row["victim s"] = clean["seconds"]
         row["victim threads"] = _threads(clean)
         row["victim peak GiB"] = _gibibytes(clean.get("peak_rss_bytes"))
@@ -556,7 +562,7 @@ def closure_rows(named_runs: dict[str, dict[str, dict]], chance: dict, name: str
             final = entry["victim"]["final"]
             rows.append({name: entry_name, "method": method, **{k: final[k] for k in ("i2t_MedR", "t2i_MedR")},
                          **{f"{d} C": protection_closure(final, clean["final"], chance, d) for d in ("i2t", "t2i")},
-                         **{f"{d} q": clean["final"][f"{d}_MedR"] / chance[f"{d}_MedR"] for d in ("i2t", "t2i")},
+                         **{f"{d} q": clean_quality(clean["final"], chance, d) for d in ("i2t", "t2i")},
                          "protection s": entry["protection"]["seconds"],
                          "victim runs": entry["protection"]["seconds"] / clean["seconds"]})
     return pd.DataFrame(rows)

@@ -98,7 +98,7 @@ tables.write_table(table, settings.results_dir, "scale")
 # %%
 method = "MEM-3"
 published = {label: paper.table1(label, settings.paper_dataset) for label in ("Random", "Clean", method)}
-paper_point = {direction: (published["Clean"][f"{direction}_MedR"] / published["Random"][f"{direction}_MedR"],
+paper_point = {direction: (tables.clean_quality(published["Clean"], published["Random"], direction),
                            tables.protection_closure(published[method], published["Clean"], published["Random"],
                                                      direction))
                for direction in ("i2t", "t2i")}
